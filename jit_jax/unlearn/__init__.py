@@ -1,0 +1,130 @@
+"""Unlearning methods, one registry: ``run(name, model, dataset, split, ...)``.
+
+Every method takes the trained model and a forget request and returns a new model; the source model
+is never modified. ``zero_shot`` methods see only the model and the forget set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import numpy as np
+from flax import nnx
+
+from jit_jax.data import Dataset, normalize
+from jit_jax.data.splits import ForgetSplit
+from jit_jax.models import ModelSpec
+from jit_jax.train import TrainConfig
+from jit_jax.unlearn.baselines import reset_head, retrain
+from jit_jax.unlearn.jit import (
+    PRESETS,
+    JiTConfig,
+    jit_loss,
+    jit_unlearn,
+    jit_value_and_grad,
+    preset,
+)
+
+
+@dataclasses.dataclass
+class MethodOutput:
+    model: nnx.Module
+    runtime: float  # seconds, the method alone, compilation excluded
+    compile_time: float
+    zero_shot: bool
+    log: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    zero_shot: bool
+    fn: Callable[..., MethodOutput]
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """Everything a method may use. Zero-shot methods only read ``model`` and the forget set."""
+
+    model: nnx.Module
+    dataset: Dataset
+    split: ForgetSplit
+    spec: ModelSpec
+    train_config: TrainConfig | None
+    seed: int = 0
+    preprocess: Callable[[np.ndarray], np.ndarray] | None = None
+    progress: bool = False
+
+    def inputs(self, idx: np.ndarray) -> np.ndarray:
+        x = self.dataset.x_train[idx]
+        if self.preprocess is not None:
+            return self.preprocess(x)
+        return normalize(x, self.dataset.mean, self.dataset.std)
+
+    def forget_inputs(self) -> np.ndarray:
+        return self.inputs(self.split.forget_idx)
+
+
+def _bsln(req: Request, **options) -> MethodOutput:
+    _no_options("bsln", options)
+    return MethodOutput(nnx.clone(req.model), 0.0, 0.0, False, {})
+
+
+def _retrain(req: Request, head_only: bool, **options) -> MethodOutput:
+    if req.train_config is None:
+        raise ValueError("retraining needs the original training recipe (train_config)")
+    cfg = req.train_config.replace(**options) if options else req.train_config
+    y = req.dataset.train_targets[req.split.retain_idx]
+    init = reset_head(req.model, req.seed) if head_only else None
+    t0 = time.perf_counter()
+    model, res = retrain(req.spec, req.inputs(req.split.retain_idx), y, cfg, seed=req.seed,
+                         init_model=init, progress=req.progress)
+    wall = time.perf_counter() - t0
+    return MethodOutput(model, res.warm_time, res.compile_time, False,
+                        {"train_wall_time": wall, "history": res.history, "config": cfg.to_dict()})
+
+
+def default_jit_config(req: Request) -> JiTConfig:
+    return preset(req.split.kind, req.spec.name)
+
+
+def _jit(req: Request, **options) -> MethodOutput:
+    cfg = default_jit_config(req)
+    cfg = cfg.replace(seed=req.seed, **options)
+    model, log = jit_unlearn(req.model, req.forget_inputs(), cfg)
+    return MethodOutput(model, log.runtime, log.compile_time, True,
+                        {**log.to_dict(), "config": dataclasses.asdict(cfg)})
+
+
+def _no_options(name, options):
+    if options:
+        raise ValueError(f"method {name!r} takes no options, got {sorted(options)}")
+
+
+METHODS: dict[str, Method] = {
+    "bsln": Method("bsln", "the original model, untouched", False, _bsln),
+    "rtrn": Method("rtrn", "retrain from scratch on D_r with the original recipe (gold standard)",
+                   False, lambda req, **o: _retrain(req, False, **o)),
+    "rtrn_head": Method("rtrn_head", "the authors' retrain: reset only the classifier head, then "
+                        "train on D_r", False, lambda req, **o: _retrain(req, True, **o)),
+    "jit": Method("jit", "JiT: Lipschitz smoothing around each forget sample (zero-shot)", True,
+                  _jit),
+}
+
+
+def available() -> list[str]:
+    return list(METHODS)
+
+
+def run(name: str, req: Request, **options) -> MethodOutput:
+    """Run method ``name`` on ``req``; ``options`` override the method's defaults."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; accepted: {', '.join(METHODS)}")
+    return METHODS[name].fn(req, **options)
+
+
+__all__ = ["METHODS", "PRESETS", "JiTConfig", "Method", "MethodOutput", "Request", "available",
+           "jit_loss", "jit_unlearn", "jit_value_and_grad", "preset", "run"]

@@ -1,0 +1,319 @@
+"""JiT's loss and unlearning pass."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jit_jax.functional import functionalize
+from jit_jax.unlearn import jit as J
+
+
+def mlp_apply(params, x):
+    h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
+    return h @ params["w2"] + params["b2"]
+
+
+@pytest.fixture
+def setup():
+    k = jax.random.split(jax.random.key(0), 4)
+    params = {
+        "w1": jax.random.normal(k[0], (12, 8)) * 0.5,
+        "b1": jnp.zeros(8),
+        "w2": jax.random.normal(k[1], (8, 3)) * 0.5,
+        "b2": jnp.zeros(3),
+    }
+    x = jax.random.normal(k[2], (5, 2, 2, 3))
+    return params, x, k[3]
+
+
+def loop_reference(params, x, key, *, sigma, n, p=1, clip=True, reduction="sum"):
+    """The formula, written as the authors' loops (numpy, no vmap), with the same draws."""
+    k_pert, _ = jax.random.split(key)
+    keys = jax.random.split(k_pert, n)
+    out = np.asarray(mlp_apply(params, x))
+    lo, hi = float(jnp.min(x)), float(jnp.max(x))
+    total = 0.0
+    for j in range(n):
+        k_noise, _ = jax.random.split(keys[j])
+        eps = np.asarray(jax.random.normal(k_noise, x.shape))
+        xt = np.asarray(x) + sigma * eps
+        if clip:
+            xt = np.clip(xt, lo, hi)
+        out_t = np.asarray(mlp_apply(params, jnp.asarray(xt)))
+        k_j = 0.0
+        for i in range(x.shape[0]):
+            num = np.linalg.norm(out[i] - out_t[i])
+            den = np.linalg.norm((np.asarray(x)[i] - xt[i]).ravel())
+            k_j += num**p / den**p
+        total += k_j / (x.shape[0] if reduction == "mean" else 1)
+    return total / n
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_loss_equals_python_loop(setup, p, clip, reduction):
+    params, x, key = setup
+    got = J.jit_loss(mlp_apply, params, x, key, sigma=0.7, num_samples=4, p=p, clip=clip,
+                     reduction=reduction)
+    want = loop_reference(params, x, key, sigma=0.7, n=4, p=p, clip=clip, reduction=reduction)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ipf", [None, 1, 5, 7, 100])
+def test_chunking_does_not_change_the_loss(setup, ipf):
+    params, x, key = setup
+    ref = J.jit_loss(mlp_apply, params, x, key, sigma=0.5, num_samples=6, images_per_forward=None)
+    got = J.jit_loss(mlp_apply, params, x, key, sigma=0.5, num_samples=6, images_per_forward=ipf)
+    np.testing.assert_allclose(float(got), float(ref), rtol=1e-6)
+
+
+def test_draws_per_forward():
+    assert J.draws_per_forward(1, 25, 32) == 25
+    assert J.draws_per_forward(8, 25, 32) == 4
+    assert J.draws_per_forward(32, 25, 32) == 1
+    assert J.draws_per_forward(128, 25, 32) == 1
+    assert J.draws_per_forward(8, 25, None) == 25
+
+
+class TestVariants(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jitted_and_not_agree(self):
+        k = jax.random.split(jax.random.key(1), 3)
+        params = {"w1": jax.random.normal(k[0], (12, 8)), "b1": jnp.zeros(8),
+                  "w2": jax.random.normal(k[1], (8, 3)), "b2": jnp.zeros(3)}
+        x = jax.random.normal(k[2], (4, 2, 2, 3))
+
+        def f(prm, xx, key):
+            return J.jit_value_and_grad(mlp_apply, prm, xx, key, sigma=0.5, num_samples=3)
+
+        loss, grads = self.variant(f)(params, x, jax.random.key(3))
+        want = loop_reference(params, x, jax.random.key(3), sigma=0.5, n=3)
+        np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+        ref_loss, ref_grads = f(params, x, jax.random.key(3))
+        chex.assert_trees_all_close(grads, ref_grads, rtol=1e-5, atol=1e-6)
+
+
+def test_value_and_grad_matches_autodiff_of_loss(setup):
+    params, x, key = setup
+    kw = dict(sigma=0.5, num_samples=4)
+    v1, g1 = J.jit_value_and_grad(mlp_apply, params, x, key, **kw)
+    v2, g2 = jax.value_and_grad(lambda p: J.jit_loss(mlp_apply, p, x, key, **kw))(params)
+    np.testing.assert_allclose(float(v1), float(v2), rtol=1e-6)
+    chex.assert_trees_all_close(g1, g2, rtol=1e-5, atol=1e-7)
+
+
+def test_stop_gradient_blocks_the_perturbed_branch(setup):
+    params, x, key = setup
+    kw = dict(sigma=0.5, num_samples=4)
+    k_pert, _ = jax.random.split(key)
+    out_t, dx = J.perturbed_outputs(mlp_apply, params, x, k_pert, sigma=0.5, num_samples=4)
+    # Gradient of the clean branch alone, with the perturbed outputs as constants.
+    g_clean = jax.grad(lambda p: J.loss_from_outputs(mlp_apply(p, x), out_t, dx))(params)
+    g_sg = jax.grad(lambda p: J.jit_loss(mlp_apply, p, x, key, stop_gradient=True, **kw))(params)
+    chex.assert_trees_all_close(g_sg, g_clean, rtol=1e-5, atol=1e-7)
+    # Without stop-gradient the perturbed branch contributes, so the gradient differs.
+    g_full = jax.grad(lambda p: J.jit_loss(mlp_apply, p, x, key, stop_gradient=False, **kw))(params)
+    assert float(optax.tree.norm(jax.tree.map(jnp.subtract, g_full, g_sg))) > 1e-3
+    _, g_vg = J.jit_value_and_grad(mlp_apply, params, x, key, stop_gradient=False, **kw)
+    chex.assert_trees_all_close(g_vg, g_full, rtol=1e-5, atol=1e-7)
+
+
+def test_backward_pass_sees_only_clean_images(setup):
+    """With stop-gradient the differentiated function's forward runs on the B clean images only."""
+    params, x, key = setup
+    shapes = []
+
+    def recording_apply(p, xx):
+        shapes.append(xx.shape)
+        return mlp_apply(p, xx)
+
+    J.jit_value_and_grad(recording_apply, params, x, key, sigma=0.5, num_samples=4)
+    # Two traces: the perturbed forward (vmapped, traced once) and the clean forward.
+    assert shapes.count(x.shape) == 2
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: J.loss_from_outputs(
+        mlp_apply(p, x), jnp.zeros((4, 5, 3)), jnp.ones((4, 5)))))(params)
+    assert "while" not in str(jaxpr)  # the gradient holds no loop over draws
+
+
+def test_collapsed_model_gives_zero_gradient_not_nan(setup):
+    _, x, key = setup
+    const = {"w1": jnp.zeros((12, 8)), "b1": jnp.zeros(8), "w2": jnp.zeros((8, 3)),
+             "b2": jnp.ones(3)}
+    loss, grads = J.jit_value_and_grad(mlp_apply, const, x, key, sigma=0.5, num_samples=3)
+    assert float(loss) == 0.0
+    for g in jax.tree.leaves(grads):
+        assert np.all(np.isfinite(np.asarray(g)))
+        np.testing.assert_array_equal(np.asarray(g), 0.0)
+
+
+def test_zero_perturbation_contributes_zero(setup):
+    params, x, key = setup
+    loss, grads = J.jit_value_and_grad(mlp_apply, params, x, key, sigma=0.0, num_samples=2)
+    assert float(loss) == 0.0
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+
+
+def test_clip_to_batch_global_range(setup):
+    _, x, key = setup
+    xt = J.perturb(key, x, 5.0, clip=True)
+    assert float(xt.min()) >= float(x.min()) - 1e-7 and float(xt.max()) <= float(x.max()) + 1e-7
+    xu = J.perturb(key, x, 5.0, clip=False)
+    assert float(xu.max()) > float(x.max())
+
+
+def test_mask_equals_unpadded_batch(setup):
+    params, x, key = setup
+    kw = dict(sigma=0.5, num_samples=3)
+    ref = J.jit_loss(mlp_apply, params, x[:3], key, **kw)
+    xp = jnp.concatenate([x[:3], jnp.broadcast_to(x[:1] * 100, (2,) + x.shape[1:])])
+    mask = jnp.array([1.0, 1, 1, 0, 0])
+    got = J.jit_loss(mlp_apply, params, xp, key, mask=mask, **kw)
+    # Different noise shapes give different draws, so compare against the same padded draws.
+    got_ref = loop_masked(params, xp, key, mask, sigma=0.5, n=3)
+    np.testing.assert_allclose(float(got), got_ref, rtol=1e-5)
+    assert np.isfinite(float(ref))
+
+
+def loop_masked(params, x, key, mask, *, sigma, n):
+    k_pert, _ = jax.random.split(key)
+    keys = jax.random.split(k_pert, n)
+    valid = np.asarray(mask) > 0
+    xv = np.asarray(x)
+    lo, hi = xv[valid].min(), xv[valid].max()
+    out = np.asarray(mlp_apply(params, x))
+    total = 0.0
+    for j in range(n):
+        k_noise, _ = jax.random.split(keys[j])
+        xt = np.clip(xv + sigma * np.asarray(jax.random.normal(k_noise, x.shape)), lo, hi)
+        out_t = np.asarray(mlp_apply(params, jnp.asarray(xt)))
+        for i in np.flatnonzero(valid):
+            total += np.linalg.norm(out[i] - out_t[i]) / np.linalg.norm((xv[i] - xt[i]).ravel())
+    return total / n
+
+
+def test_compiles_once_for_repeated_calls(setup):
+    params, x, key = setup
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(prm, xx, k):
+        return J.jit_value_and_grad(mlp_apply, prm, xx, k, sigma=0.5, num_samples=3)
+
+    for i in range(4):
+        step(params, x + i, jax.random.key(i))
+
+
+# ------------------------------------------------------------------------------------------------
+# The unlearning pass on NNX models
+# ------------------------------------------------------------------------------------------------
+class BNNet(nnx.Module):
+    def __init__(self, rngs=None):
+        rngs = rngs or nnx.Rngs(0, dropout=1)
+        self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.head = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.relu(self.bn(self.conv(x)))
+        return self.head(self.drop(h.mean((1, 2))))
+
+
+def _forget(n=10):
+    return np.array(jax.random.normal(jax.random.key(5), (n, 6, 6, 1)), np.float32)
+
+
+def test_unlearn_leaves_source_and_batchnorm_stats_untouched():
+    model = BNNet()
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param, nnx.BatchStat))
+    new, log = J.jit_unlearn(model, _forget(), J.JiTConfig(sigma=0.5, lr=1e-2, batch_size=4,
+                                                          num_samples=3))
+    chex.assert_trees_all_equal(
+        jax.tree.map(np.asarray, nnx.state(model, nnx.Param, nnx.BatchStat)), before)
+    np.testing.assert_array_equal(new.bn.mean[...], model.bn.mean[...])
+    np.testing.assert_array_equal(new.bn.var[...], model.bn.var[...])
+    assert not np.allclose(new.head.kernel[...], model.head.kernel[...])
+    assert log.num_steps == 3 and log.batch_size == 4 and len(log.losses) == 3
+    assert log.runtime > 0 and log.compile_time > 0
+    # The unlearned model is in eval mode: deterministic.
+    x = jnp.asarray(_forget(2))
+    np.testing.assert_array_equal(new(x), new(x))
+
+
+def test_unlearn_is_one_sgd_step_per_batch():
+    model = BNNet()
+    xf = _forget(4)
+    cfg = J.JiTConfig(sigma=0.5, lr=0.05, batch_size=4, num_samples=3, seed=7)
+    new, _ = J.jit_unlearn(model, xf, cfg)
+    fn = functionalize(model)
+    key = jax.random.split(jax.random.key(7))[1]
+    _, g = J.jit_value_and_grad(fn.apply_fn, fn.params, jnp.asarray(xf), key, sigma=0.5,
+                                num_samples=3, mask=jnp.ones(4))
+    want = jax.tree.map(lambda p, gg: p - 0.05 * gg, fn.params, g)
+    chex.assert_trees_all_close(nnx.state(new, nnx.Param), want, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_quirks_accumulate_gradients():
+    """Authors' code never zeroes .grad: with plain SGD, step k applies g_1 + ... + g_k."""
+    model = BNNet()
+    xf = _forget(8)
+    base = dict(sigma=0.5, lr=0.05, batch_size=4, num_samples=2, seed=3, train_mode=True)
+    plain, _ = J.jit_unlearn(model, xf, J.JiTConfig(**base))
+    quirky, _ = J.jit_unlearn(model, xf, J.JiTConfig(**base, reference_quirks=True))
+    p0 = np.asarray(model.head.bias[...])
+    d_plain = np.asarray(plain.head.bias[...]) - p0
+    d_quirk = np.asarray(quirky.head.bias[...]) - p0
+    assert not np.allclose(d_plain, d_quirk)
+    # Replay by hand: same keys, train-mode forwards, accumulated gradients.
+    fn = functionalize(model, train=True)
+    key = jax.random.key(3)
+    params, acc = fn.params, None
+    for s in range(2):
+        key, sub = jax.random.split(key)
+        xb = jnp.asarray(xf[s * 4:(s + 1) * 4])
+        _, g = J.jit_value_and_grad(fn.apply_fn, params, xb, sub, sigma=0.5, num_samples=2,
+                                    mask=jnp.ones(4), forward_keys=True)
+        acc = g if acc is None else jax.tree.map(jnp.add, acc, g)
+        params = jax.tree.map(lambda p, gg: p - 0.05 * gg, params, acc)
+    np.testing.assert_allclose(np.asarray(quirky.head.bias[...]),
+                               np.asarray(params["head"]["bias"][...]), rtol=1e-5, atol=1e-6)
+
+
+def test_custom_optimizer_and_padding():
+    model = BNNet()
+    new, log = J.jit_unlearn(model, _forget(5), J.JiTConfig(batch_size=4, num_samples=2),
+                             optimizer=optax.adam(1e-3))
+    assert log.num_steps == 2
+    assert all(np.isfinite(log.losses))
+
+
+@pytest.mark.parametrize("bad", [dict(sigma=-1.0), dict(lr=0.0), dict(p=3), dict(reduction="max"),
+                                 dict(batch_size=0), dict(num_samples=0)])
+def test_config_errors(bad):
+    with pytest.raises(ValueError, match=list(bad)[0]):
+        J.JiTConfig(**bad)
+
+
+def test_input_errors():
+    model = BNNet()
+    with pytest.raises(ValueError, match="empty"):
+        J.jit_unlearn(model, np.zeros((0, 6, 6, 1), np.float32))
+    bad = _forget(3)
+    bad[1, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        J.jit_unlearn(model, bad)
+    with pytest.raises(ValueError, match="unknown JiT option"):
+        J.JiTConfig().replace(sigmaa=1.0)
+
+
+def test_presets_are_the_authors():
+    assert J.preset("class", "vgg11_torchvision") == J.JiTConfig(sigma=0.5, lr=3e-4, batch_size=128)
+    assert J.preset("random", "vit_b16").sigma == 0.5
+    with pytest.raises(ValueError, match="unknown task"):
+        J.preset("nope", "vit")

@@ -1,0 +1,87 @@
+"""Training: recipes, schedules, determinism, NaN stop, evaluation."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jit_jax.data import normalize
+from jit_jax.models import ModelSpec
+from jit_jax.train import TrainConfig, evaluate, make_schedule, predict, train
+
+
+def _data(tiny_images):
+    (xtr, ytr), (xte, yte) = tiny_images
+    return normalize(xtr, (0.3,), (0.3,)), ytr, normalize(xte, (0.3,), (0.3,)), yte
+
+
+CFG = TrainConfig(epochs=6, batch_size=16, optimizer="adam", lr=1e-2, weight_decay=0.0,
+                  augment="none")
+
+
+def test_train_learns_and_is_deterministic(tiny_images):
+    x, y, xt, yt = _data(tiny_images)
+    spec = ModelSpec("cnn", 3, (8, 8, 1), {"width": 8})
+    m1, m2 = spec.build(0), spec.build(0)
+    r1 = train(m1, x, y, CFG, eval_data=(xt, yt), progress=False)
+    train(m2, x, y, CFG, progress=False)
+    assert r1.final["test_accuracy"] > 90
+    assert len(r1.history) == 6 and r1.history[0]["train_loss"] > r1.history[-1]["train_loss"]
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, nnx.state(m1, nnx.Param)),
+                                jax.tree.map(np.asarray, nnx.state(m2, nnx.Param)))
+    ev = evaluate(m1, xt, yt)
+    assert ev["accuracy"] == pytest.approx(r1.final["test_accuracy"])
+    assert r1.compile_time >= 0 and r1.warm_time > 0
+
+
+@pytest.mark.parametrize("kw", [dict(optimizer="sgd", lr=0.05, schedule="cosine",
+                                     augment="crop_flip"),
+                                dict(optimizer="adamw", schedule="constant", augment="crop")])
+def test_other_recipes_run(tiny_images, kw):
+    x, y, _, _ = _data(tiny_images)
+    m = ModelSpec("resnet18", 3, (8, 8, 1), {"width": 4}).build(0)
+    r = train(m, x, y, CFG.replace(epochs=1, **kw), progress=False)
+    assert np.isfinite(r.final["train_loss"])
+
+
+def test_schedules():
+    one = make_schedule(TrainConfig(lr=0.1, schedule="onecycle"), 100)
+    assert one(0) == pytest.approx(0.1 / 25, rel=1e-4)
+    assert max(float(one(i)) for i in range(100)) == pytest.approx(0.1, rel=1e-3)
+    assert float(one(100)) < 1e-4
+    cos = make_schedule(TrainConfig(lr=0.2, schedule="cosine", warmup_frac=0.1), 100)
+    assert float(cos(10)) == pytest.approx(0.2, rel=1e-3) and float(cos(100)) < 1e-3
+
+
+def test_nan_stops_training(tiny_images):
+    x, y, _, _ = _data(tiny_images)
+    m = ModelSpec("cnn", 3, (8, 8, 1), {"width": 8}).build(0)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train(m, x, y, CFG.replace(lr=1e30, optimizer="sgd", momentum=0.0), progress=False)
+
+
+def test_bad_inputs(tiny_images):
+    x, y, _, _ = _data(tiny_images)
+    m = ModelSpec("cnn", 3, (8, 8, 1), {"width": 8}).build(0)
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        train(m, bad, y, CFG, progress=False)
+    with pytest.raises(ValueError, match="samples"):
+        train(m, x, y[:-1], CFG, progress=False)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_predict_restores_mode_and_pads(tiny_images):
+    x, _, _, _ = _data(tiny_images)
+    m = ModelSpec("resnet18", 3, (8, 8, 1), {"width": 4}).build(0)
+    m.train()
+    a = predict(m, x[:7], batch_size=4)
+    b = predict(m, x[:7], batch_size=7)
+    assert a.shape == (7, 3)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not m.stem_bn.use_running_average  # train mode restored
