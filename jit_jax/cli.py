@@ -226,7 +226,7 @@ def cmd_unlearn(args) -> int:
 def cmd_demo(args) -> int:
     from jit_jax import demo
 
-    demo.run_demo(out=Path(args.out), forget=args.forget, seeds=args.seeds,
+    demo.run_demo(out=Path(args.out), forget=args.forget, seeds=args.seeds, model=args.model,
                   progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--forget", default="class:3")
     d.add_argument("--seeds", type=int, default=1, help="repeats of RTRN and JiT")
+    d.add_argument("--model", default="mlp", help="mlp (default: JiT unlearns it selectively) or cnn")
     d.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)

@@ -71,7 +71,8 @@ def compare(model: nnx.Module, ds: Dataset, split: ForgetSplit, spec: ModelSpec,
 
 
 def run_demo(out: Path = Path("runs/demo"), *, forget: str = "class:3", seeds: int = 1,
-             progress: bool = True, overwrite: bool = False) -> list[UnlearnResult]:
+             model: str = "mlp", progress: bool = True,
+             overwrite: bool = False) -> list[UnlearnResult]:
     """Digits end-to-end: original model, RTRN, JiT, the table (printed, markdown and JSON)."""
     out = Path(out)
     table_json = out / "results.json"
@@ -81,7 +82,7 @@ def run_demo(out: Path = Path("runs/demo"), *, forget: str = "class:3", seeds: i
     t_start = time.perf_counter()
     ds = load_dataset("digits")
     split = parse_forget(ds, forget)
-    spec = ModelSpec("cnn", ds.num_classes, ds.image_shape, {})
+    spec = ModelSpec(model, ds.num_classes, ds.image_shape, {})
     config = recipes.train_recipe(ds.name, spec.name)
     print(f"jit-jax demo: {ds!r}; forget {split.description} ({split.n_forget} training samples)")
     print(f"1/3 training the original {spec.name} ({spec.num_params():,} params) ...", flush=True)

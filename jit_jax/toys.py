@@ -1,42 +1,50 @@
-"""The paper's toy experiments (Figures 2 and 3) and a test of its hypothesis, as pure JAX.
+"""The paper's toy experiments (Figures 2 and 3) and a test of its hypothesis, in pure JAX.
 
-Foster et al. (TMLR 2025) argue that a sample the model can infer from its neighbours (low information,
-a low-gradient region of input space) barely changes the model when it is removed, while a unique sample
-(high information, a high-gradient region) does; and that JiT, by smoothing the model around the forget
-sample, moves the model in the same way. This module holds everything the figure scripts
-(``experiments/toy_*.py``, ``experiments/hypothesis.py``), the notebooks and the tests share:
+Foster et al. (TMLR 2025) argue that a sample the model can infer from its neighbours (low
+information, a low-gradient region of input space) barely changes the model when it is removed,
+while a unique sample (high information, a high-gradient region) does; and that JiT, by smoothing
+the model around the forget sample, moves the model the same way. This module holds everything the
+figure scripts (``experiments/toy_*.py``, ``experiments/hypothesis.py``), the notebooks and the
+tests share (figures: :mod:`jit_jax.toy_plots`; measured numbers: ``docs/toys.md``):
 
-* data: :func:`two_moons` (2-D) and :func:`noisy_threshold_1d` (1-D), numpy-generated and seeded;
-* models as plain parameter pytrees: an MLP (:func:`init_mlp`, :func:`mlp_apply`) and a 1-D logistic
-  model (:func:`init_logistic`, :func:`logistic_logits`, :func:`logistic_prob`);
-* full-batch deterministic training with per-sample weights (:func:`train_full_batch`), so that a model
-  retrained without a point differs from the original *only* by that point; :func:`leave_one_out`
-  trains one such model per removed point in parallel with ``jax.vmap`` over the weight masks;
-* the two unlearning updates compared in Figure 2: JiT (:func:`jit_update`, plain SGD on
+* data, numpy-generated and seeded: :func:`wavy_boundary` and :func:`two_moons` (2-D),
+  :func:`noisy_threshold_1d` (1-D);
+* models as plain parameter pytrees: an MLP (:func:`init_mlp`, :func:`mlp_apply`, :func:`mlp_fn`)
+  and a 1-D logistic model (:func:`init_logistic`, :func:`logistic_logits`, :func:`logistic_prob`);
+* full-batch deterministic training with per-sample weights (:func:`train_full_batch`), so that a
+  model retrained without a point differs from the original *only* by that point;
+  :func:`leave_one_out` trains one such model per removed point in parallel (``jax.vmap`` over the
+  weight masks);
+* the unlearning updates compared in Figure 2: JiT (:func:`jit_update`, plain SGD on
   :func:`jit_jax.unlearn.jit.jit_value_and_grad`) and "train to mislabel the point"
   (:func:`mislabel_update`);
-* the experiments: :func:`sigmoid_experiment` (Figure 3), :func:`boundary_experiment` (Figure 2) and
-  :func:`hypothesis_experiment` (alpha, input-gradient norm and kappa against the leave-one-out effect).
+* the experiments: :func:`sigmoid_experiment` (Figure 3), :func:`boundary_experiment` (Figure 2,
+  with :func:`tune_boundary`, the validation sweep that chose its settings) and
+  :func:`hypothesis_experiment` (alpha, input-gradient norm and kappa against the leave-one-out
+  effect).
 
 Conventions. ``apply_fn(params, x) -> logits`` with ``x`` batch-first, as everywhere in jit-jax.
 
-Noise clipping. The JiT loss clips each noisy input to the batch-global [min, max] of the forget batch
-(the authors' code). For one low-dimensional point that range is degenerate (for a 1-D point min = max:
-every perturbation is clipped away and the loss is 0), and for a handful of 2-D points it would cut the
-noise to a box spanned by the points. The toys therefore call JiT with ``clip=False`` (the inputs here are
-unbounded reals, so clipping has no meaning anyway).
+Noise clipping. The JiT loss clips each noisy input to the batch-global [min, max] of the forget
+batch (the authors' code). For one low-dimensional point that range is degenerate (for a 1-D point
+min = max: every perturbation is clipped away and the loss is 0), and for a few 2-D points it would
+cut the noise to the box they span. The toys therefore call JiT with ``clip=False`` (their inputs
+are unbounded reals: there is no valid range to clip to).
 
-JiT on a 1-D monotone function. With the stop-gradient of the authors' code and p = 1, the gradient of
-the JiT loss at x is ``-grad_theta f(x) * sign(f') * mean_j sign(xi_j) / |xi_j|`` when f is monotone on
-the noise's range: the draws' signs are symmetric, so its expectation is **zero** and it is pure
-Monte-Carlo noise (with infinite variance: E[1/|xi|] diverges in one dimension). Figure 3 is therefore
-run with both the code's loss (``stop_gradient=True``: the curve moves by a random walk whose size scales
-with f'(x)) and the slides' loss without the stop-gradient (``stop_gradient=False``: a deterministic
-penalty on the local slope, which flattens the curve). In both, how much the curve moves is proportional
-to the slope at the forget points, which is the figure's point. In two or more input dimensions the
-stop-gradient loss has a non-zero mean wherever the model is curved, and Figure 2 uses the code's loss.
+JiT on a 1-D monotone function. With the authors' stop-gradient and p = 1, the gradient of the JiT
+loss at x is ``-grad_theta f(x) * sign(f') * mean_j sign(xi_j) / |xi_j|`` wherever f is monotone
+over the noise: the draws' signs are symmetric, so its mean is **zero** and it is pure Monte-Carlo
+noise, of infinite variance (E[1/|xi|] diverges in one dimension). Figure 3 is therefore run with
+both the code's loss (``stop_gradient=True``: the curve takes a random walk whose size scales with
+f'(x)) and the slides' loss without the stop-gradient (``stop_gradient=False``: a steady penalty on
+the local slope, which flattens the curve). In both, how far the curve moves follows the slope at
+the forget points, which is the figure's point. On logits that are linear in x ([0, w x + b]) the
+loss is the constant |w|, so Figure 3 smooths the sigmoid output itself (:func:`logistic_prob`).
+
+In two dimensions the stop-gradient loss has a non-zero mean where the model is curved, but the
+per-draw gradient, weighted by 1/||xi||, still has a (logarithmically) infinite variance around a
+small mean: Figure 2 uses the code's loss with N = 1000 draws per step instead of 25.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -58,6 +66,7 @@ __all__ = [
     "SigmoidConfig",
     "agreement",
     "boundary_experiment",
+    "boundary_setup",
     "grid_points",
     "hypothesis_experiment",
     "init_logistic",
@@ -77,6 +86,7 @@ __all__ = [
     "spearman",
     "stack_index",
     "train_full_batch",
+    "tune_boundary",
     "two_moons",
 ]
 
@@ -90,8 +100,8 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 def two_moons(n: int = 200, *, noise: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Two interleaving half circles in 2-D, ``n // 2`` points per class plus Gaussian noise.
 
-    Class 0: (cos t, sin t); class 1: (1 - cos t, 0.5 - sin t), t ~ U(0, pi). Returns x (n, 2) float32
-    and y (n,) int32, shuffled by a numpy generator seeded with ``seed``.
+    Class 0: (cos t, sin t); class 1: (1 - cos t, 0.5 - sin t), t ~ U(0, pi). Returns x (n, 2)
+    float32 and y (n,) int32, shuffled by a numpy generator seeded with ``seed``.
     """
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
@@ -107,11 +117,35 @@ def two_moons(n: int = 200, *, noise: float = 0.25, seed: int = 0) -> tuple[np.n
     return x[perm].astype(np.float32), y[perm]
 
 
+def wavy_boundary(n: int = 200, *, flip: float = 0.05, amplitude: float = 0.6, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Points uniform in the square [-1.5, 1.5]^2, class 1 above the curve x2 = amplitude sin(2 x1),
+    and a fraction ``flip`` of the labels flipped (isolated points of one class inside the other's
+    region: the high-information samples of the paper). The data fill the square, so a grid over it
+    has no extrapolation region. Returns x (n, 2) float32, y (n,) int32."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.5, 1.5, (n, 2))
+    y = (x[:, 1] > amplitude * np.sin(2 * x[:, 0])).astype(np.int32)
+    y = np.where(rng.random(n) < flip, 1 - y, y).astype(np.int32)
+    return x.astype(np.float32), y
+
+
+def make_2d(dataset: str, n: int, *, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 2-D data of a config: "moons" (:func:`two_moons`, noise = coordinate noise) or "wave"
+    (:func:`wavy_boundary`, noise = fraction of flipped labels)."""
+    if dataset == "moons":
+        return two_moons(n, noise=noise, seed=seed)
+    if dataset == "wave":
+        return wavy_boundary(n, flip=noise, seed=seed)
+    raise ValueError(f"dataset must be 'moons' or 'wave', got {dataset!r}")
+
+
 def noisy_threshold_1d(n: int = 80, *, low: float = -6.0, high: float = 6.0, noise: float = 1.2,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """1-D points x ~ U(low, high), labelled y = [x + noise * eps > 0]: two overlapping classes.
 
-    Returns x (n, 1) float32 and y (n,) int32. A logistic model fitted to them has slope ~ 1.7 / noise.
+    Returns x (n, 1) float32 and y (n,) int32. A logistic model fitted to them has slope
+    ~ 1.7 / noise.
     """
     rng = np.random.default_rng(seed)
     x = rng.uniform(low, high, n)
@@ -169,9 +203,26 @@ def logistic_prob(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     """The sigmoid curve itself, sigmoid(w x + b), shape (B, 1): the output JiT smooths in Figure 3.
 
     (On the logits [0, w x + b] a linear function of x, JiT's loss is |w| whatever the noise and its
-    stop-gradient gradient has mean zero: there is nothing to smooth. The sigmoid is the curved output.)
+    stop-gradient gradient has mean zero: there is nothing to smooth. The sigmoid is the curved
+    output.)
     """
     return jax.nn.sigmoid(params["w"] * x[:, 0] + params["b"])[:, None]
+
+
+@functools.cache
+def softmax_output(apply_fn: ApplyFn) -> ApplyFn:
+    """``softmax(apply_fn(params, x))``: a classifier's probabilities as the output JiT smooths (one
+    function object per ``apply_fn``, so that jitted callers compile once)."""
+    return lambda params, x: jax.nn.softmax(apply_fn(params, x), axis=-1)
+
+
+def jit_output(apply_fn: ApplyFn, output: str) -> ApplyFn:
+    """The function JiT's loss is taken on: "logits" (the authors' code) or "probs" (softmax)."""
+    if output == "logits":
+        return apply_fn
+    if output == "probs":
+        return softmax_output(apply_fn)
+    raise ValueError(f"output must be 'logits' or 'probs', got {output!r}")
 
 
 def predict(apply_fn: ApplyFn, params: Params, x) -> np.ndarray:
@@ -180,7 +231,8 @@ def predict(apply_fn: ApplyFn, params: Params, x) -> np.ndarray:
 
 
 def stack_index(stacked: Params, i: int) -> Params:
-    """The i-th pytree of a pytree whose leaves share a leading axis (e.g. :func:`leave_one_out`)."""
+    """The i-th pytree of a pytree whose leaves share a leading axis (e.g.
+    :func:`leave_one_out`)."""
     return jax.tree.map(lambda a: a[i], stacked)
 
 
@@ -225,8 +277,9 @@ def train_full_batch(apply_fn: ApplyFn, params: Params, x, y, *, steps: int, lr:
     ``weight_decay / 2 * ||params||^2``.
 
     ``weights`` (n,) (default all ones): the loss is sum_i w_i CE_i / sum_i w_i, so a 0/1 mask is
-    exactly training on the subset. Deterministic: the same init, data and weights give the same model,
-    so a model retrained with one weight set to 0 differs from the original only by that point.
+    exactly training on the subset. Deterministic: the same init, data and weights give the same
+    model, so a model retrained with one weight set to 0 differs from the original only by that
+    point.
     """
     _check_optimizer(optimizer)
     x, y = jnp.asarray(x), jnp.asarray(y, jnp.int32)
@@ -261,9 +314,9 @@ def jit_update(apply_fn: ApplyFn, params: Params, x_forget, key: jax.Array, *, s
                stop_gradient: bool = True, clip: bool = False, reduction: str = "sum") -> Params:
     """``steps`` plain-SGD steps on the JiT loss of the forget batch, a fresh noise key per step.
 
-    ``steps=1`` is the authors' algorithm for a forget set that fits in one batch. ``clip`` defaults to
-    False here (see the module docstring: the batch-global range of a few low-dimensional points is
-    degenerate); everything else is :func:`jit_jax.unlearn.jit.jit_value_and_grad`'s defaults.
+    ``steps=1`` is the authors' algorithm for a forget set that fits in one batch. ``clip`` defaults
+    to False here (see the module docstring: the batch-global range of a few low-dimensional points
+    is degenerate); everything else is :func:`jit_jax.unlearn.jit.jit_value_and_grad`'s defaults.
     """
     x_forget = jnp.asarray(x_forget)
 
@@ -277,22 +330,32 @@ def jit_update(apply_fn: ApplyFn, params: Params, x_forget, key: jax.Array, *, s
     return params
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "steps", "num_classes"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "max_steps", "num_classes"))
 def mislabel_update(apply_fn: ApplyFn, params: Params, x_forget, y_forget, *, lr: float,
-                    steps: int, num_classes: int = 2) -> Params:
-    """The "train to mislabel the forget sample" baseline: ``steps`` plain-SGD steps on the mean
-    cross-entropy of the forget batch against the label ``(y + 1) % num_classes`` (the flipped label
-    for two classes)."""
+                    max_steps: int, num_classes: int = 2) -> tuple[Params, jax.Array]:
+    """The "train to mislabel the forget sample" baseline: plain-SGD steps on the mean cross-entropy
+    of the forget batch against the label ``(y + 1) % num_classes`` (the flipped label for two
+    classes), until every forget sample is predicted as that label or ``max_steps`` steps are done.
+
+    Stopping as soon as the samples are mislabelled is the gentlest version of the baseline (the
+    least change that achieves its aim). Returns (params, number of steps taken).
+    """
     x_forget = jnp.asarray(x_forget)
     target = (jnp.asarray(y_forget, jnp.int32) + 1) % num_classes
     w = jnp.ones(target.shape, x_forget.dtype)
     grad_fn = jax.grad(lambda prm: _weighted_ce(apply_fn, prm, x_forget, target, w))
 
-    def body(prm, _):
-        return jax.tree.map(lambda a, b: a - lr * b, prm, grad_fn(prm)), None
+    def cond(carry):
+        i, prm = carry
+        done = jnp.all(jnp.argmax(apply_fn(prm, x_forget), axis=-1) == target)
+        return (i < max_steps) & ~done
 
-    params, _ = jax.lax.scan(body, params, None, length=steps)
-    return params
+    def body(carry):
+        i, prm = carry
+        return i + 1, jax.tree.map(lambda a, b: a - lr * b, prm, grad_fn(prm))
+
+    steps, params = jax.lax.while_loop(cond, body, (jnp.asarray(0, jnp.int32), params))
+    return params, steps
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,7 +378,8 @@ def agreement(pred_a, pred_b) -> float:
 
 def input_gradient_norms(apply_fn: ApplyFn, params: Params, x, y, *, kind: str = "log_softmax",
                          method: str = "hessian") -> dict[str, np.ndarray]:
-    """``jit_jax.analysis.curvature.curvature_stats`` of each (x_i, y_i): grad_norm, hess_fro, kappa.
+    """``jit_jax.analysis.curvature.curvature_stats`` of each (x_i, y_i): grad_norm, hess_fro,
+    kappa.
 
     The scalar is log p(y_i | x_i) by default (saturates deep inside a class: low gradient there).
     """
@@ -327,9 +391,9 @@ def input_gradient_norms(apply_fn: ApplyFn, params: Params, x, y, *, kind: str =
 def select_forget_points(apply_fn: ApplyFn, params: Params, x, y) -> tuple[int, int, np.ndarray]:
     """The low- and high-gradient forget points of Figure 2, by a fixed rule.
 
-    Among the training points the model classifies correctly (a point it has learnt), the one with the
-    smallest and the one with the largest ||grad_x log p(y | x)||. Returns (low index, high index,
-    the gradient norms of all points).
+    Among the training points the model classifies correctly (a point it has learnt), the one with
+    the smallest and the one with the largest ||grad_x log p(y | x)||. Returns (low index, high
+    index, the gradient norms of all points).
     """
     g = input_gradient_norms(apply_fn, params, x, y)["grad_norm"]
     correct = predict(apply_fn, params, x) == np.asarray(y)
@@ -354,13 +418,15 @@ def spearman(a, b) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class SigmoidConfig:
-    """Figure 3. A logistic model fitted (full-batch Adam) to :func:`noisy_threshold_1d`; JiT is run on
-    its sigmoid output (:func:`logistic_prob`) for the ``num_forget`` training points with the lowest
-    slope sigmoid'(x) (flat region) and, separately, the ``num_forget`` with the highest (steep region).
+    """Figure 3. A logistic model fitted (full-batch Adam) to :func:`noisy_threshold_1d`; JiT is run
+    on its sigmoid output (:func:`logistic_prob`) for the ``num_forget`` training points with the
+    lowest slope sigmoid'(x) (flat region) and, separately, the ``num_forget`` with the highest
+    (steep region), once per seed in ``jit_seeds``.
 
-    sigma = 0.5 is a quarter of the curve's transition width 4/w ~ 2 (w ~ 1.8 after training); lr and
-    steps give a visible change of the steep-region curve without flattening it to a constant
-    (w stays well above 0); N = 25 is the authors' default.
+    sigma = 0.5 is a quarter of the curve's transition width 4/w ~ 2.2 (w ~ 1.8 after training);
+    N = 25 and p = 1 are the authors' defaults; lr = 0.1 and 10 steps give the slide-loss variant
+    (``stop_gradient=False``, deterministic) a visible change of the steep-region curve (w drops by
+    about a third) without flattening it.
     """
 
     n: int = 80
@@ -370,12 +436,12 @@ class SigmoidConfig:
     train_lr: float = 0.05
     num_forget: int = 3
     sigma: float = 0.5
-    lr: float = 0.05
+    lr: float = 0.1
     steps: int = 10
     num_samples: int = 25
     p: int = 1
     stop_gradient: bool = True
-    jit_seed: int = 0
+    jit_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     grid_size: int = 241
 
     def replace(self, **kw) -> SigmoidConfig:
@@ -383,17 +449,24 @@ class SigmoidConfig:
 
 
 def sigmoid_experiment(config: SigmoidConfig = SigmoidConfig()) -> dict[str, Any]:
-    """Run Figure 3. Returns a dict with the data (``x``, ``y``), the fitted ``params``, the ``grid`` and
-    ``curve`` (sigmoid on the grid), and for "flat" and "steep": ``idx`` (forget indices), ``x_forget``,
-    ``params``, ``curve`` after JiT, ``max_change`` / ``mean_change`` (max and mean of
-    |sigmoid_after - sigmoid_before| over the grid), ``forget_change`` (mean |change| at the forget
-    points) and ``slope`` (mean sigmoid'(x) at the forget points before unlearning)."""
+    """Run Figure 3.
+
+    Returns a dict with the data (``x``, ``y``), the fitted ``params``, the ``grid`` and ``curve``
+    (sigmoid on the grid), and for "flat" and "steep": ``idx`` (forget indices), ``x_forget``,
+    ``slope`` (mean sigmoid'(x) at the forget points before unlearning), ``before`` (sigmoid at the
+    forget points), and per JiT seed (lists, in ``jit_seeds`` order): ``params``, ``curves`` after
+    JiT, ``after`` (sigmoid at the forget points), ``max_change`` / ``mean_change`` (max and mean of
+    |sigmoid_after - sigmoid_before| over the grid) and ``forget_change`` (mean |change| at the
+    forget points); plus the medians over seeds ``max_change_median``, ``mean_change_median``,
+    ``forget_change_median``.
+    """
     c = config
+    if not c.jit_seeds:
+        raise ValueError("jit_seeds must name at least one seed")
     x, y = noisy_threshold_1d(c.n, noise=c.noise, seed=c.seed)
     params = train_full_batch(logistic_logits, init_logistic(), x, y, steps=c.train_steps,
-                              lr=c.train_lr, weight_decay=c.weight_decay)
-    lo, hi = float(x.min()), float(x.max())
-    grid = np.linspace(lo, hi, c.grid_size, dtype=np.float32)[:, None]
+                              lr=c.train_lr)
+    grid = np.linspace(float(x.min()), float(x.max()), c.grid_size, dtype=np.float32)[:, None]
     curve = np.asarray(logistic_prob(params, grid))[:, 0]
     s = np.asarray(logistic_prob(params, x))[:, 0]
     slope = float(params["w"]) * s * (1 - s)
@@ -401,15 +474,26 @@ def sigmoid_experiment(config: SigmoidConfig = SigmoidConfig()) -> dict[str, Any
     out: dict[str, Any] = {"x": x, "y": y, "params": params, "grid": grid[:, 0], "curve": curve,
                            "config": c}
     for name, idx in (("flat", order[:c.num_forget]), ("steep", order[-c.num_forget:])):
-        new = jit_update(logistic_prob, params, x[idx], jax.random.key(c.jit_seed), sigma=c.sigma,
-                         lr=c.lr, num_samples=c.num_samples, steps=c.steps, p=c.p,
-                         stop_gradient=c.stop_gradient)
-        after = np.asarray(logistic_prob(new, grid))[:, 0]
-        change = np.abs(after - curve)
-        at_forget = np.abs(np.asarray(logistic_prob(new, x[idx]) - logistic_prob(params, x[idx])))
-        out[name] = {"idx": idx, "x_forget": x[idx][:, 0], "params": new, "curve": after,
-                     "max_change": float(change.max()), "mean_change": float(change.mean()),
-                     "forget_change": float(at_forget.mean()), "slope": float(slope[idx].mean())}
+        res: dict[str, Any] = {"idx": idx, "x_forget": x[idx][:, 0],
+                               "slope": float(slope[idx].mean()), "before": s[idx]}
+        for key in ("params", "curves", "after", "max_change", "mean_change", "forget_change"):
+            res[key] = []
+        for seed in c.jit_seeds:
+            new = jit_update(logistic_prob, params, x[idx], jax.random.key(seed), sigma=c.sigma,
+                             lr=c.lr, num_samples=c.num_samples, steps=c.steps, p=c.p,
+                             stop_gradient=c.stop_gradient)
+            after = np.asarray(logistic_prob(new, grid))[:, 0]
+            at = np.asarray(logistic_prob(new, x[idx]))[:, 0]
+            change = np.abs(after - curve)
+            res["params"].append(new)
+            res["curves"].append(after)
+            res["after"].append(at)
+            res["max_change"].append(float(change.max()))
+            res["mean_change"].append(float(change.mean()))
+            res["forget_change"].append(float(np.mean(np.abs(at - s[idx]))))
+        for key in ("max_change", "mean_change", "forget_change"):
+            res[f"{key}_median"] = float(np.median(res[key]))
+        out[name] = res
     return out
 
 
@@ -418,29 +502,42 @@ def sigmoid_experiment(config: SigmoidConfig = SigmoidConfig()) -> dict[str, Any
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class BoundaryConfig:
-    """Figure 2. A tanh MLP 2-32-32-2 trained by full-batch Adam on :func:`two_moons`; forget points
-    picked by :func:`select_forget_points`; JiT and the mislabel baseline from the original model,
-    one setting for both points (how they were chosen: ``docs/toys.md``)."""
+    """Figure 2. A tanh MLP 2-32-32-2 trained by full-batch Adam (cosine-decayed lr, light weight
+    decay) on :func:`wavy_boundary` data (200 points filling the square, 5% flipped labels that the
+    model memorises); forget points picked by :func:`select_forget_points`; JiT and the mislabel
+    baseline run from the original model with one setting for both points.
 
+    The settings were chosen by :func:`tune_boundary` on 20 validation forget points (never the two
+    shown): sigma = 0.3 is the grid value nearest to the information radius (0.39), lr = 1e-3 is the
+    last lr before JiT moves the boundary more than retraining does on average, mislabel lr = 1e-3
+    has the best validation agreement. JiT uses the authors' loss (logits, p = 1, stop-gradient)
+    without clipping, 10 steps of N = 1000 draws: in two dimensions the per-draw gradient, weighted
+    by 1/||xi||, has a (logarithmically) infinite variance around a small mean, so the authors'
+    N = 25 is mostly noise at this scale (N = 25 is one flag away; the doc shows its effect).
+    """
+
+    dataset: str = "wave"
     n: int = 200
-    noise: float = 0.2
+    noise: float = 0.05
     data_seed: int = 0
     init_seed: int = 0
     hidden: tuple[int, ...] = (32, 32)
     activation: str = "tanh"
     train_steps: int = 3000
     train_lr: float = 0.01
-    weight_decay: float = 3e-4
+    weight_decay: float = 1e-4
     sigma: float = 0.3
-    lr: float = 0.01
+    lr: float = 1e-3
     steps: int = 10
-    num_samples: int = 25
+    num_samples: int = 1000
     p: int = 1
+    stop_gradient: bool = True
+    output: str = "logits"
     jit_seed: int = 0
-    mislabel_lr: float = 0.1
-    mislabel_steps: int = 10
+    mislabel_lr: float = 1e-3
+    mislabel_max_steps: int = 1000
     resolution: int = 100
-    margin: float = 0.5
+    margin: float = 0.0
 
     def replace(self, **kw) -> BoundaryConfig:
         return dataclasses.replace(self, **kw)
@@ -449,53 +546,155 @@ class BoundaryConfig:
 METHODS = ("original", "retrained", "jit", "mislabel")
 
 
-def boundary_experiment(config: BoundaryConfig = BoundaryConfig(),
-                        forget: Sequence[int] | None = None) -> dict[str, Any]:
-    """Run Figure 2 (``forget`` overrides the selected points' indices).
-
-    Returns a dict: ``x``, ``y``, ``apply_fn``, ``grid`` (xx, yy), ``grad_norm`` of every training
-    point, ``points`` = {"low": ..., "high": ...}, each with ``idx``, ``params`` and ``pred`` (grid
-    argmax, shape of xx) per method in :data:`METHODS`, ``agreement`` (% of grid cells agreeing with the
-    retrained model, per method) and ``moved`` (% of grid cells whose prediction differs from the
-    original's, per method).
-    """
+def boundary_setup(config: BoundaryConfig = BoundaryConfig()) -> dict[str, Any]:
+    """Data, the original model and the grid of Figure 2: a dict with ``x``, ``y``, ``apply_fn``,
+    ``init`` (the initial parameters, shared by every retraining), ``params`` (the original model),
+    ``grad_norm`` (||grad_x log p(y|x)|| of every training point), ``low`` / ``high`` (the forget
+    points of :func:`select_forget_points`), ``grid`` (xx, yy) and ``points`` (the grid,
+    (m, 2))."""
     c = config
-    x, y = two_moons(c.n, noise=c.noise, seed=c.data_seed)
+    x, y = make_2d(c.dataset, c.n, noise=c.noise, seed=c.data_seed)
     apply_fn = mlp_fn(c.activation)
     init = init_mlp(jax.random.key(c.init_seed), (2, *c.hidden, 2))
     params = train_full_batch(apply_fn, init, x, y, steps=c.train_steps, lr=c.train_lr,
                               weight_decay=c.weight_decay)
     low, high, gnorm = select_forget_points(apply_fn, params, x, y)
-    if forget is not None:
-        low, high = (int(i) for i in forget)
     lo, hi = x.min(0) - c.margin, x.max(0) + c.margin
     xx, yy, pts = grid_points((lo[0], hi[0]), (lo[1], hi[1]), c.resolution)
-    retrained = leave_one_out(apply_fn, init, x, y, np.array([low, high]), steps=c.train_steps,
-                              lr=c.train_lr, weight_decay=c.weight_decay)
+    return {"x": x, "y": y, "apply_fn": apply_fn, "init": init, "params": params,
+            "grad_norm": gnorm, "low": low, "high": high, "grid": (xx, yy), "points": pts,
+            "config": c}
+
+
+def _retrain(setup, indices):
+    c = setup["config"]
+    return leave_one_out(setup["apply_fn"], setup["init"], setup["x"], setup["y"],
+                         np.asarray(indices), steps=c.train_steps, lr=c.train_lr,
+                         weight_decay=c.weight_decay)
+
+
+def boundary_experiment(config: BoundaryConfig = BoundaryConfig(),
+                        forget: Sequence[int] | None = None,
+                        setup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run Figure 2 (``forget`` overrides the selected points' indices; ``setup`` reuses a
+    :func:`boundary_setup` of the same config).
+
+    Returns the setup's dict plus ``points`` = {"low": ..., "high": ...}, each with ``idx``,
+    ``grad_norm``, ``params`` and ``pred`` (grid argmax, shape of xx) per method in :data:`METHODS`,
+    ``p_true`` (p(y|x) at the point per method), ``mislabel_steps``, ``agreement`` (% of grid cells
+    agreeing with the retrained model, per method) and ``moved`` (% of grid cells whose prediction
+    differs from the original's, per method).
+    """
+    c = config
+    s = setup if setup is not None else boundary_setup(c)
+    x, y, apply_fn, params, pts = s["x"], s["y"], s["apply_fn"], s["params"], s["points"]
+    low, high = (s["low"], s["high"]) if forget is None else (int(i) for i in forget)
+    retrained = _retrain(s, [low, high])
     pred0 = predict(apply_fn, params, pts)
-    out: dict[str, Any] = {"x": x, "y": y, "apply_fn": apply_fn, "grid": (xx, yy), "params": params,
-                           "grad_norm": gnorm, "config": c, "points": {}}
+    shape = s["grid"][0].shape
+    out = {k: v for k, v in s.items() if k != "points"}
+    out.update(grid_points=pts, config=c, points={})
     for k, (name, i) in enumerate((("low", low), ("high", high))):
         models = {
             "original": params,
             "retrained": stack_index(retrained, k),
-            "jit": jit_update(apply_fn, params, x[i:i + 1], jax.random.key(c.jit_seed),
+            "jit": jit_update(jit_output(apply_fn, c.output), params, x[i:i + 1],
+                              jax.random.key(c.jit_seed),
                               sigma=c.sigma, lr=c.lr, num_samples=c.num_samples, steps=c.steps,
-                              p=c.p),
-            "mislabel": mislabel_update(apply_fn, params, x[i:i + 1], y[i:i + 1],
-                                        lr=c.mislabel_lr, steps=c.mislabel_steps),
+                              p=c.p, stop_gradient=c.stop_gradient),
         }
+        models["mislabel"], n_mis = mislabel_update(apply_fn, params, x[i:i + 1], y[i:i + 1],
+                                                    lr=c.mislabel_lr,
+                                                    max_steps=c.mislabel_max_steps)
         preds = {m: predict(apply_fn, prm, pts) for m, prm in models.items()}
         probs = {m: float(jax.nn.softmax(apply_fn(prm, x[i:i + 1]))[0, y[i]])
                  for m, prm in models.items()}
         out["points"][name] = {
-            "idx": i, "grad_norm": float(gnorm[i]), "params": models,
-            "pred": {m: v.reshape(xx.shape) for m, v in preds.items()},
+            "idx": i, "grad_norm": float(s["grad_norm"][i]), "params": models,
+            "mislabel_steps": int(n_mis),
+            "pred": {m: v.reshape(shape) for m, v in preds.items()},
             "p_true": probs,
             "agreement": {m: agreement(v, preds["retrained"]) for m, v in preds.items()},
             "moved": {m: 100.0 - agreement(v, pred0) for m, v in preds.items()},
         }
     return out
+
+
+def tune_boundary(config: BoundaryConfig = BoundaryConfig(), *,
+                  sigmas: Sequence[float] = (0.1, 0.2, 0.3, 0.5),
+                  lrs: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+                  mislabel_lrs: Sequence[float] = (1e-3, 1e-2, 1e-1),
+                  num_val: int = 20, val_seed: int = 1, radius_k: int = 10,
+                  setup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How Figure 2's settings are chosen, on *validation* forget points, never the shipped two.
+
+    ``num_val`` training points (numpy seed ``val_seed``) drawn among those the model classifies
+    correctly, excluding the low- and high-gradient points, are each retrained without (vmapped
+    leave-one-out). For every (sigma, lr) JiT runs from the original on each validation point
+    (config's steps and N), and for every mislabel lr the mislabel baseline does; each is scored by
+    its mean grid agreement with the point's retrained model. Rules:
+
+    * JiT: sigma is the grid value nearest to the information radius r (the median distance from a
+      training point to its ``radius_k``-th neighbour, :func:`information.choose_radius`): the noise
+      explores the neighbourhood alpha(x) looks at. lr: going up the grid, the last lr before JiT's
+      mean boundary move (% of grid cells changed) on the validation points exceeds that of the
+      retrained models: JiT may change the model about as much as retraining does, not more. (Not
+      the agreement itself: the retrained models differ from the original on few cells, so the mean
+      agreement is highest for lr -> 0, i.e. doing nothing.)
+    * mislabel: the lr with the best mean validation agreement.
+
+    Returns {"val": indices, "original": mean agreement of the original, "jit": {(sigma, lr):
+    (agreement, moved)}, "mislabel": {lr: (agreement, moved, mean steps)}, "choice": {"sigma", "lr",
+    "mislabel_lr"}}.
+    """
+    c = config
+    s = setup if setup is not None else boundary_setup(c)
+    x, y, apply_fn, params, pts = s["x"], s["y"], s["apply_fn"], s["params"], s["points"]
+    correct = predict(apply_fn, params, x) == y
+    cand = np.setdiff1d(np.flatnonzero(correct), [s["low"], s["high"]])
+    val = np.sort(np.random.default_rng(val_seed).choice(cand, min(num_val, cand.size),
+                                                         replace=False))
+    loo = _retrain(s, val)
+    grid = jnp.asarray(pts)
+
+    def pred(prm):
+        return jnp.argmax(apply_fn(prm, grid), axis=-1)
+
+    pred0, pred_r = pred(params), jax.vmap(pred)(loo)
+
+    def score(models):
+        pm = jax.vmap(pred)(models)
+        return (float(jnp.mean(pm == pred_r)) * 100, float(jnp.mean(pm != pred0[None])) * 100)
+
+    base = float(jnp.mean(pred_r == pred0[None])) * 100
+    xv, yv = jnp.asarray(x[val]), jnp.asarray(y[val])
+    keys = jax.random.split(jax.random.key(c.jit_seed), val.size)
+    table_j = {}
+    for sigma in sigmas:
+        for lr in lrs:
+            new = jax.vmap(lambda xi, k, sigma=sigma, lr=lr: jit_update(
+                jit_output(apply_fn, c.output), params, xi[None], k, sigma=sigma, lr=lr,
+                num_samples=c.num_samples, steps=c.steps, p=c.p,
+                stop_gradient=c.stop_gradient))(xv, keys)
+            table_j[(sigma, lr)] = score(new)
+    table_m = {}
+    for lr in mislabel_lrs:
+        new, steps = jax.vmap(lambda xi, yi, lr=lr: mislabel_update(
+            apply_fn, params, xi[None], yi[None], lr=lr, max_steps=c.mislabel_max_steps))(xv, yv)
+        table_m[lr] = (*score(new), float(jnp.mean(steps)))
+    radius = information.choose_radius(x, k=radius_k, sample=None)
+    sigma = min(sigmas, key=lambda sg: abs(sg - radius))
+    lr = None
+    for cand_lr in sorted(lrs):  # the last lr before JiT's mean move exceeds retraining's
+        if table_j[(sigma, cand_lr)][1] > 100.0 - base:
+            break
+        lr = cand_lr
+    if lr is None:
+        raise ValueError(f"even the smallest lr moves the boundary more than retraining does at "
+                         f"sigma={sigma}; lrs tried: {sorted(lrs)}")
+    mis_lr = max(table_m, key=lambda lr: table_m[lr][0])
+    return {"val": val, "original": base, "jit": table_j, "mislabel": table_m, "radius": radius,
+            "choice": {"sigma": sigma, "lr": lr, "mislabel_lr": mis_lr}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -519,48 +718,58 @@ class HypothesisConfig:
         return dataclasses.replace(self, **kw)
 
 
-def hypothesis_experiment(config: HypothesisConfig = HypothesisConfig()) -> dict[str, Any]:
-    """Run the hypothesis test. Returns a dict of numpy arrays over the chosen points (``idx``,
-    ``alpha``, ``grad_norm``, ``kappa``, ``loo_effect``, ``loo_logp_change``, ``jit_effect``), the
-    ``radius`` and ``correlations``: {(feature, target): (Spearman rho, p-value)} for features alpha,
-    grad_norm, kappa and targets loo_effect, jit_effect (plus (loo_effect, jit_effect))."""
+def hypothesis_experiment(config: HypothesisConfig = HypothesisConfig(),
+                          setup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the hypothesis test (``setup`` reuses a :func:`boundary_setup` of ``config.boundary``).
+
+    Returns a dict of numpy arrays over the chosen points: ``idx``, ``alpha``, ``grad_norm``,
+    ``kappa``; the leave-one-out effect at the point ``loo_effect`` = |p_orig(y|x) - p_loo(y|x)|,
+    ``loo_logp_change`` = log p_loo(y|x) - log p_orig(y|x), and on the grid ``loo_moved`` (% of
+    cells whose prediction changed); the same for JiT (``jit_effect``, ``jit_moved``); the
+    ``radius``; and ``correlations``: {(feature, target): (Spearman rho, p-value)} for the features
+    alpha, grad_norm, kappa and the targets loo_effect, loo_moved, jit_effect, jit_moved, plus
+    (loo_effect, jit_effect) and (loo_moved, jit_moved).
+    """
     c, b = config, config.boundary
-    x, y = two_moons(b.n, noise=b.noise, seed=b.data_seed)
-    apply_fn = mlp_fn(b.activation)
-    init = init_mlp(jax.random.key(b.init_seed), (2, *b.hidden, 2))
-    params = train_full_batch(apply_fn, init, x, y, steps=b.train_steps, lr=b.train_lr,
-                              weight_decay=b.weight_decay)
+    s = setup if setup is not None else boundary_setup(b)
+    x, y, apply_fn, params = s["x"], s["y"], s["apply_fn"], s["params"]
     m = min(c.num_points, b.n)
     idx = np.sort(np.random.default_rng(c.point_seed).choice(b.n, size=m, replace=False))
     radius = information.choose_radius(x, k=c.radius_k, quantile=c.radius_quantile, sample=None)
     alpha = information.alpha(x[idx], y[idx], x, y, radius, exclude_self=idx.astype(np.int32)).alpha
     stats = input_gradient_norms(apply_fn, params, x[idx], y[idx])
-    loo = leave_one_out(apply_fn, init, x, y, idx, steps=b.train_steps, lr=b.train_lr,
-                              weight_decay=b.weight_decay)
+    loo = _retrain(s, idx)
+    xs, ys = jnp.asarray(x[idx]), jnp.asarray(y[idx])
+    keys = jax.random.split(jax.random.key(b.jit_seed), m)
+    jitted = jax.vmap(lambda xi, k: jit_update(jit_output(apply_fn, b.output), params, xi[None], k,
+                                               sigma=b.sigma,
+                                               lr=b.lr, num_samples=b.num_samples,
+                                               steps=b.steps, p=b.p,
+                                               stop_gradient=b.stop_gradient))(xs, keys)
 
     def logp_at(prm, xi, yi):
         return jax.nn.log_softmax(apply_fn(prm, xi[None]))[0, yi]
 
-    xs, ys = jnp.asarray(x[idx]), jnp.asarray(y[idx])
-    lp0 = jax.vmap(lambda xi, yi: logp_at(params, xi, yi))(xs, ys)
-    lp_loo = jax.vmap(logp_at)(loo, xs, ys)
-    keys = jax.random.split(jax.random.key(b.jit_seed), m)
-    jitted = jax.vmap(lambda xi, k: jit_update(apply_fn, params, xi[None], k, sigma=b.sigma,
-                                               lr=b.lr, num_samples=b.num_samples,
-                                               steps=b.steps, p=b.p))(xs, keys)
-    lp_jit = jax.vmap(logp_at)(jitted, xs, ys)
-    res = {
-        "idx": idx, "x": x, "y": y, "radius": radius, "alpha": np.asarray(alpha),
-        "grad_norm": stats["grad_norm"], "kappa": stats["kappa"],
-        "loo_effect": np.abs(np.exp(np.asarray(lp0)) - np.exp(np.asarray(lp_loo))),
-        "loo_logp_change": np.asarray(lp_loo - lp0),
-        "jit_effect": np.abs(np.exp(np.asarray(lp0)) - np.exp(np.asarray(lp_jit))),
-        "config": c,
-    }
+    grid = jnp.asarray(s["points"])
+
+    def pred(prm):
+        return jnp.argmax(apply_fn(prm, grid), axis=-1)
+
+    pred0 = pred(params)
+    lp0 = np.asarray(jax.vmap(lambda xi, yi: logp_at(params, xi, yi))(xs, ys))
+    res = {"idx": idx, "x": x, "y": y, "radius": radius, "alpha": np.asarray(alpha),
+           "grad_norm": stats["grad_norm"], "kappa": stats["kappa"], "config": c}
+    for name, models in (("loo", loo), ("jit", jitted)):
+        lp = np.asarray(jax.vmap(logp_at)(models, xs, ys))
+        res[f"{name}_effect"] = np.abs(np.exp(lp0) - np.exp(lp))
+        res[f"{name}_logp_change"] = lp - lp0
+        res[f"{name}_moved"] = np.asarray(jnp.mean(jax.vmap(pred)(models) != pred0, axis=1)) * 100
     corr = {}
     for feat in ("alpha", "grad_norm", "kappa"):
-        for target in ("loo_effect", "jit_effect"):
+        for target in ("loo_effect", "loo_moved", "jit_effect", "jit_moved"):
             corr[(feat, target)] = spearman(res[feat], res[target])
-    corr[("loo_effect", "jit_effect")] = spearman(res["loo_effect"], res["jit_effect"])
+    for target in ("effect", "moved"):
+        corr[(f"loo_{target}", f"jit_{target}")] = spearman(res[f"loo_{target}"],
+                                                            res[f"jit_{target}"])
     res["correlations"] = corr
     return res

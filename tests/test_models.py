@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -121,25 +122,26 @@ def test_count_params_model_state_and_abstract_agree():
 # ---------------------------------------------------------------------------- BatchNorm / dropout
 
 def test_batchnorm_train_updates_stats_eval_does_not():
-    model = create("resnet18", 10, (16, 16, 3), width=4)
-    x = _x((16, 16, 3), batch=4)
-    stats0 = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-    stem_out = nnx.jit(lambda conv, xx: conv(xx))(model.stem_conv, x)
+    model = create("vgg11_bn", 10, (32, 32, 3), width=4)
+    x = _x((32, 32, 3), batch=4)
+    stats = lambda: jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+    stats0 = stats()
+    first = model.features[0]
+    conv_out = nnx.jit(lambda conv, xx: conv(xx))(first.conv, x)
     _fwd(model, x)  # train mode
-    stats1 = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+    stats1 = stats()
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), stats0, stats1)
     assert all(jax.tree.leaves(changed))
     # momentum 0.9 (torch 0.1): running mean starts at 0, so it is 0.1 * batch mean
     np.testing.assert_allclose(
-        model.stem_bn.mean[...], 0.1 * stem_out.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6
+        first.bn.mean[...], 0.1 * conv_out.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6
     )
-    assert model.stem_bn.epsilon == 1e-5
+    assert first.bn.epsilon == 1e-5 and first.bn.momentum == 0.9
 
     model.eval()
     y1 = _fwd(model, x)
     y2 = _fwd(model, x)
-    stats2 = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-    jax.tree.map(np.testing.assert_array_equal, stats1, stats2)
+    jax.tree.map(np.testing.assert_array_equal, stats1, stats())
     np.testing.assert_array_equal(y1, y2)
 
 
@@ -173,8 +175,9 @@ def test_seeds():
 
 # ---------------------------------------------------------------------------- im2col convolution
 
-IM2COL_CASES = [  # (spatial, kernel, stride, pad)
-    (1, 3, 1, 1), (2, 3, 1, 1), (3, 3, 1, 1), (4, 3, 1, 1), (4, 3, 2, 1), (4, 1, 2, 0), (4, 7, 2, 3),
+IM2COL_CASES = [  # (spatial, kernel, stride, pad, check gradients)
+    (1, 3, 1, 1, False), (2, 3, 1, 1, True), (3, 3, 1, 1, False), (4, 3, 1, 1, False),
+    (4, 3, 2, 1, True), (4, 1, 2, 0, False), (4, 7, 2, 3, False),
 ]
 
 
@@ -182,7 +185,7 @@ def test_im2col_equals_plain_conv():
     """Values and gradients (the JiT step differentiates through these layers)."""
     key = jax.random.key(1)
     inputs = []
-    for spatial, k, _, _ in IM2COL_CASES:
+    for spatial, k, *_ in IM2COL_CASES:
         kx, kk, key = jax.random.split(key, 3)
         x = jax.random.normal(kx, (3, spatial, spatial + 1, 8))
         inputs.append((jax.random.normal(kk, (k, k, 8, 5)) / np.sqrt(k * k * 8), x))
@@ -190,12 +193,15 @@ def test_im2col_equals_plain_conv():
     @jax.jit
     def run(inputs):
         outs = []
-        for (kernel, x), (_, _, stride, pad) in zip(inputs, IM2COL_CASES, strict=True):
+        for (kernel, x), (_, _, stride, pad, grads) in zip(inputs, IM2COL_CASES, strict=True):
             strides, pads = (stride, stride), ((pad, pad), (pad, pad))
             for conv in (conv_general, conv_im2col):
-                loss = lambda kr, xx, c=conv: jnp.sum(c(xx, kr, strides, pads) ** 2)
-                outs.append((conv(x, kernel, strides, pads),
-                             *jax.grad(loss, argnums=(0, 1))(kernel, x)))
+                f = functools.partial(conv, strides=strides, padding=pads)
+                out = (f(x, kernel),)
+                if grads:
+                    loss = lambda kr, xx, f=f: jnp.sum(f(xx, kr) ** 2)
+                    out += jax.grad(loss, argnums=(0, 1))(kernel, x)
+                outs.append(out)
         return outs
 
     outs = run(inputs)
@@ -259,12 +265,18 @@ def _torch_adaptive_pool_ref(x, out):
     return y
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 9, 14])
-def test_adaptive_avg_pool_matches_torch_rule(size):
-    x = np.asarray(_x((size, size, 3)))
-    np.testing.assert_allclose(adaptive_avg_pool(jnp.asarray(x), (7, 7)),
-                               _torch_adaptive_pool_ref(x, 7), atol=1e-6)
-    assert adaptive_pool_matrix(size, 7).shape == (7, size)
+def test_adaptive_avg_pool_matches_torch_rule():
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 3, 5, 6, 7, 9, 14, 15):
+        x = rng.standard_normal((2, size, size, 3))
+        m = adaptive_pool_matrix(size, 7)
+        assert m.shape == (7, size)
+        np.testing.assert_allclose(np.einsum("oh,bhwc,pw->bopc", m, x, m),
+                                   _torch_adaptive_pool_ref(x, 7), atol=1e-6, err_msg=str(size))
+    for size in (1, 2, 7):  # the broadcast, general and identity paths of the jnp version
+        x = rng.standard_normal((2, size, size, 3)).astype(np.float32)
+        np.testing.assert_allclose(adaptive_avg_pool(jnp.asarray(x), (7, 7)),
+                                   _torch_adaptive_pool_ref(x, 7), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- registry / spec

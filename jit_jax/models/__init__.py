@@ -22,6 +22,12 @@ Registry (``available()``); options and their defaults:
                        classes); ``vit_s16`` (384/12/6/1536) and ``vit_ti16`` (192/12/3/768)
 =====================  =============================================================================
 
+Initialisation: convolutions He-normal over fan-out (torchvision's choice for ResNet and VGG),
+dense layers flax's LeCun-normal, the torchvision VGG head as torchvision, the ViT as Google's
+``vit_jax``. Values are drawn with numpy from the JAX key (``initializers``), which builds a model
+in well under a second on CPU instead of compiling a random-number program per parameter shape;
+``spec.build(seed)`` is deterministic in ``seed``.
+
 Minimum input sizes: ``cnn`` 2x2, ``resnet18`` 8x8 (cifar stem) / 32x32 (imagenet stem), VGGs
 32x32, ViTs a multiple of the patch size.
 
@@ -45,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 from jit_jax.models.cnn import CNN
+from jit_jax.models.mlp import MLP
 from jit_jax.models.layers import Conv, adaptive_avg_pool, conv_general, conv_im2col
 from jit_jax.models.resnet import ResNet18
 from jit_jax.models.vgg import VGG
@@ -140,6 +147,8 @@ def _vgg(config: str, bn: bool, head: str) -> _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "cnn": _Entry(CNN, {"width": (32, _positive_int)}, {}, _min_size(2, "cnn")),
+    "mlp": _Entry(MLP, {"hidden": (256, _positive_int), "depth": (2, _positive_int)}, {},
+                  _min_size(1, "mlp")),
     "resnet18": _Entry(
         ResNet18,
         {"width": (64, _positive_int), "stem": ("cifar", _choice("cifar", "imagenet"))},

@@ -8,8 +8,9 @@ the channel axis and do one matmul with the reshaped HWIO kernel -- when the inp
 is small (``max(H, W) <= im2col_max_spatial``, default 4). XLA:CPU runs a 3x3/pad-1 convolution
 over a 2x2 (or 1x1) map at 2-3 GFLOP/s, against ~300 GFLOP/s for the same maths as a matmul; VGG's
 last two convolutions at 32x32 input are exactly that case, and the im2col form made a VGG11 step
-13x faster (``reference/perf-jit-step.md``). Above 4x4 XLA's own convolution is faster, so it is
-used there. The choice is made from static shapes at trace time, so it costs nothing at run time.
+13x faster (``reference/perf-jit-step.md``; here a VGG11-BN forward+backward at batch 32 went
+from 7.6 s to 0.38 s). Above 4x4 XLA's own convolution is as fast or faster, so it is used there.
+The choice is made from static shapes at trace time, so it costs nothing at run time.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ IM2COL_MAX_SPATIAL = 4
 BN_MOMENTUM = 0.9  # flax convention; equals torch's momentum=0.1
 BN_EPSILON = 1e-5  # torch's default
 
+
 def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
@@ -43,8 +45,8 @@ def _padding(
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """Normalise a padding spec to explicit ((top, bottom), (left, right)).
 
-    An int ``p`` pads ``p`` on every side (torch's ``padding=p``); "VALID" is 0; "SAME" is only
-    accepted for stride 1 and odd kernels, where it is the symmetric ``k // 2``.
+    An int ``p`` pads ``p`` on every side (torch's ``padding=p``); "VALID" is 0; "SAME" (odd
+    kernels only) is the symmetric ``k // 2``, which equals flax's "SAME" at stride 1.
     """
     if isinstance(padding, str):
         if padding.upper() == "VALID":

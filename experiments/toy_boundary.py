@@ -1,0 +1,106 @@
+"""Figure 2 of Foster et al. (TMLR 2025): how the decision boundary of a 2-D classifier moves when a
+low- or a high-gradient training point is forgotten, by retraining, by JiT and by training to
+mislabel it.
+
+    .venv/bin/python experiments/toy_boundary.py           # writes docs/figures/toy_boundary.png
+    .venv/bin/python experiments/toy_boundary.py --tune    # also prints the validation sweep that
+                                                           # chose sigma, lr and the mislabel lr
+    .venv/bin/python experiments/toy_boundary.py --small   # quick run (coarser grid, N = 200)
+
+Prints, per forget point and method, the agreement with the retrained model (% of grid cells with
+the same prediction) and how far the boundary moved (% of grid cells whose prediction changed from
+the original's). Settings: ``jit_jax.toys.BoundaryConfig``; results: ``docs/toys.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from jit_jax import toys  # noqa: E402
+from jit_jax.toy_plots import plot_boundary  # noqa: E402
+
+
+def print_tuning(tb):
+    print(f"validation forget points: {tb['val'].tolist()}")
+    print(f"information radius r = {tb['radius']:.3f}; original vs retrained: mean agreement "
+          f"{tb['original']:.2f}%, mean move {100 - tb['original']:.2f}%")
+    print(f"{'JiT sigma':>10s} {'lr':>8s} {'agreement':>10s} {'moved':>7s}")
+    for (sigma, lr), (agr, mv) in tb["jit"].items():
+        print(f"{sigma:10.2f} {lr:8.0e} {agr:10.2f} {mv:7.2f}")
+    print(f"{'mislabel lr':>19s} {'agreement':>10s} {'moved':>7s} {'steps':>7s}")
+    for lr, (agr, mv, steps) in tb["mislabel"].items():
+        print(f"{lr:19.0e} {agr:10.2f} {mv:7.2f} {steps:7.1f}")
+    print(f"choice: {tb['choice']}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="docs/figures", help="output folder (default: docs/figures)")
+    ap.add_argument("--small", action="store_true", help="quick run: 50 x 50 grid, N = 200")
+    ap.add_argument("--tune", action="store_true", help="print the settings sweep (tune_boundary)")
+    ap.add_argument("--num-samples", type=int, default=None, help="JiT noise draws N per step")
+    ap.add_argument("--jit-seeds", type=int, default=0,
+                    help="also rerun JiT with this many noise seeds and print the checks for each")
+    args = ap.parse_args(argv)
+
+    cfg = toys.BoundaryConfig()
+    if args.small:
+        cfg = cfg.replace(resolution=50, num_samples=200)
+    if args.num_samples is not None:
+        cfg = cfg.replace(num_samples=args.num_samples)
+    print(f"settings: {cfg}")
+    setup = toys.boundary_setup(cfg)
+    x, y = setup["x"], setup["y"]
+    acc = float((toys.predict(setup["apply_fn"], setup["params"], x) == y).mean()) * 100
+    print(f"original model: training accuracy {acc:.1f}% on {len(y)} points")
+    if args.tune:
+        print_tuning(toys.tune_boundary(cfg, setup=setup))
+    res = toys.boundary_experiment(cfg, setup=setup)
+    print(f"{'point':6s} {'index':>5s} {'x':>16s} {'y':>2s} {'grad':>9s} {'method':>10s} "
+          f"{'agreement':>10s} {'moved':>7s} {'p(y|x)':>8s}")
+    for name in ("low", "high"):
+        pt = res["points"][name]
+        i = pt["idx"]
+        for m in toys.METHODS:
+            print(f"{name:6s} {i:5d} {str(x[i].round(2)):>16s} {y[i]:2d} {pt['grad_norm']:9.2e} "
+                  f"{m:>10s} {pt['agreement'][m]:10.2f} {pt['moved'][m]:7.2f} "
+                  f"{pt['p_true'][m]:8.3f}")
+        print(f"{'':6s} mislabel steps taken: {pt['mislabel_steps']}")
+    lo, hi = res["points"]["low"], res["points"]["high"]
+    checks = {
+        "JiT agrees with retrained better than mislabel (low point)":
+            lo["agreement"]["jit"] > lo["agreement"]["mislabel"],
+        "JiT agrees with retrained better than mislabel (high point)":
+            hi["agreement"]["jit"] > hi["agreement"]["mislabel"],
+        "JiT moves the boundary more for the high point than the low":
+            hi["moved"]["jit"] > lo["moved"]["jit"],
+    }
+    for text, ok in checks.items():
+        print(f"[{'yes' if ok else 'NO '}] {text}")
+    if args.jit_seeds:
+        print(f"JiT over noise seeds (N = {cfg.num_samples}): agreement low / high "
+              f"(mislabel {lo['agreement']['mislabel']:.2f} / {hi['agreement']['mislabel']:.2f}),"
+              f" moved low / high")
+        for seed in range(args.jit_seeds):
+            r = toys.boundary_experiment(cfg.replace(jit_seed=seed), setup=setup)
+            a, b = r["points"]["low"], r["points"]["high"]
+            print(f"  seed {seed}: agreement {a['agreement']['jit']:6.2f} / "
+                  f"{b['agreement']['jit']:6.2f}   moved {a['moved']['jit']:5.2f} / "
+                  f"{b['moved']['jit']:5.2f}   p(y|x) at the high point {b['p_true']['jit']:.3f}")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "toy_boundary.png")
+    plot_boundary(res).savefig(path, dpi=90)
+    print(f"wrote {path}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

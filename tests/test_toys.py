@@ -1,0 +1,129 @@
+"""The toy experiments of jit_jax.toys: Figure 2 (at the shipped settings), Figure 3,
+leave-one-out."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jit_jax import toys
+
+
+@pytest.fixture(scope="module")
+def boundary():
+    """Figure 2 at the shipped settings (toys.BoundaryConfig())."""
+    return toys.boundary_experiment(toys.BoundaryConfig())
+
+
+def test_boundary_forget_points(boundary):
+    lo, hi = boundary["points"]["low"], boundary["points"]["high"]
+    assert lo["grad_norm"] < 1e-6 < 1.0 < hi["grad_norm"]
+    # removing the low-gradient point changes almost nothing; the high-gradient one much more
+    assert lo["moved"]["retrained"] < 0.5 < 2.0 < hi["moved"]["retrained"]
+    for pt in (lo, hi):  # the mislabel baseline stops once the point is mislabelled
+        assert pt["p_true"]["mislabel"] < 0.5
+        assert pt["agreement"]["retrained"] == 100.0 and pt["moved"]["original"] == 0.0
+
+
+def test_boundary_jit_beats_mislabel_low_point(boundary):
+    lo = boundary["points"]["low"]
+    assert lo["agreement"]["jit"] > lo["agreement"]["mislabel"] + 1.0
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "measured tie at the shipped settings: JiT 96.08% vs mislabel 96.30% agreement at the "
+    "high-gradient point (within 0.3 points for every lr on the grid); see docs/toys.md"))
+def test_boundary_jit_beats_mislabel_high_point(boundary):
+    hi = boundary["points"]["high"]
+    assert hi["agreement"]["jit"] > hi["agreement"]["mislabel"]
+
+
+def test_boundary_jit_moves_more_for_high_gradient_point(boundary):
+    lo, hi = boundary["points"]["low"], boundary["points"]["high"]
+    assert hi["moved"]["jit"] > lo["moved"]["jit"]
+    # and JiT unlearns the high-gradient point, as retraining does
+    assert hi["p_true"]["jit"] < 0.5 and hi["p_true"]["retrained"] < 0.5
+
+
+@pytest.mark.parametrize("stop_gradient", [True, False])
+def test_sigmoid_flat_vs_steep(stop_gradient):
+    cfg = toys.SigmoidConfig(train_steps=500, jit_seeds=(0, 1), stop_gradient=stop_gradient)
+    res = toys.sigmoid_experiment(cfg)
+    flat, steep = res["flat"], res["steep"]
+    assert flat["slope"] < 1e-3 < 0.3 < steep["slope"]
+    for k in range(len(cfg.jit_seeds)):
+        assert flat["max_change"][k] < 1e-3
+        assert steep["max_change"][k] > 0.02
+        assert steep["max_change"][k] > 100 * flat["max_change"][k]
+
+
+def test_linear_logit_has_no_jit_signal():
+    """With the logits [0, w x + b] the JiT loss is |w| whatever the noise: its value does not
+    depend on the draws (hence the sigmoid output in Figure 3)."""
+    from jit_jax.unlearn.jit import jit_loss
+
+    params = toys.init_logistic(1.7, -0.3)
+    x = jnp.array([[0.2], [1.5]])
+    for seed in range(3):
+        loss = jit_loss(toys.logistic_logits, params, x, jax.random.key(seed), sigma=0.5,
+                        num_samples=8, clip=False)
+        np.testing.assert_allclose(loss, 2 * 1.7, rtol=1e-5)
+
+
+def test_leave_one_out_vmap_equals_loop():
+    x, y = toys.two_moons(40, noise=0.2, seed=3)
+    f = toys.mlp_fn("tanh")
+    init = toys.init_mlp(jax.random.key(1), (2, 8, 8, 2))
+    idx = np.array([0, 7, 21])
+    kw = dict(steps=100, lr=0.01, weight_decay=1e-4)
+    stacked = toys.leave_one_out(f, init, x, y, idx, **kw)
+    for k, i in enumerate(idx):
+        keep = np.arange(len(y)) != i
+        subset = toys.train_full_batch(f, init, x[keep], y[keep], **kw)
+        weighted = toys.train_full_batch(f, init, x, y, weights=keep.astype(np.float32), **kw)
+        for a, b, c in zip(jax.tree.leaves(toys.stack_index(stacked, k)), jax.tree.leaves(subset),
+                           jax.tree.leaves(weighted), strict=True):
+            np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_mislabel_stops_when_mislabelled():
+    x, y = toys.two_moons(40, noise=0.2, seed=3)
+    f = toys.mlp_fn("tanh")
+    params = toys.train_full_batch(f, toys.init_mlp(jax.random.key(1), (2, 8, 8, 2)), x, y,
+                                   steps=200, lr=0.02)
+    i = int(np.flatnonzero(toys.predict(f, params, x) == y)[0])
+    new, steps = toys.mislabel_update(f, params, x[i:i + 1], y[i:i + 1], lr=0.05, max_steps=500)
+    assert 0 < int(steps) < 500
+    assert toys.predict(f, new, x[i:i + 1])[0] == 1 - y[i]
+    prev, _ = toys.mislabel_update(f, params, x[i:i + 1], y[i:i + 1], lr=0.05,
+                                   max_steps=int(steps) - 1)
+    assert toys.predict(f, prev, x[i:i + 1])[0] == y[i]
+
+
+def test_jit_update_one_step_is_sgd_on_the_loss():
+    from jit_jax.unlearn.jit import jit_value_and_grad
+
+    f = toys.mlp_fn("tanh")
+    params = toys.init_mlp(jax.random.key(0), (2, 4, 2))
+    x = jnp.array([[0.3, -0.2]])
+    key = jax.random.key(5)
+    new = toys.jit_update(f, params, x, key, sigma=0.3, lr=0.1, num_samples=4, steps=1)
+    _, g = jit_value_and_grad(f, params, x, jax.random.split(key, 1)[0], sigma=0.3,
+                              num_samples=4, clip=False, images_per_forward=None)
+    for a, p, gg in zip(jax.tree.leaves(new), jax.tree.leaves(params), jax.tree.leaves(g),
+                        strict=True):
+        np.testing.assert_allclose(a, p - 0.1 * gg, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_options_fail_early():
+    with pytest.raises(ValueError, match="dataset"):
+        toys.make_2d("spiral", 10, noise=0.1, seed=0)
+    with pytest.raises(ValueError, match="activation"):
+        toys.mlp_apply(toys.init_mlp(jax.random.key(0), (2, 2)), jnp.zeros((1, 2)), "sigmoid")
+    with pytest.raises(ValueError, match="output"):
+        toys.jit_output(toys.mlp_fn(), "entropy")
+    with pytest.raises(ValueError, match="optimizer"):
+        toys.train_full_batch(toys.mlp_fn(), toys.init_mlp(jax.random.key(0), (2, 2)),
+                              np.zeros((2, 2), np.float32), np.zeros(2, np.int32), steps=1,
+                              lr=0.1, optimizer="lbfgs")
