@@ -38,7 +38,7 @@ def main(argv=None):
     ap.add_argument("--num-points", type=int, default=None, help="forget points (default 100)")
     args = ap.parse_args(argv)
 
-    cfg = toys.HypothesisConfig(num_points=100)
+    cfg = toys.HypothesisConfig()
     if args.small:
         cfg = cfg.replace(num_points=20, boundary=cfg.boundary.replace(num_samples=200))
     if args.num_points is not None:

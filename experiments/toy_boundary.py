@@ -47,6 +47,8 @@ def main(argv=None):
     ap.add_argument("--small", action="store_true", help="quick run: 50 x 50 grid, N = 200")
     ap.add_argument("--tune", action="store_true", help="print the settings sweep (tune_boundary)")
     ap.add_argument("--num-samples", type=int, default=None, help="JiT noise draws N per step")
+    ap.add_argument("--lr-sweep", default=None,
+                    help="comma-separated JiT lrs: rerun JiT on the two points at each (sensitivity)")
     ap.add_argument("--jit-seeds", type=int, default=0,
                     help="also rerun JiT with this many noise seeds and print the checks for each")
     args = ap.parse_args(argv)
@@ -95,6 +97,15 @@ def main(argv=None):
             print(f"  seed {seed}: agreement {a['agreement']['jit']:6.2f} / "
                   f"{b['agreement']['jit']:6.2f}   moved {a['moved']['jit']:5.2f} / "
                   f"{b['moved']['jit']:5.2f}   p(y|x) at the high point {b['p_true']['jit']:.3f}")
+    if args.lr_sweep:
+        print(f"JiT lr sensitivity (sigma = {cfg.sigma}, N = {cfg.num_samples}): agreement low / "
+              f"high, moved low / high")
+        for lr in (float(v) for v in args.lr_sweep.split(",")):
+            r = toys.boundary_experiment(cfg.replace(lr=lr), setup=setup)
+            a, b = r["points"]["low"], r["points"]["high"]
+            print(f"  lr {lr:7.0e}: agreement {a['agreement']['jit']:6.2f} / "
+                  f"{b['agreement']['jit']:6.2f}   moved {a['moved']['jit']:5.2f} / "
+                  f"{b['moved']['jit']:5.2f}")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "toy_boundary.png")
     plot_boundary(res).savefig(path, dpi=90)

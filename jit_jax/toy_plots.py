@@ -106,6 +106,7 @@ def plot_hypothesis(result: dict[str, Any]):
                 ax.set_xscale("log")
             if target == "loo_effect":  # many points change by ~0: linear below 1e-4
                 ax.set_yscale("symlog", linthresh=1e-4)
+                ax.set_ylim(bottom=0, top=1.5)
             rho, pval = corr[(feat, target)]
             ax.set_title(f"Spearman rho = {rho:.2f} (p = {pval:.1g})", fontsize=9)
             ax.set_xlabel(flabel)
@@ -117,6 +118,8 @@ def plot_hypothesis(result: dict[str, Any]):
         if target == "loo_effect":
             ax.set_xscale("symlog", linthresh=1e-4)
             ax.set_yscale("symlog", linthresh=1e-4)
+            ax.set_xlim(left=0, right=1.5)
+            ax.set_ylim(bottom=0, top=1.5)
         rho, pval = corr[(target, jt)]
         ax.set_title(f"JiT vs retraining: Spearman rho = {rho:.2f} (p = {pval:.1g})", fontsize=9)
         ax.set_xlabel(label.replace("LOO", "JiT").replace("p_loo", "p_jit"))

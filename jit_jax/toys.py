@@ -61,6 +61,7 @@ from jit_jax.analysis import curvature, information
 from jit_jax.unlearn.jit import jit_value_and_grad
 
 __all__ = [
+    "METHODS",
     "BoundaryConfig",
     "HypothesisConfig",
     "SigmoidConfig",
@@ -72,10 +73,12 @@ __all__ = [
     "init_logistic",
     "init_mlp",
     "input_gradient_norms",
+    "jit_output",
     "jit_update",
     "leave_one_out",
     "logistic_logits",
     "logistic_prob",
+    "make_2d",
     "mislabel_update",
     "mlp_apply",
     "mlp_fn",
@@ -83,11 +86,13 @@ __all__ = [
     "predict",
     "select_forget_points",
     "sigmoid_experiment",
+    "softmax_output",
     "spearman",
     "stack_index",
     "train_full_batch",
     "tune_boundary",
     "two_moons",
+    "wavy_boundary",
 ]
 
 Params = Any
@@ -274,7 +279,7 @@ def _check_optimizer(optimizer: str):
 def train_full_batch(apply_fn: ApplyFn, params: Params, x, y, *, steps: int, lr: float,
                      weights=None, optimizer: str = "adam", weight_decay: float = 0.0) -> Params:
     """``steps`` full-batch steps of Adam (or plain GD) on the weighted mean cross-entropy plus
-    ``weight_decay / 2 * ||params||^2``.
+    ``weight_decay / 2 * ||params||^2``, the lr decayed from ``lr`` to 0 by a cosine schedule.
 
     ``weights`` (n,) (default all ones): the loss is sum_i w_i CE_i / sum_i w_i, so a 0/1 mask is
     exactly training on the subset. Deterministic: the same init, data and weights give the same
@@ -316,7 +321,8 @@ def jit_update(apply_fn: ApplyFn, params: Params, x_forget, key: jax.Array, *, s
 
     ``steps=1`` is the authors' algorithm for a forget set that fits in one batch. ``clip`` defaults
     to False here (see the module docstring: the batch-global range of a few low-dimensional points
-    is degenerate); everything else is :func:`jit_jax.unlearn.jit.jit_value_and_grad`'s defaults.
+    is degenerate) and all N draws are vmapped in one forward (``images_per_forward=None``: tiny
+    inputs); everything else is :func:`jit_jax.unlearn.jit.jit_value_and_grad`'s defaults.
     """
     x_forget = jnp.asarray(x_forget)
 
@@ -643,9 +649,9 @@ def tune_boundary(config: BoundaryConfig = BoundaryConfig(), *,
       agreement is highest for lr -> 0, i.e. doing nothing.)
     * mislabel: the lr with the best mean validation agreement.
 
-    Returns {"val": indices, "original": mean agreement of the original, "jit": {(sigma, lr):
-    (agreement, moved)}, "mislabel": {lr: (agreement, moved, mean steps)}, "choice": {"sigma", "lr",
-    "mislabel_lr"}}.
+    Returns {"val": indices, "original": mean agreement of the original, "radius": r, "jit":
+    {(sigma, lr): (agreement, moved)}, "mislabel": {lr: (agreement, moved, mean steps)}, "choice":
+    {"sigma", "lr", "mislabel_lr"}}.
     """
     c = config
     s = setup if setup is not None else boundary_setup(c)
@@ -709,7 +715,7 @@ class HypothesisConfig:
     |p_orig(y|x) - p_jit(y|x)| (JiT on that point alone, :class:`BoundaryConfig`'s JiT settings)."""
 
     boundary: BoundaryConfig = BoundaryConfig()
-    num_points: int = 60
+    num_points: int = 100
     point_seed: int = 0
     radius_k: int = 10
     radius_quantile: float = 0.5

@@ -51,8 +51,8 @@ import numpy as np
 from flax import nnx
 
 from jit_jax.models.cnn import CNN
-from jit_jax.models.mlp import MLP
 from jit_jax.models.layers import Conv, adaptive_avg_pool, conv_general, conv_im2col
+from jit_jax.models.mlp import MLP
 from jit_jax.models.resnet import ResNet18
 from jit_jax.models.vgg import VGG
 from jit_jax.models.vit import ViT, export_vit_npz, load_vit_npz

@@ -29,7 +29,7 @@ class MLP(nnx.Module):
     ):
         d = math.prod(input_shape)
         dims = [d] + [hidden] * depth
-        self.layers = nnx.List([dense(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+        self.layers = nnx.List([dense(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:], strict=True)])
         self.head = dense(dims[-1], num_classes, rngs=rngs)
 
     def __call__(self, x):
