@@ -38,8 +38,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     from jit_jax.cli import parse_options
 
-    jit_opts = {**recipes.jit_defaults("digits", args.model, "class"),
-                **parse_options(args.set, "JiT")}
+    jit_opts = parse_options(args.set, "JiT")  # overrides of the shipped defaults
     ds = load_dataset("digits")
     spec = ModelSpec(args.model, ds.num_classes, ds.image_shape, {})
     t0 = time.perf_counter()

@@ -44,7 +44,10 @@ def references_in_process(args):
     """[(seed, split, dataset, original, rtrn_result, spec)] trained here on the fit part."""
     full = load_dataset(args.dataset)
     _, val = holdout(full, args.holdout, seed=0)
-    spec = ModelSpec(args.model, val.num_classes, val.image_shape, dict(args.model_opt or {}))
+    from jit_jax.cli import parse_options
+
+    spec = ModelSpec(args.model, val.num_classes, val.image_shape,
+                     parse_options(args.model_opt, "model"))
     out = []
     for seed in args.seeds:
         cfg = recipes.train_recipe(val.name, spec.name).replace(seed=seed)
@@ -89,7 +92,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="digits")
     p.add_argument("--model", default="cnn")
-    p.add_argument("--model-opt", type=lambda s: s.split("=", 1), action="append")
+    p.add_argument("--model-opt", action="append", metavar="KEY=VALUE")
     p.add_argument("--checkpoint")
     p.add_argument("--rtrn")
     p.add_argument("--holdout", type=float, default=0.1)

@@ -196,8 +196,6 @@ def cmd_unlearn(args) -> int:
                           if "train_config" in meta else None,
                           seed=args.seed, preprocess=prep, progress=not args.no_progress)
     options = parse_options(args.set, "method")
-    if args.method == "jit" and "sigma" not in options and "lr" not in options:
-        options = {**recipes.jit_defaults(ds.name, spec.name, split.kind), **options}
     res = unlearn.run(args.method, req, **options)
     result = evaluate_unlearning(res.model, ds, split, method=args.method, runtime=res.runtime,
                                  compile_time=res.compile_time, zero_shot=res.zero_shot,

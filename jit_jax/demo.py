@@ -44,8 +44,6 @@ def compare(model: nnx.Module, ds: Dataset, split: ForgetSplit, spec: ModelSpec,
     (``rtrn`` is run even when not listed, as the reference)."""
     prep = recipes.preprocess_fn(ds)
     method_options = method_options or {}
-    jit_opts = {**recipes.jit_defaults(ds.name, spec.name, split.kind),
-                **method_options.get("jit", {})}
     results: list[UnlearnResult] = []
     for seed in seeds:
         req = unlearn.Request(model=model, dataset=ds, split=split, spec=spec,
@@ -54,12 +52,13 @@ def compare(model: nnx.Module, ds: Dataset, split: ForgetSplit, spec: ModelSpec,
         per_seed: dict[str, UnlearnResult] = {}
         order = ["rtrn"] + [m for m in methods if m != "rtrn"]
         for name in order:
-            opts = jit_opts if name == "jit" else method_options.get(name, {})
+            opts = method_options.get(name, {})
             t0 = time.perf_counter()
             out = unlearn.run(name, req, **opts)
             r = evaluate_unlearning(out.model, ds, split, method=name, runtime=out.runtime,
                                     compile_time=out.compile_time, zero_shot=out.zero_shot,
-                                    seed=seed, preprocess=prep, extra={"options": opts})
+                                    seed=seed, preprocess=prep,
+                                    extra={"options": opts, "config": out.log.get("config")})
             per_seed[name] = r
             log(f"  seed {seed} {name:10s} D_r {r.retain_acc:5.1f}  D_f {r.forget_acc:5.1f}  "
                 f"MIA {r.mia:5.1f}  runtime {out.runtime:.2f}s  "

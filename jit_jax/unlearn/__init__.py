@@ -88,7 +88,12 @@ def _retrain(req: Request, head_only: bool, **options) -> MethodOutput:
 
 
 def default_jit_config(req: Request) -> JiTConfig:
-    return preset(req.split.kind, req.spec.name)
+    """The authors' preset for the task and model family, then the project's measured defaults for
+    the dataset (``jit_jax.recipes.JIT_DEFAULTS``) where there are any."""
+    from jit_jax import recipes
+
+    cfg = preset(req.split.kind, req.spec.name)
+    return cfg.replace(**recipes.jit_defaults(req.dataset.name, req.spec.name, req.split.kind))
 
 
 def _jit(req: Request, **options) -> MethodOutput:
