@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "print the paper's table and write it as markdown and JSON.")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--forget", default="class:3")
-    d.add_argument("--seeds", type=int, default=1, help="repeats of RTRN and JiT")
+    d.add_argument("--seeds", type=int, default=3, help="repeats of RTRN and JiT (seeds 0..N-1)")
     d.add_argument("--model", default="mlp", help="mlp (default: JiT unlearns it selectively) or cnn")
     d.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo")
     d.add_argument("--no-progress", action="store_true")

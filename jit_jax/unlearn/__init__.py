@@ -76,7 +76,7 @@ def _bsln(req: Request, **options) -> MethodOutput:
 def _retrain(req: Request, head_only: bool, **options) -> MethodOutput:
     if req.train_config is None:
         raise ValueError("retraining needs the original training recipe (train_config)")
-    cfg = req.train_config.replace(**options) if options else req.train_config
+    cfg = req.train_config.replace(**options, seed=req.seed)
     y = req.dataset.train_targets[req.split.retain_idx]
     init = reset_head(req.model, req.seed) if head_only else None
     t0 = time.perf_counter()

@@ -1,0 +1,81 @@
+"""Score BSLN, RTRN and JiT on the test set for one forget request, from checkpoints.
+
+The checkpoints come from the CLI (CPU recipe in the README)::
+
+    jit-jax train --dataset npz:../shared/data/cifar10_subset_10k_2k.npz --model resnet18 \
+        --width 16 --holdout 0.1 --epochs 30 --out runs/cifar-r18w16
+    jit-jax unlearn --checkpoint runs/cifar-r18w16 --method rtrn --forget class:airplane \
+        --out runs/cifar-r18w16-rtrn-airplane
+    python experiments/tune_jit.py --checkpoint runs/cifar-r18w16 \
+        --rtrn runs/cifar-r18w16-rtrn-airplane --forget class:airplane --sigma ... --lr ...
+    python experiments/cifar_forget.py --checkpoint runs/cifar-r18w16 \
+        --rtrn runs/cifar-r18w16-rtrn-airplane --forget class:airplane --seeds 0 1 2 \
+        --set sigma=... --set lr=... --set batch_size=... --out docs/results/cifar-r18w16.json
+
+JiT's settings must come from the validation search (``tune_jit.py``), not from this test-set run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jit_jax import recipes, unlearn  # noqa: E402
+from jit_jax.cli import _load_run, parse_options  # noqa: E402
+from jit_jax.data import parse_forget  # noqa: E402
+from jit_jax.metrics import (  # noqa: E402
+    evaluate_unlearning,
+    markdown_table,
+    retrain_distance,
+    write_results,
+)
+from jit_jax.models import ModelSpec  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--rtrn", required=True)
+    p.add_argument("--forget", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="JiT options")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    opts = parse_options(args.set, "JiT")
+    model, meta, ds = _load_run(args.checkpoint)
+    rmodel, rmeta, _ = _load_run(args.rtrn)
+    spec = ModelSpec.from_dict(meta["model"])
+    prep = recipes.preprocess_fn(ds)
+    split = parse_forget(ds, args.forget)
+    rtrn_runtime = rmeta.get("result", {}).get("runtime")
+    rres = evaluate_unlearning(rmodel, ds, split, method="rtrn", runtime=rtrn_runtime,
+                               compile_time=rmeta.get("result", {}).get("compile_time"),
+                               preprocess=prep)
+    bres = evaluate_unlearning(model, ds, split, method="bsln", runtime=0.0, preprocess=prep)
+    results = [bres, rres]
+    for seed in args.seeds:
+        req = unlearn.Request(model, ds, split, spec, None, seed=seed, preprocess=prep)
+        out = unlearn.run("jit", req, **opts)
+        r = evaluate_unlearning(out.model, ds, split, method="jit", runtime=out.runtime,
+                                compile_time=out.compile_time, zero_shot=True, seed=seed,
+                                preprocess=prep, extra={"options": opts,
+                                                        "config": out.log["config"]})
+        results.append(r)
+        print(f"seed {seed}: D_r {r.retain_acc:.1f} D_f {r.forget_acc:.1f} MIA {r.mia:.1f} "
+              f"runtime {out.runtime:.1f}s (compile {out.compile_time:.1f}s)", flush=True)
+    for r in results:
+        r.retrain_distance = retrain_distance(r, rres)
+    table = markdown_table(results)
+    print(f"{ds.name}, {spec.name} {spec.kwargs}, forget {split.description} "
+          f"({split.n_forget} samples), JiT {opts}\n{table}")
+    if args.out:
+        write_results(args.out, results, context={
+            "checkpoint": args.checkpoint, "rtrn": args.rtrn, "forget": split.description,
+            "model": spec.to_dict(), "jit_options": opts, "argv": sys.argv[1:]})
+
+
+if __name__ == "__main__":
+    main()
