@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jit_jax import recipes, unlearn  # noqa: E402
-from jit_jax.cli import _load_run, parse_options  # noqa: E402
+from jit_jax.cli import load_run, parse_options  # noqa: E402
 from jit_jax.data import parse_forget  # noqa: E402
 from jit_jax.metrics import (  # noqa: E402
     evaluate_unlearning,
@@ -45,8 +45,8 @@ def main(argv=None):
     p.add_argument("--out")
     args = p.parse_args(argv)
     opts = parse_options(args.set, "JiT")
-    model, meta, ds = _load_run(args.checkpoint)
-    rmodel, rmeta, _ = _load_run(args.rtrn)
+    model, meta, ds = load_run(args.checkpoint)
+    rmodel, rmeta, _ = load_run(args.rtrn)
     spec = ModelSpec.from_dict(meta["model"])
     prep = recipes.preprocess_fn(ds)
     split = parse_forget(ds, args.forget)

@@ -69,10 +69,10 @@ def references_in_process(args):
 
 
 def references_from_checkpoints(args):
-    from jit_jax.cli import _load_run
+    from jit_jax.cli import load_run
 
-    model, meta, val = _load_run(args.checkpoint, validation=True)
-    rmodel, _, _ = _load_run(args.rtrn, validation=True)
+    model, meta, val = load_run(args.checkpoint, validation=True)
+    rmodel, _, _ = load_run(args.rtrn, validation=True)
     spec = ModelSpec.from_dict(meta["model"])
     prep = recipes.preprocess_fn(val)
     out = []

@@ -130,7 +130,7 @@ def cmd_train(args) -> int:
 # ------------------------------------------------------------------------------------------------
 # evaluate
 # ------------------------------------------------------------------------------------------------
-def _load_run(path, *, validation: bool = False):
+def load_run(path, *, validation: bool = False):
     """Restore a checkpoint and its dataset (the training set it saw; with ``validation`` the
     held-out part of the training data replaces the test set)."""
     from jit_jax import checkpoint
@@ -153,7 +153,7 @@ def cmd_evaluate(args) -> int:
     from jit_jax import recipes
     from jit_jax.train import evaluate
 
-    model, meta, ds = _load_run(args.checkpoint, validation=args.validation)
+    model, meta, ds = load_run(args.checkpoint, validation=args.validation)
     prep = recipes.preprocess_fn(ds)
     ev = evaluate(model, prep(ds.x_test), ds.test_targets)
     out = {"checkpoint": str(args.checkpoint), "dataset": ds.name, "test_accuracy": ev["accuracy"],
@@ -187,7 +187,7 @@ def cmd_unlearn(args) -> int:
         return _err("--out must differ from --checkpoint: the source checkpoint is never overwritten")
     if args.method not in unlearn.METHODS:
         return _err(f"unknown method {args.method!r}; accepted: {', '.join(unlearn.METHODS)}")
-    model, meta, ds = _load_run(args.checkpoint, validation=args.validation)
+    model, meta, ds = load_run(args.checkpoint, validation=args.validation)
     split = parse_forget(ds, args.forget, seed=args.seed)
     spec = ModelSpec.from_dict(meta["model"])
     prep = recipes.preprocess_fn(ds)
@@ -202,7 +202,7 @@ def cmd_unlearn(args) -> int:
                                  seed=args.seed, preprocess=prep,
                                  extra={"options": options, "source": str(args.checkpoint)})
     if args.rtrn:
-        rmodel, _, _ = _load_run(args.rtrn, validation=args.validation)
+        rmodel, _, _ = load_run(args.rtrn, validation=args.validation)
         rres = evaluate_unlearning(rmodel, ds, split, method="rtrn", preprocess=prep)
         result.retrain_distance = retrain_distance(result, rres)
         result.extra["rtrn"] = rres.to_dict()
