@@ -69,7 +69,7 @@ def compare(model: nnx.Module, ds: Dataset, split: ForgetSplit, spec: ModelSpec,
     return results
 
 
-def run_demo(out: Path = Path("runs/demo"), *, forget: str = "class:3", seeds: int = 1,
+def run_demo(out: Path = Path("runs/demo"), *, forget: str = "class:3", seeds: int = 3,
              model: str = "mlp", progress: bool = True,
              overwrite: bool = False) -> list[UnlearnResult]:
     """Digits end-to-end: original model, RTRN, JiT, the table (printed, markdown and JSON)."""
