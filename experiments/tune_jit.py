@@ -50,7 +50,8 @@ def references_in_process(args):
                      parse_options(args.model_opt, "model"))
     out = []
     for seed in args.seeds:
-        cfg = recipes.train_recipe(val.name, spec.name).replace(seed=seed)
+        cfg = recipes.train_recipe(val.name, spec.name).replace(
+            seed=seed, **parse_options(args.train_set, "training"))
         model, _ = train_original(val, spec, cfg)
         for f in args.forget:
             split = parse_forget(val, f, seed=seed)
@@ -61,7 +62,7 @@ def references_in_process(args):
                                        preprocess=recipes.preprocess_fn(val))
             bres = evaluate_unlearning(model, val, split, method="bsln",
                                        preprocess=recipes.preprocess_fn(val))
-            print(f"seed {seed} {split.description}: BSLN D_r {bres.retain_acc:.1f} D_f "
+            print(f"seed {seed} {split.description}: BSLN test {bres.test_acc:.1f} D_r {bres.retain_acc:.1f} D_f "
                   f"{bres.forget_acc:.1f} MIA {bres.mia:.1f} | RTRN D_r {rres.retain_acc:.1f} "
                   f"D_f {rres.forget_acc:.1f} MIA {rres.mia:.1f}", flush=True)
             out.append((seed, split, val, model, rres, bres, spec))
@@ -103,6 +104,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, nargs="+", default=[32])
     p.add_argument("--num-samples", type=int, default=25)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="other JiT options")
+    p.add_argument("--train-set", action="append", metavar="KEY=VALUE",
+                   help="in-process mode: override the training recipe of the original and RTRN "
+                        "models (e.g. optimizer=sgd weight_decay=5e-4)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     from jit_jax.cli import parse_options

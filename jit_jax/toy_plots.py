@@ -15,7 +15,8 @@ import numpy as np
 from jit_jax import toys
 
 _METHOD_TITLES = {"original": "original", "retrained": "retrained without x",
-                  "jit": "JiT", "mislabel": "train to mislabel x"}
+                  "jit": "JiT", "mislabel": "train to mislabel x (naive)",
+                  "mislabel_gentle": "mislabel x, stop when flipped"}
 
 
 def plot_sigmoid(results: dict[str, dict[str, Any]]):
@@ -55,14 +56,15 @@ def _probs(apply_fn, params, pts, shape):
 
 
 def plot_boundary(result: dict[str, Any]):
-    """Figure 2: a 2 x 4 grid, rows the low- and high-gradient forget point, columns the original,
-    retrained, JiT and mislabel models. Colour: p(class 1); solid line: the model's boundary;
+    """Figure 2: a 2 x 5 grid, rows the low- and high-gradient forget point, columns the original,
+    retrained, JiT and the two mislabel models (naive, gentle). Colour: p(class 1); solid line: the model's boundary;
     dashed: the original's; star: the forget point."""
     import matplotlib.pyplot as plt
 
     xx, yy = result["grid"]
     x, y, f, pts = result["x"], result["y"], result["apply_fn"], result["grid_points"]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 8.4), sharex=True, sharey=True)
+    fig, axes = plt.subplots(2, len(toys.METHODS), figsize=(4 * len(toys.METHODS), 8.4),
+                             sharex=True, sharey=True)
     p0 = _probs(f, result["params"], pts, xx.shape)
     for r, name in enumerate(("low", "high")):
         pt = result["points"][name]

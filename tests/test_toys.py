@@ -20,22 +20,25 @@ def test_boundary_forget_points(boundary):
     assert lo["grad_norm"] < 1e-6 < 1.0 < hi["grad_norm"]
     # removing the low-gradient point changes almost nothing; the high-gradient one much more
     assert lo["moved"]["retrained"] < 0.5 < 2.0 < hi["moved"]["retrained"]
-    for pt in (lo, hi):  # the mislabel baseline stops once the point is mislabelled
-        assert pt["p_true"]["mislabel"] < 0.5
+    for pt in (lo, hi):  # both mislabel baselines do mislabel the point
+        assert pt["p_true"]["mislabel"] < 0.5 and pt["p_true"]["mislabel_gentle"] < 0.5
         assert pt["agreement"]["retrained"] == 100.0 and pt["moved"]["original"] == 0.0
 
 
-def test_boundary_jit_beats_mislabel_low_point(boundary):
+@pytest.mark.parametrize("baseline", ["mislabel", "mislabel_gentle"])
+def test_boundary_jit_beats_mislabel_low_point(boundary, baseline):
     lo = boundary["points"]["low"]
-    assert lo["agreement"]["jit"] > lo["agreement"]["mislabel"] + 1.0
+    assert lo["agreement"]["jit"] > lo["agreement"][baseline] + 1.0
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "measured tie at the shipped settings: JiT 96.08% vs mislabel 96.30% agreement at the "
-    "high-gradient point (within 0.3 points for every lr on the grid); see docs/toys.md"))
-def test_boundary_jit_beats_mislabel_high_point(boundary):
+    "measured tie at the shipped settings: JiT 96.08% against 96.19% (naive mislabel) and 96.30% "
+    "(gentle mislabel) agreement at the high-gradient point; over 5 other data sets JiT wins 3 of "
+    "5 against the naive baseline; see docs/toys.md"))
+@pytest.mark.parametrize("baseline", ["mislabel", "mislabel_gentle"])
+def test_boundary_jit_beats_mislabel_high_point(boundary, baseline):
     hi = boundary["points"]["high"]
-    assert hi["agreement"]["jit"] > hi["agreement"]["mislabel"]
+    assert hi["agreement"]["jit"] > hi["agreement"][baseline]
 
 
 def test_boundary_jit_moves_more_for_high_gradient_point(boundary):
@@ -99,6 +102,23 @@ def test_mislabel_stops_when_mislabelled():
     prev, _ = toys.mislabel_update(f, params, x[i:i + 1], y[i:i + 1], lr=0.05,
                                    max_steps=int(steps) - 1)
     assert toys.predict(f, prev, x[i:i + 1])[0] == y[i]
+
+
+def test_naive_mislabel_takes_its_whole_budget():
+    x, y = toys.two_moons(40, noise=0.2, seed=3)
+    f = toys.mlp_fn("tanh")
+    params = toys.train_full_batch(f, toys.init_mlp(jax.random.key(1), (2, 8, 8, 2)), x, y,
+                                   steps=200, lr=0.02)
+    i = int(np.flatnonzero(toys.predict(f, params, x) == y)[0])
+    _, early = toys.mislabel_update(f, params, x[i:i + 1], y[i:i + 1], lr=0.05, max_steps=500)
+    new, steps = toys.mislabel_update(f, params, x[i:i + 1], y[i:i + 1], lr=0.05, max_steps=500,
+                                      early_stop=False)
+    assert int(early) < 500 and int(steps) == 500
+    # the extra steps push the point further into the wrong class
+    p_new = float(jax.nn.softmax(f(new, x[i:i + 1]))[0, y[i]])
+    p_early = float(jax.nn.softmax(f(toys.mislabel_update(
+        f, params, x[i:i + 1], y[i:i + 1], lr=0.05, max_steps=500)[0], x[i:i + 1]))[0, y[i]])
+    assert p_new < p_early < 0.5
 
 
 def test_jit_update_one_step_is_sgd_on_the_loss():
