@@ -7,6 +7,10 @@ D_r with the same recipe and seed) and JiT (defaults from ``jit_jax.recipes``) a
 test set. Prints one row per class (means over seeds) and the issue's acceptance checks. Runtimes
 are warm: compilation is measured apart (JiT: ahead-of-time compile; RTRN: first step minus the
 median step).
+
+``--floor`` also retrains every RTRN a second time with another seed (seed + 1000) and reports its
+retrain distance to the first: the distance an exact retraining would score, i.e. the noise floor of
+the metric on this data (column "RTRN' dist").
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jit_jax import recipes  # noqa: E402
+from jit_jax import recipes, unlearn  # noqa: E402
 from jit_jax.data import load_dataset, parse_forget  # noqa: E402
 from jit_jax.demo import compare, train_original  # noqa: E402
-from jit_jax.metrics import markdown_table  # noqa: E402
+from jit_jax.metrics import evaluate_unlearning, markdown_table, retrain_distance  # noqa: E402
 from jit_jax.models import ModelSpec  # noqa: E402
 
 
@@ -34,6 +38,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="JiT option overrides")
+    p.add_argument("--floor", action="store_true",
+                   help="also retrain each RTRN with a second seed: the metric's noise floor")
     p.add_argument("--out")
     args = p.parse_args(argv)
     from jit_jax.cli import parse_options
@@ -42,16 +48,25 @@ def main(argv=None):
     ds = load_dataset("digits")
     spec = ModelSpec(args.model, ds.num_classes, ds.image_shape, {})
     t0 = time.perf_counter()
-    results = []
+    results, floor = [], {}
     for seed in args.seeds:
         cfg = recipes.train_recipe(ds.name, spec.name).replace(seed=seed)
         model, _ = train_original(ds, spec, cfg)
         for c in args.classes:
             split = parse_forget(ds, f"class:{c}")
             print(f"seed {seed} class {c}", flush=True)
-            results += compare(model, ds, split, spec, cfg, seeds=[seed],
-                               methods=("bsln", "rtrn", "jit"),
-                               method_options={"jit": jit_opts}, log=lambda s: None)
+            res = compare(model, ds, split, spec, cfg, seeds=[seed],
+                          methods=("bsln", "rtrn", "jit"),
+                          method_options={"jit": jit_opts}, log=lambda s: None)
+            results += res
+            if args.floor:
+                prep = recipes.preprocess_fn(ds)
+                req = unlearn.Request(model, ds, split, spec, cfg, seed=seed + 1000,
+                                      preprocess=prep)
+                r2 = evaluate_unlearning(unlearn.run("rtrn", req).model, ds, split,
+                                         method="rtrn2", preprocess=prep)
+                rtrn = next(r for r in res if r.method == "rtrn")
+                floor.setdefault(split.description, []).append(retrain_distance(r2, rtrn))
     by = {}
     for r in results:
         by.setdefault((r.forget, r.method), []).append(r)
@@ -61,8 +76,8 @@ def main(argv=None):
 
     forgets = sorted({r.forget for r in results}, key=lambda s: int(s.split(":")[1].split()[0]))
     hdr = ("| class | BSLN D_r | RTRN D_r | JiT D_r | RTRN D_f | JiT D_f | RTRN MIA | JiT MIA "
-           "| JiT dist | RTRN s | JiT s |")
-    lines = [hdr, "|" + "---|" * 11]
+           "| JiT dist | RTRN s | JiT s |" + (" RTRN' dist |" if floor else ""))
+    lines = [hdr, "|" + "---|" * (12 if floor else 11)]
     drops, worst_drop, df_max, df_seed_max, mia_gap, dists, ratio = [], 0.0, 0.0, 0.0, -1e9, [], []
     for c in forgets:
         row = {k: {m: mean(c, m, k) for m in ("bsln", "rtrn", "jit")}
@@ -80,7 +95,8 @@ def main(argv=None):
             f"{row['retain_acc']['jit']:.1f} | {row['forget_acc']['rtrn']:.1f} | "
             f"{row['forget_acc']['jit']:.1f} | {row['mia']['rtrn']:.1f} | {row['mia']['jit']:.1f} | "
             f"{row['retrain_distance']['jit']:.1f} | {row['runtime']['rtrn']:.2f} | "
-            f"{row['runtime']['jit']:.3f} |")
+            f"{row['runtime']['jit']:.3f} |"
+            + (f" {np.mean(floor[c]):.1f} |" if floor else ""))
     table = "\n".join(lines)
     print(table)
     print("\nAll classes and seeds pooled:\n" + markdown_table(results))
@@ -94,6 +110,9 @@ def main(argv=None):
         "mean retrain distance <= 12": (float(np.mean(dists)), np.mean(dists) <= 12),
         "min RTRN/JiT runtime ratio >= 20": (float(np.min(ratio)), np.min(ratio) >= 20),
     }
+    if floor:
+        print(f"\nNoise floor: mean retrain distance of RTRN retrained with another seed "
+              f"{np.mean([v for f in floor.values() for v in f]):.2f}")
     print("\nAcceptance checks:")
     for k, (v, ok) in checks.items():
         print(f"  [{'x' if ok else ' '}] {k}: {v:.2f}")
@@ -103,6 +122,7 @@ def main(argv=None):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({
             "argv": sys.argv[1:], "jit_options": jit_opts, "table": table,
+            "rtrn_seed_distance": floor,
             "checks": {k: {"value": v, "ok": bool(ok)} for k, (v, ok) in checks.items()},
             "runs": [r.to_dict() for r in results]}, indent=2))
         Path(args.out).with_suffix(".md").write_text(table + "\n")
