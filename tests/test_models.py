@@ -38,6 +38,7 @@ def _x(shape, batch=2, seed=0):
 MODELS_AT_FULL_SIZE = [
     ("resnet18", {}), ("resnet18", {"stem": "imagenet"}), ("vgg11", {}), ("vgg16", {}),
     ("vgg11_bn", {}), ("vgg16_bn", {}), ("vgg11_torchvision", {}), ("vit_b16", {}), ("cnn", {}),
+    ("simplecnn", {}), ("mlp", {}),
 ]
 
 
@@ -57,6 +58,9 @@ def test_output_shape_abstract(name, opts, shape):
     "name,shape,opts",
     [
         ("cnn", (8, 8, 1), {}),
+        ("simplecnn", (8, 8, 1), {}),
+        ("simplecnn", (9, 7, 3), {"width": 4, "hidden": 8}),  # floor pooling on odd sizes
+        ("mlp", (8, 8, 1), {}),
         ("vgg16_bn", (32, 32, 3), {"width": 4}),
         ("resnet18", (64, 64, 1), {"width": 4, "stem": "imagenet"}),
     ],
@@ -93,6 +97,10 @@ def test_train_mode_is_default_and_eval_toggles():
         ("vgg11_bn", 10, (32, 32, 3), 9_231_114),
         ("vgg16_bn", 10, (32, 32, 3), 14_728_266),
         ("cnn", 10, (8, 8, 1), 28_714),
+        # the authors' toy SimpleCNN on 8x8x1: conv 1->32 (320) + conv 32->64 (18,496)
+        # + FC 2*2*64->128 (32,896) + FC 128->10 (1,290)
+        ("simplecnn", 10, (8, 8, 1), 53_002),
+        ("mlp", 10, (8, 8, 1), 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10),
     ],
 )
 def test_param_counts(name, classes, shape, expected):
@@ -295,6 +303,7 @@ def test_adaptive_avg_pool_matches_torch_rule():
         (("cnn", 10, (0, 8, 1)), {}, r"input_shape=\(0, 8, 1\)"),
         (("cnn", 10, (8.0, 8, 1)), {}, r"input_shape"),
         (("vgg11", 10, (16, 16, 3)), {}, r"input_shape=\(16, 16, 3\).*at least 32x32"),
+        (("simplecnn", 10, (3, 8, 1)), {}, r"input_shape=\(3, 8, 1\).*at least 4x4"),
         (("resnet18", 10, (16, 16, 3)), {"stem": "imagenet"}, r"at least 32x32"),
         (("vit", 10, (30, 30, 3)), {}, r"divisible by patch_size=16"),
         (("vit", 10, (32, 32, 3)), {"hidden": 10, "heads": 3}, r"hidden=10 divisible by heads=3"),
@@ -341,7 +350,7 @@ def test_spec_survives_split_merge_jit_and_eval_shape():
 
 
 def test_available_lists_all():
-    assert {"cnn", "resnet18", "vgg11", "vgg16", "vgg11_bn", "vgg16_bn", "vgg11_torchvision",
+    assert {"cnn", "simplecnn", "mlp", "resnet18", "vgg11", "vgg16", "vgg11_bn", "vgg16_bn", "vgg11_torchvision",
             "vit", "vit_b16"} <= set(models.available())
 
 

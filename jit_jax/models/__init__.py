@@ -10,6 +10,9 @@ Registry (``available()``); options and their defaults:
 
 =====================  =============================================================================
 ``cnn``                ``width=32``: small CNN (28.7k params at 8x8x1), for digits and tests
+``simplecnn``          ``width=32, hidden=128``: the authors' toy-notebook CNN (2 conv/pool blocks,
+                       flatten, FC hidden, FC classes)
+``mlp``                ``hidden=256, depth=2``: flatten, ``depth`` ReLU layers, dense head
 ``resnet18``           ``width=64``, ``stem="cifar"|"imagenet"``: 11,173,962 params (10 classes)
 ``vgg11``, ``vgg16``   ``width=64``: CIFAR VGG (configs A/D), no BN, global-avg-pool + dense head
 ``vgg11_bn``,          ``width=64``: the same with BatchNorm after every convolution
@@ -28,7 +31,7 @@ dense layers flax's LeCun-normal, the torchvision VGG head as torchvision, the V
 in well under a second on CPU instead of compiling a random-number program per parameter shape;
 ``spec.build(seed)`` is deterministic in ``seed``.
 
-Minimum input sizes: ``cnn`` 2x2, ``resnet18`` 8x8 (cifar stem) / 32x32 (imagenet stem), VGGs
+Minimum input sizes: ``cnn`` 2x2, ``simplecnn`` 4x4, ``resnet18`` 8x8 (cifar stem) / 32x32 (imagenet stem), VGGs
 32x32, ViTs a multiple of the patch size.
 
 A model is described by a :class:`ModelSpec` (name, num_classes, input_shape, options), a frozen,
@@ -50,7 +53,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jit_jax.models.cnn import CNN
+from jit_jax.models.cnn import CNN, SimpleCNN
 from jit_jax.models.layers import Conv, adaptive_avg_pool, conv_general, conv_im2col
 from jit_jax.models.mlp import MLP
 from jit_jax.models.resnet import ResNet18
@@ -58,7 +61,8 @@ from jit_jax.models.vgg import VGG
 from jit_jax.models.vit import ViT, export_vit_npz, load_vit_npz
 
 __all__ = [
-    "CNN", "Conv", "ModelSpec", "ResNet18", "VGG", "ViT", "adaptive_avg_pool", "available",
+    "CNN", "Conv", "MLP", "ModelSpec", "ResNet18", "SimpleCNN", "VGG", "ViT", "adaptive_avg_pool",
+    "available",
     "conv_general", "conv_im2col", "count_params", "create", "export_vit_npz", "load_vit_npz",
     "num_params", "spec_of",
 ]
@@ -147,6 +151,8 @@ def _vgg(config: str, bn: bool, head: str) -> _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "cnn": _Entry(CNN, {"width": (32, _positive_int)}, {}, _min_size(2, "cnn")),
+    "simplecnn": _Entry(SimpleCNN, {"width": (32, _positive_int), "hidden": (128, _positive_int)},
+                        {}, _min_size(4, "simplecnn (two 2x2 max-pools)")),
     "mlp": _Entry(MLP, {"hidden": (256, _positive_int), "depth": (2, _positive_int)}, {},
                   _min_size(1, "mlp")),
     "resnet18": _Entry(

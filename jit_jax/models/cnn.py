@@ -35,3 +35,30 @@ class CNN(nnx.Module):
         x = max_pool(x, 2, 2)
         x = jax.nn.relu(self.conv3(x))
         return self.head(global_avg_pool(x))
+
+
+class SimpleCNN(nnx.Module):
+    """The CNN of the JiT authors' toy notebook: two [conv3x3 - ReLU - maxpool 2x2] blocks
+    (``width`` and ``2 * width`` channels), flatten, dense(``hidden``) - ReLU - dense(num_classes).
+    Needs inputs of at least 4x4 (two 2x2 pools)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        *,
+        width: int = 32,
+        hidden: int = 128,
+        rngs: nnx.Rngs,
+    ):
+        h, w, c = input_shape
+        self.conv1 = Conv(c, width, 3, padding=1, rngs=rngs)
+        self.conv2 = Conv(width, 2 * width, 3, padding=1, rngs=rngs)
+        self.fc = dense((h // 4) * (w // 4) * 2 * width, hidden, rngs=rngs)
+        self.head = dense(hidden, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = max_pool(jax.nn.relu(self.conv1(x)), 2, 2)
+        x = max_pool(jax.nn.relu(self.conv2(x)), 2, 2)
+        x = jax.nn.relu(self.fc(x.reshape(x.shape[0], -1)))
+        return self.head(x)

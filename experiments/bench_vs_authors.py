@@ -1,0 +1,221 @@
+"""Time one JiT step of the authors' PyTorch code and of jit-jax side by side, in one process.
+
+    pip install torch==2.13.0          # in a separate venv that also has jit-jax installed
+    python experiments/bench_vs_authors.py --authors-src /path/to/Information-Theoretic-Unlearning/src \
+        --batch 1 8 32 --rounds 5
+
+The authors' code is imported from its own checkout, never copied into this project: their
+``lipschitz.py`` (the ``Lipschitz.modify_weight`` step, unmodified) and their CIFAR ``resnet.py``
+(``resnet18()``). ``lipschitz.py`` imports plotting, logging and model packages that the JiT step
+never uses (torchvision, wandb, matplotlib, seaborn, and their ``models.py``, which needs
+transformers); any of these that cannot be imported is replaced by an empty stand-in module, and
+``torchvision.transforms.v2`` by ``Compose`` = apply in order and ``ToTensor`` = identity (what v2
+does to a tensor). Their ``print`` calls inside the step are silenced.
+
+One step = one call of ``modify_weight`` on a one-batch loader: 1 forward with gradient, N = 25
+no-grad forwards of noisy copies (a Python loop), 1 backward, 1 SGD step. The jit-jax step is
+``jit_value_and_grad`` (defaults: chunks of 32 images per forward, perturbed forwards outside the
+differentiated function) plus an optax SGD update, jitted, on our port of the same ResNet18 (CIFAR
+stem, same parameter count). Same inputs (random normal, clipped to [-1.9, 2.0]), sigma, lr, N.
+
+Variants, timed round-robin so that machine drift hits them alike (medians, with ratios):
+- ``authors_train_t2``: their step as their scripts run it (model in train mode), torch with 2
+  threads;
+- ``authors_eval_t2`` / ``authors_eval_t1``: the model in eval mode (BatchNorm running statistics,
+  as jit-jax's default), with 2 and 1 torch threads;
+- ``jitjax``: jit-jax's default step (eval mode).
+A 2048^2 float32 JAX matmul is timed before and after each batch size as a calibration of the
+machine's state (this 2-core VM has been seen to run at half speed for minutes at a time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import io
+import sys
+import time
+import types
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_jit_step import make_step, matmul_gflops  # noqa: E402
+
+from jit_jax.functional import functionalize  # noqa: E402
+from jit_jax.models import ModelSpec  # noqa: E402
+
+UNUSED_BY_THE_STEP = ["torchvision", "torchvision.datasets", "torchvision.models",
+                      "torchvision.transforms", "wandb", "matplotlib", "matplotlib.pyplot",
+                      "seaborn", "tqdm", "scipy", "scipy.stats"]
+
+
+def _stand_in(name: str) -> types.ModuleType:
+    mod = types.ModuleType(name)
+
+    def getattr_(attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _stand_in(f"{name}.{attr}")
+
+    mod.__dict__["__getattr__"] = getattr_
+    return mod
+
+
+def load_authors(src: Path):
+    """(resnet18 constructor, Lipschitz class) from the authors' ``src`` folder."""
+    for f in ("lipschitz.py", "resnet.py"):
+        if not (src / f).is_file():
+            raise SystemExit(f"error: --authors-src {src} has no {f}; pass the 'src' folder of "
+                             f"jwf40/Information-Theoretic-Unlearning")
+    added = []
+    for name in UNUSED_BY_THE_STEP:
+        if name in sys.modules:
+            continue
+        if name.rpartition(".")[0] in added:  # the parent is a stand-in already
+            sys.modules[name] = _stand_in(name)
+            added.append(name)
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules[name] = _stand_in(name)
+            added.append(name)
+    v2 = types.ModuleType("torchvision.transforms.v2")
+
+    class Compose:
+        def __init__(self, fns):
+            self.fns = list(fns)
+
+        def __call__(self, x):
+            for f in self.fns:
+                x = f(x)
+            return x
+
+    v2.Compose, v2.ToTensor = Compose, lambda: (lambda x: x)
+    saved = {k: sys.modules.get(k) for k in ("torchvision.transforms.v2", "models")}
+    sys.modules["torchvision.transforms.v2"] = v2
+    if "torchvision.transforms" in added:
+        sys.modules["torchvision.transforms"].v2 = v2
+    models_stub = types.ModuleType("models")
+    models_stub.ViT = type("ViT", (), {})  # only used in an isinstance check
+    sys.modules["models"] = models_stub
+
+    def load(name, path):
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    try:
+        resnet = load("authors_resnet", src / "resnet.py")
+        lipschitz = load("authors_lipschitz", src / "lipschitz.py")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    if added:
+        print(f"stand-ins for modules the step does not use: {', '.join(added)}")
+    return resnet.resnet18, lipschitz.Lipschitz
+
+
+def authors_stepper(resnet18, lipschitz_cls, sigma, lr, n, x_nchw, *, train: bool):
+    import torch
+
+    model = resnet18()  # their CIFAR ResNet18, 100 classes
+    model.train(train)
+    params = dict(lower_bound=1, exponent=1, min_layer=-1, max_layer=-1, dampening_constant=1,
+                  selection_weighting=1, n_epochs=1, n_samples=n, learning_rate=lr,
+                  use_quad_weight=False, ewc_lambda=1, lipschitz_weighting=sigma)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    with contextlib.redirect_stdout(io.StringIO()):
+        pdr = lipschitz_cls(model, opt, "cpu", params)
+    x = torch.from_numpy(x_nchw)
+    y = torch.zeros(x.shape[0], dtype=torch.long)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def step():
+        with contextlib.redirect_stdout(io.StringIO()):
+            pdr.modify_weight([(x, None, y)])
+
+    return step, n_params
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--authors-src", type=Path, required=True,
+                   help="the 'src' folder of a checkout of jwf40/Information-Theoretic-Unlearning")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--num-samples", type=int, default=25)
+    p.add_argument("--sigma", type=float, default=0.5)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    import torch
+
+    resnet18, lipschitz_cls = load_authors(args.authors_src.expanduser().resolve())
+    spec = ModelSpec("resnet18", 100, (32, 32, 3), {})
+    fn = functionalize(spec.build(0))
+    print(f"torch {torch.__version__} (default threads {torch.get_num_threads()}), jax "
+          f"{jax.__version__} {jax.default_backend()}; jit-jax resnet18 {spec.num_params():,} "
+          f"params; N={args.num_samples}, sigma={args.sigma}, lr={args.lr}", flush=True)
+    rows = []
+    for b in args.batch:
+        cal0 = matmul_gflops()
+        x = np.random.default_rng(0).normal(size=(b, 32, 32, 3)).clip(-1.9, 2.0).astype(np.float32)
+        x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        variants = {}
+        for name, train, threads in (("authors_train_t2", True, 2), ("authors_eval_t2", False, 2),
+                                     ("authors_eval_t1", False, 1)):
+            step, n_params = authors_stepper(resnet18, lipschitz_cls, args.sigma, args.lr,
+                                             args.num_samples, x_nchw, train=train)
+            variants[name] = (step, threads)
+        jstep, tx = make_step(fn, "chunked", args.sigma, args.num_samples)
+        xj = jnp.asarray(x)
+        t = time.perf_counter()
+        jstep = jstep.lower(fn.params, tx.init(fn.params), xj, jax.random.key(0)).compile()
+        compile_s = time.perf_counter() - t
+        state = (fn.params, tx.init(fn.params))
+
+        def run_jax(jstep=jstep, state=state, xj=xj, r=[0]):  # noqa: B006 - a key counter
+            r[0] += 1
+            jax.block_until_ready(jstep(*state, xj, jax.random.key(r[0])))
+
+        variants["jitjax"] = (run_jax, None)
+        print(f"B={b}: authors' resnet18 {n_params:,} params; jit-jax compile {compile_s:.1f}s "
+              f"(apart)", flush=True)
+        for fn_, threads in variants.values():  # warm-up
+            if threads:
+                torch.set_num_threads(threads)
+            fn_()
+        times = {k: [] for k in variants}
+        for _ in range(args.rounds):
+            for k, (fn_, threads) in variants.items():
+                if threads:
+                    torch.set_num_threads(threads)
+                t = time.perf_counter()
+                fn_()
+                times[k].append(time.perf_counter() - t)
+        cal1 = matmul_gflops()
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        best_torch = min(v for k, v in med.items() if k.startswith("authors"))
+        print(f"B={b}: matmul calibration {cal0:.0f} -> {cal1:.0f} GFLOP/s")
+        for k, v in med.items():
+            print(f"  {k:18s} median {v:7.3f}s  authors_train_t2/this x{med['authors_train_t2'] / v:5.2f}"
+                  f"  best torch/this x{best_torch / v:5.2f}  all {np.round(times[k], 3).tolist()}",
+                  flush=True)
+        rows.append({"batch": b, "median_s": med, "times": times, "matmul_gflops": [cal0, cal1]})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
