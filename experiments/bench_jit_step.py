@@ -73,13 +73,23 @@ def main(argv=None):
     p.add_argument("--num-samples", type=int, default=25)
     p.add_argument("--variants", nargs="+", default=["chunked", "one_forward", "fused_sg"])
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
+                   help="model options instead of --width (e.g. for vit_b16, which has none)")
     args = p.parse_args(argv)
-    spec = ModelSpec(args.model, args.classes, (32, 32, 3), {"width": args.width})
+    from jit_jax.cli import parse_options
+
+    opts = parse_options(args.model_opt, "model") if args.model_opt else {"width": args.width}
+    if args.model.startswith("vit") and not args.model_opt:
+        opts = {}
+    size = args.image_size
+    spec = ModelSpec(args.model, args.classes, (size, size, 3), opts)
     fn = functionalize(spec.build(0))
-    print(f"{spec.name} {spec.kwargs} ({spec.num_params():,} params), N={args.num_samples}; "
-          f"matmul {matmul_gflops():.0f} GFLOP/s", flush=True)
+    print(f"{spec.name} {spec.kwargs} at {size}x{size} ({spec.num_params():,} params), "
+          f"N={args.num_samples}, on {jax.devices()[0].device_kind}; matmul "
+          f"{matmul_gflops():.0f} GFLOP/s", flush=True)
     for b in args.batch:
-        x = jnp.asarray(np.random.default_rng(0).normal(size=(b, 32, 32, 3)).clip(-1.9, 2.0),
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(b, size, size, 3)).clip(-1.9, 2.0),
                         jnp.float32)
         steps, times = {}, {v: [] for v in args.variants}
         for v in args.variants:

@@ -24,6 +24,8 @@ Variants, timed round-robin so that machine drift hits them alike (medians, with
 - ``authors_eval_t2`` / ``authors_eval_t1``: the model in eval mode (BatchNorm running statistics,
   as jit-jax's default), with 2 and 1 torch threads;
 - ``jitjax``: jit-jax's default step (eval mode).
+With ``--device cuda`` the authors' step runs on the GPU (train and eval mode, no thread variants)
+and jit-jax on JAX's default backend; every torch step ends with ``torch.cuda.synchronize()``.
 A 2048^2 float32 JAX matmul is timed before and after each batch size as a calibration of the
 machine's state (this 2-core VM has been seen to run at half speed for minutes at a time).
 """
@@ -69,8 +71,10 @@ def _stand_in(name: str) -> types.ModuleType:
     return mod
 
 
-def load_authors(src: Path):
-    """(resnet18 constructor, Lipschitz class) from the authors' ``src`` folder."""
+def load_authors(src: Path, model: str = "resnet18"):
+    """(model constructor, Lipschitz class) from the authors' ``src`` folder: ``resnet18`` is their
+    CIFAR ``resnet.resnet18()``; ``vgg11`` is their ``models.VGG16`` class, which holds
+    torchvision's vgg11 plus a 1000 -> 100 layer (needs torchvision and transformers installed)."""
     for f in ("lipschitz.py", "resnet.py"):
         if not (src / f).is_file():
             raise SystemExit(f"error: --authors-src {src} has no {f}; pass the 'src' folder of "
@@ -117,6 +121,21 @@ def load_authors(src: Path):
     try:
         resnet = load("authors_resnet", src / "resnet.py")
         lipschitz = load("authors_lipschitz", src / "lipschitz.py")
+        for name in added:  # lipschitz.py holds them; other imports should not see them
+            sys.modules.pop(name, None)
+        if model == "vgg11":
+            sys.modules["resnet"] = resnet  # their models.py does "from resnet import ..."
+            try:  # models.py imports a ViT feature extractor that newer transformers dropped
+                import transformers
+
+                if not hasattr(transformers, "ViTFeatureExtractor"):
+                    transformers.ViTFeatureExtractor = None  # unused by the VGG
+            except ImportError:
+                sys.modules["transformers"] = _stand_in("transformers")
+            build = load("authors_models", src / "models.py").VGG16
+            ctor = lambda: build(num_classes=100)  # noqa: E731
+        else:
+            ctor = resnet.resnet18
     finally:
         for k, v in saved.items():
             if v is None:
@@ -125,27 +144,30 @@ def load_authors(src: Path):
                 sys.modules[k] = v
     if added:
         print(f"stand-ins for modules the step does not use: {', '.join(added)}")
-    return resnet.resnet18, lipschitz.Lipschitz
+    return ctor, lipschitz.Lipschitz
 
 
-def authors_stepper(resnet18, lipschitz_cls, sigma, lr, n, x_nchw, *, train: bool):
+def authors_stepper(resnet18, lipschitz_cls, sigma, lr, n, x_nchw, *, train: bool,
+                    device: str = "cpu"):
     import torch
 
-    model = resnet18()  # their CIFAR ResNet18, 100 classes
+    model = resnet18().to(device)  # their model, 100 classes
     model.train(train)
     params = dict(lower_bound=1, exponent=1, min_layer=-1, max_layer=-1, dampening_constant=1,
                   selection_weighting=1, n_epochs=1, n_samples=n, learning_rate=lr,
                   use_quad_weight=False, ewc_lambda=1, lipschitz_weighting=sigma)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     with contextlib.redirect_stdout(io.StringIO()):
-        pdr = lipschitz_cls(model, opt, "cpu", params)
-    x = torch.from_numpy(x_nchw)
-    y = torch.zeros(x.shape[0], dtype=torch.long)
+        pdr = lipschitz_cls(model, opt, device, params)
+    x = torch.from_numpy(x_nchw).to(device)
+    y = torch.zeros(x.shape[0], dtype=torch.long, device=device)
     n_params = sum(p.numel() for p in model.parameters())
 
     def step():
         with contextlib.redirect_stdout(io.StringIO()):
             pdr.modify_weight([(x, None, y)])
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     return step, n_params
 
@@ -159,14 +181,24 @@ def main(argv=None):
     p.add_argument("--sigma", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--model", default="resnet18", choices=["resnet18", "vgg11"],
+                   help="vgg11: the authors' torchvision vgg11 + 1000->100 layer against our "
+                        "vgg11_torchvision")
+    p.add_argument("--jax-variants", nargs="+", default=["chunked"],
+                   choices=["chunked", "one_forward"],
+                   help="jit-jax step structures to time (bench_jit_step.py)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="torch device of the authors' step (jit-jax uses JAX's default backend); "
+                        "on cuda the thread variants are skipped")
     args = p.parse_args(argv)
     import torch
 
-    resnet18, lipschitz_cls = load_authors(args.authors_src.expanduser().resolve())
-    spec = ModelSpec("resnet18", 100, (32, 32, 3), {})
+    resnet18, lipschitz_cls = load_authors(args.authors_src.expanduser().resolve(), args.model)
+    ours = "resnet18" if args.model == "resnet18" else "vgg11_torchvision"
+    spec = ModelSpec(ours, 100, (32, 32, 3), {})
     fn = functionalize(spec.build(0))
-    print(f"torch {torch.__version__} (default threads {torch.get_num_threads()}), jax "
-          f"{jax.__version__} {jax.default_backend()}; jit-jax resnet18 {spec.num_params():,} "
+    print(f"torch {torch.__version__} on {args.device} (default threads "
+          f"{torch.get_num_threads()}), jax {jax.__version__} {jax.devices()[0].device_kind}; jit-jax {ours} {spec.num_params():,} "
           f"params; N={args.num_samples}, sigma={args.sigma}, lr={args.lr}", flush=True)
     rows = []
     for b in args.batch:
@@ -174,25 +206,32 @@ def main(argv=None):
         x = np.random.default_rng(0).normal(size=(b, 32, 32, 3)).clip(-1.9, 2.0).astype(np.float32)
         x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         variants = {}
-        for name, train, threads in (("authors_train_t2", True, 2), ("authors_eval_t2", False, 2),
-                                     ("authors_eval_t1", False, 1)):
+        torch_variants = ((("authors_train_t2", True, 2), ("authors_eval_t2", False, 2),
+                           ("authors_eval_t1", False, 1)) if args.device == "cpu" else
+                          (("authors_train", True, None), ("authors_eval", False, None)))
+        for name, train, threads in torch_variants:
             step, n_params = authors_stepper(resnet18, lipschitz_cls, args.sigma, args.lr,
-                                             args.num_samples, x_nchw, train=train)
+                                             args.num_samples, x_nchw, train=train,
+                                             device=args.device)
             variants[name] = (step, threads)
-        jstep, tx = make_step(fn, "chunked", args.sigma, args.num_samples)
+        as_run = torch_variants[0][0]
         xj = jnp.asarray(x)
-        t = time.perf_counter()
-        jstep = jstep.lower(fn.params, tx.init(fn.params), xj, jax.random.key(0)).compile()
-        compile_s = time.perf_counter() - t
-        state = (fn.params, tx.init(fn.params))
+        compile_s = []
+        for jv in args.jax_variants:
+            jstep, tx = make_step(fn, jv, args.sigma, args.num_samples)
+            t = time.perf_counter()
+            jstep = jstep.lower(fn.params, tx.init(fn.params), xj, jax.random.key(0)).compile()
+            compile_s.append(time.perf_counter() - t)
+            state = (fn.params, tx.init(fn.params))
 
-        def run_jax(jstep=jstep, state=state, xj=xj, r=[0]):  # noqa: B006 - a key counter
-            r[0] += 1
-            jax.block_until_ready(jstep(*state, xj, jax.random.key(r[0])))
+            def run_jax(jstep=jstep, state=state, xj=xj, r=[0]):  # noqa: B006 - a key counter
+                r[0] += 1
+                jax.block_until_ready(jstep(*state, xj, jax.random.key(r[0])))
 
-        variants["jitjax"] = (run_jax, None)
-        print(f"B={b}: authors' resnet18 {n_params:,} params; jit-jax compile {compile_s:.1f}s "
-              f"(apart)", flush=True)
+            name = "jitjax" if jv == "chunked" else f"jitjax_{jv}"
+            variants[name] = (run_jax, None)
+        print(f"B={b}: authors' {args.model} {n_params:,} params; jit-jax compile "
+              f"{', '.join(f'{c:.1f}' for c in compile_s)}s (apart)", flush=True)
         for fn_, threads in variants.values():  # warm-up
             if threads:
                 torch.set_num_threads(threads)
@@ -210,7 +249,7 @@ def main(argv=None):
         best_torch = min(v for k, v in med.items() if k.startswith("authors"))
         print(f"B={b}: matmul calibration {cal0:.0f} -> {cal1:.0f} GFLOP/s")
         for k, v in med.items():
-            print(f"  {k:18s} median {v:7.3f}s  authors_train_t2/this x{med['authors_train_t2'] / v:5.2f}"
+            print(f"  {k:18s} median {v:7.3f}s  {as_run}/this x{med[as_run] / v:5.2f}"
                   f"  best torch/this x{best_torch / v:5.2f}  all {np.round(times[k], 3).tolist()}",
                   flush=True)
         rows.append({"batch": b, "median_s": med, "times": times, "matmul_gflops": [cal0, cal1]})
