@@ -123,12 +123,13 @@ def main(argv=None):
             try:
                 out = unlearn.run("jit", req, sigma=sigma, lr=lr, batch_size=b,
                                   num_samples=args.num_samples, **extra)
+                r = evaluate_unlearning(out.model, ds, split, method="jit",
+                                        runtime=out.runtime,
+                                        preprocess=recipes.preprocess_fn(ds))
             except FloatingPointError as e:
                 print(f"sigma {sigma} lr {lr} B {b}: diverged ({e})")
                 runs = None
                 break
-            r = evaluate_unlearning(out.model, ds, split, method="jit", runtime=out.runtime,
-                                    preprocess=recipes.preprocess_fn(ds))
             runs.append({"seed": seed, "forget": split.description, "retain_acc": r.retain_acc,
                          "forget_acc": r.forget_acc, "mia": r.mia,
                          "retrain_distance": retrain_distance(r, rres),

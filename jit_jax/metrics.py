@@ -107,6 +107,12 @@ def evaluate_unlearning(model: nnx.Module, ds: Dataset, split: ForgetSplit, *, m
         return predict(model, prep(sets[name].x), batch_size=batch_size)
 
     lg = {k: logits(k) for k in ("retain", "forget", "test", "retain_train", "forget_train")}
+    for name, v in lg.items():
+        bad = int(np.sum(~np.all(np.isfinite(v), axis=-1)))
+        if bad:
+            raise FloatingPointError(
+                f"{method}: the model's outputs contain NaN or inf on {bad} of {len(v)} "
+                f"'{name}' samples; the model has diverged and cannot be scored")
     return UnlearnResult(
         method=method,
         task=split.kind,

@@ -65,6 +65,10 @@ def test_errors(run_dir, tmp_path, capsys):
     assert "resnet99" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(run_dir), "--validation"]) == 2
     assert "holdout" in capsys.readouterr().err
+    # a diverging JiT run: a clear error, and nothing written
+    assert main(["unlearn", "--checkpoint", str(run_dir), "--forget", "class:1", "--set",
+                 "lr=3e38", "--set", "num_samples=2", "--out", str(tmp_path / "d")]) == 2
+    assert "diverged" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_help_is_useful(capsys):

@@ -216,6 +216,19 @@ def _forget(n=10):
     return np.array(jax.random.normal(jax.random.key(5), (n, 6, 6, 1)), np.float32)
 
 
+def test_unlearn_raises_when_the_last_update_overflows():
+    """The loss of a step is computed before its update: a finite loss can still be followed by
+    non-finite parameters. One batch (one step) with an lr at float32's limit and inputs scaled
+    up (gradients well above 1) overflows them."""
+    model = BNNet()
+    lr = float(np.finfo(np.float32).max)
+    xf = _forget(4) * 100
+    with pytest.raises(FloatingPointError, match=r"JiT diverged: after step 0 .*NaN or inf"):
+        J.jit_unlearn(model, xf, J.JiTConfig(sigma=0.5, lr=lr, batch_size=4, num_samples=2))
+    # a sane lr on the same input passes the check
+    J.jit_unlearn(model, xf, J.JiTConfig(sigma=0.5, lr=1e-3, batch_size=4, num_samples=2))
+
+
 def test_unlearn_leaves_source_and_batchnorm_stats_untouched():
     model = BNNet()
     before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param, nnx.BatchStat))

@@ -97,6 +97,19 @@ def test_evaluate_unlearning_follows_the_protocol(monkeypatch):
     json.loads(r.to_json())
 
 
+def test_evaluate_unlearning_refuses_non_finite_outputs(monkeypatch):
+    ds = _tiny_dataset()
+
+    def diverged(model, x, batch_size=500):
+        out = np.zeros((len(x), 3))
+        out[: min(2, len(x))] = np.nan
+        return out
+
+    monkeypatch.setattr(M, "predict", diverged)
+    with pytest.raises(FloatingPointError, match=r"jit: .*NaN or inf on 2 of \d+ 'retain'"):
+        M.evaluate_unlearning(object(), ds, forget_class(ds, 1), method="jit")
+
+
 def test_tables(tmp_path):
     rs = [M.UnlearnResult("jit", "class", "class:1", 90.0 + s, 1.0, 88.0, 20.0, runtime=0.5,
                           zero_shot=True, retrain_distance=5.0 + s, seed=s) for s in range(3)]

@@ -351,6 +351,13 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
             times.append(time.perf_counter() - ts)
     jax.block_until_ready(params)
     runtime = time.perf_counter() - t_start
+    # The loss of each step is computed before its update, so the last update can still overflow.
+    bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+           if not bool(jnp.all(jnp.isfinite(leaf)))]
+    if bad:
+        raise FloatingPointError(
+            f"JiT diverged: after step {len(losses) - 1} the parameters {', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''} contain NaN or inf; lower lr (now {config.lr})")
     new_model = rebuild(fn, params)
     log = JiTLog(losses=losses, step_times=times, compile_time=compile_time, runtime=runtime,
                  num_steps=len(losses), batch_size=b)
