@@ -90,34 +90,35 @@ def test_leave_one_out_vmap_equals_loop():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_mislabel_stops_when_mislabelled():
+@pytest.fixture(scope="module")
+def learnt_point():
+    """A small tanh MLP trained on two moons, and one training point it classifies correctly."""
     x, y = toys.two_moons(40, noise=0.2, seed=3)
     f = toys.mlp_fn("tanh")
     params = toys.train_full_batch(f, toys.init_mlp(jax.random.key(1), (2, 8, 8, 2)), x, y,
                                    steps=200, lr=0.02)
     i = int(np.flatnonzero(toys.predict(f, params, x) == y)[0])
-    new, steps = toys.mislabel_update(f, params, x[i:i + 1], y[i:i + 1], lr=0.05, max_steps=500)
+    return f, params, x[i:i + 1], y[i:i + 1]
+
+
+def test_mislabel_stops_when_mislabelled(learnt_point):
+    f, params, xi, yi = learnt_point
+    new, steps = toys.mislabel_update(f, params, xi, yi, lr=0.05, max_steps=500)
     assert 0 < int(steps) < 500
-    assert toys.predict(f, new, x[i:i + 1])[0] == 1 - y[i]
-    prev, _ = toys.mislabel_update(f, params, x[i:i + 1], y[i:i + 1], lr=0.05,
-                                   max_steps=int(steps) - 1)
-    assert toys.predict(f, prev, x[i:i + 1])[0] == y[i]
+    assert toys.predict(f, new, xi)[0] == 1 - yi[0]
+    prev, _ = toys.mislabel_update(f, params, xi, yi, lr=0.05, max_steps=int(steps) - 1)
+    assert toys.predict(f, prev, xi)[0] == yi[0]
 
 
-def test_naive_mislabel_takes_its_whole_budget():
-    x, y = toys.two_moons(40, noise=0.2, seed=3)
-    f = toys.mlp_fn("tanh")
-    params = toys.train_full_batch(f, toys.init_mlp(jax.random.key(1), (2, 8, 8, 2)), x, y,
-                                   steps=200, lr=0.02)
-    i = int(np.flatnonzero(toys.predict(f, params, x) == y)[0])
-    _, early = toys.mislabel_update(f, params, x[i:i + 1], y[i:i + 1], lr=0.05, max_steps=500)
-    new, steps = toys.mislabel_update(f, params, x[i:i + 1], y[i:i + 1], lr=0.05, max_steps=500,
+def test_naive_mislabel_takes_its_whole_budget(learnt_point):
+    f, params, xi, yi = learnt_point
+    early_params, early = toys.mislabel_update(f, params, xi, yi, lr=0.05, max_steps=500)
+    new, steps = toys.mislabel_update(f, params, xi, yi, lr=0.05, max_steps=500,
                                       early_stop=False)
     assert int(early) < 500 and int(steps) == 500
     # the extra steps push the point further into the wrong class
-    p_new = float(jax.nn.softmax(f(new, x[i:i + 1]))[0, y[i]])
-    p_early = float(jax.nn.softmax(f(toys.mislabel_update(
-        f, params, x[i:i + 1], y[i:i + 1], lr=0.05, max_steps=500)[0], x[i:i + 1]))[0, y[i]])
+    p_new = float(jax.nn.softmax(f(new, xi))[0, yi[0]])
+    p_early = float(jax.nn.softmax(f(early_params, xi))[0, yi[0]])
     assert p_new < p_early < 0.5
 
 
