@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,7 +26,7 @@ from jit_jax import recipes, unlearn  # noqa: E402
 from jit_jax.data import load_dataset, parse_forget  # noqa: E402
 from jit_jax.data.splits import evaluation_sets  # noqa: E402
 from jit_jax.demo import train_original  # noqa: E402
-from jit_jax.metrics import entropy  # noqa: E402
+from jit_jax.metrics import entropy, fit_mia_attack, mia_score  # noqa: E402
 from jit_jax.models import ModelSpec  # noqa: E402
 from jit_jax.train import predict  # noqa: E402
 
@@ -37,12 +36,10 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 def describe(model, sets, prep) -> dict:
     lg = {k: predict(model, prep(sets[k].x)) for k in ("retain_train", "test", "forget_train")}
     ent = {k: entropy(v) for k, v in lg.items()}
-    x = np.concatenate([ent["retain_train"], ent["test"]])[:, None]
-    y = np.concatenate([np.ones(len(ent["retain_train"])), np.zeros(len(ent["test"]))])
-    clf = LogisticRegression(class_weight="balanced", solver="lbfgs").fit(x, y)
+    clf = fit_mia_attack(lg["retain_train"], lg["test"])
     return {
         "threshold": float(-clf.intercept_[0] / clf.coef_[0, 0]),
-        "mia": float(100 * clf.predict(ent["forget_train"][:, None]).mean()),
+        "mia": mia_score(lg["retain_train"], lg["test"], lg["forget_train"]),
         "quantiles": {k: np.quantile(v, QUANTILES) for k, v in ent.items()},
         "predicted": np.bincount(lg["forget_train"].argmax(1), minlength=lg["test"].shape[1]),
     }

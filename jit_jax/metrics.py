@@ -41,17 +41,23 @@ def entropy(logits: np.ndarray) -> np.ndarray:
     return -(np.exp(logp) * logp).sum(-1)
 
 
+def fit_mia_attack(member_logits: np.ndarray, nonmember_logits: np.ndarray) -> LogisticRegression:
+    """The membership attack: a logistic regression (balanced class weights) on the softmax entropy
+    alone, fitted to members (label 1) and non-members (label 0). Its decision point in nats is
+    ``-intercept_[0] / coef_[0, 0]``."""
+    if len(member_logits) == 0 or len(nonmember_logits) == 0:
+        raise ValueError("MIA needs both member (retain) and non-member (test) samples")
+    x = np.concatenate([entropy(member_logits), entropy(nonmember_logits)])[:, None]
+    y = np.concatenate([np.ones(len(member_logits)), np.zeros(len(nonmember_logits))])
+    return LogisticRegression(class_weight="balanced", solver="lbfgs").fit(x, y)
+
+
 def mia_score(member_logits: np.ndarray, nonmember_logits: np.ndarray,
               target_logits: np.ndarray) -> float:
     """% of ``target`` samples an entropy-only logistic regression (balanced) calls "member"."""
     if len(target_logits) == 0:
         raise ValueError("MIA needs at least one forget sample")
-    if len(member_logits) == 0 or len(nonmember_logits) == 0:
-        raise ValueError("MIA needs both member (retain) and non-member (test) samples")
-    x = np.concatenate([entropy(member_logits), entropy(nonmember_logits)])[:, None]
-    y = np.concatenate([np.ones(len(member_logits)), np.zeros(len(nonmember_logits))])
-    clf = LogisticRegression(class_weight="balanced", solver="lbfgs")
-    clf.fit(x, y)
+    clf = fit_mia_attack(member_logits, nonmember_logits)
     return float(100.0 * clf.predict(entropy(target_logits)[:, None]).mean())
 
 
