@@ -38,6 +38,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="JiT option overrides")
+    p.add_argument("--train-set", action="append", metavar="KEY=VALUE",
+                   help="training-recipe overrides (original and RTRN), e.g. weight_decay=0")
     p.add_argument("--floor", action="store_true",
                    help="also retrain each RTRN with a second seed: the metric's noise floor")
     p.add_argument("--out")
@@ -50,7 +52,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     results, floor = [], {}
     for seed in args.seeds:
-        cfg = recipes.train_recipe(ds.name, spec.name).replace(seed=seed)
+        cfg = recipes.train_recipe(ds.name, spec.name).replace(
+            seed=seed, **parse_options(args.train_set, "training"))
         model, _ = train_original(ds, spec, cfg)
         for c in args.classes:
             split = parse_forget(ds, f"class:{c}")
@@ -121,7 +124,10 @@ def main(argv=None):
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({
-            "argv": sys.argv[1:], "jit_options": jit_opts, "table": table,
+            "argv": sys.argv[1:], "jit_options": jit_opts,
+            "jit_defaults": recipes.jit_defaults(ds.name, spec.name, "class"),
+            "train_config": {k: v for k, v in cfg.to_dict().items() if k != "seed"},
+            "table": table,
             "rtrn_seed_distance": floor,
             "checks": {k: {"value": v, "ok": bool(ok)} for k, (v, ok) in checks.items()},
             "runs": [r.to_dict() for r in results]}, indent=2))

@@ -51,6 +51,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", type=int, nargs="+", default=[0, 3, 9])
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="JiT option overrides")
+    p.add_argument("--train-set", action="append", metavar="KEY=VALUE",
+                   help="training-recipe overrides (original and RTRN), e.g. weight_decay=0")
     args = p.parse_args(argv)
     from jit_jax.cli import parse_options
 
@@ -58,7 +60,8 @@ def main(argv=None):
     ds = load_dataset("digits")
     spec = ModelSpec(args.model, ds.num_classes, ds.image_shape, {})
     prep = recipes.preprocess_fn(ds)
-    cfg = recipes.train_recipe(ds.name, spec.name).replace(seed=args.seed)
+    cfg = recipes.train_recipe(ds.name, spec.name).replace(
+        seed=args.seed, **parse_options(args.train_set, "training"))
     model, _ = train_original(ds, spec, cfg)
     np.set_printoptions(precision=3, suppress=True)
     for c in args.classes:
