@@ -7,6 +7,8 @@ mislabel it (the paper's naive fixed-budget baseline, and a gentle one that stop
                                                            # chose sigma, lr and the mislabel lrs
     .venv/bin/python experiments/toy_boundary.py --small   # quick run (coarser grid, N = 200)
     .venv/bin/python experiments/toy_boundary.py --robustness  # the same rules on 5 other data sets
+    .venv/bin/python experiments/toy_boundary.py --p 2 --tune --robustness
+        # the squared loss (p = 2): its lr re-chosen by the same validation rules (a lower lr grid)
 
 Prints, per forget point and method, the agreement with the retrained model (% of grid cells with
 the same prediction) and how far the boundary moved (% of grid cells whose prediction changed from
@@ -45,6 +47,15 @@ def print_tuning(tb):
     print(f"choice: {tb['choice']}")
 
 
+#: JiT lr grid of the validation rules for the squared loss: its gradient carries 1/||xi||^2
+#: instead of 1/||xi||, so the p = 1 grid (1e-4 ... 1e-2) starts above what the rules allow.
+P2_LRS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+
+
+def tune_kwargs(cfg):
+    return {"lrs": P2_LRS} if cfg.p == 2 else {}
+
+
 def robustness(base):
     """The whole protocol (forget-point rule, tuning rules, both baselines) on other data sets."""
     print("robustness: agreement with retrained, low / high point (moved by JiT low / high)")
@@ -54,7 +65,7 @@ def robustness(base):
                                  ("wave", 0.05, 1), ("wave", 0.05, 2)):
         cfg = base.replace(dataset=dataset, noise=noise, data_seed=seed)
         setup = toys.boundary_setup(cfg)
-        choice = toys.tune_boundary(cfg, setup=setup)["choice"]
+        choice = toys.tune_boundary(cfg, setup=setup, **tune_kwargs(cfg))["choice"]
         res = toys.boundary_experiment(cfg.replace(**choice), setup=setup)
         lo, hi = res["points"]["low"], res["points"]["high"]
 
@@ -79,6 +90,9 @@ def main(argv=None):
     ap.add_argument("--robustness", action="store_true",
                     help="rerun the whole protocol (tuning rules included) on two-moons data seeds "
                          "0-2 and wave data seeds 1-2, and print the checks for each")
+    ap.add_argument("--p", type=int, choices=(1, 2), default=1,
+                    help="JiT loss power (default 1, the authors'); with 2 the shipped sigma and "
+                         "lrs are replaced by the validation rules' choice for p = 2")
     args = ap.parse_args(argv)
 
     cfg = toys.BoundaryConfig()
@@ -86,13 +100,19 @@ def main(argv=None):
         cfg = cfg.replace(resolution=50, num_samples=200)
     if args.num_samples is not None:
         cfg = cfg.replace(num_samples=args.num_samples)
-    print(f"settings: {cfg}")
+    cfg = cfg.replace(p=args.p)
     setup = toys.boundary_setup(cfg)
+    tuning = None
+    if args.tune or cfg.p != toys.BoundaryConfig.p:
+        tuning = toys.tune_boundary(cfg, setup=setup, **tune_kwargs(cfg))
+    if cfg.p != toys.BoundaryConfig.p:  # the shipped settings are for p = 1: use the rules' choice
+        cfg = cfg.replace(**tuning["choice"])
+    print(f"settings: {cfg}")
     x, y = setup["x"], setup["y"]
     acc = float((toys.predict(setup["apply_fn"], setup["params"], x) == y).mean()) * 100
     print(f"original model: training accuracy {acc:.1f}% on {len(y)} points")
     if args.tune:
-        print_tuning(toys.tune_boundary(cfg, setup=setup))
+        print_tuning(tuning)
     res = toys.boundary_experiment(cfg, setup=setup)
     print(f"{'point':6s} {'index':>5s} {'x':>16s} {'y':>2s} {'grad':>9s} {'method':>15s} "
           f"{'agreement':>10s} {'moved':>7s} {'p(y|x)':>8s}")
@@ -142,7 +162,7 @@ def main(argv=None):
     if args.robustness:
         robustness(cfg)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "toy_boundary.png")
+    path = os.path.join(args.out, "toy_boundary.png" if cfg.p == 1 else f"toy_boundary_p{cfg.p}.png")
     plot_boundary(res).savefig(path, dpi=90)
     print(f"wrote {path}")
     return res
