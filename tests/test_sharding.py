@@ -1,0 +1,110 @@
+"""Data-parallel JiT on 8 fake CPU devices.
+
+jax reads ``--xla_force_host_platform_device_count`` once, when it starts, and the rest of the suite
+runs on one device; so the checks run in a subprocess with its own XLA_FLAGS.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = textwrap.dedent(r"""
+    import jax, jax.numpy as jnp, numpy as np, optax, chex
+    from flax import nnx
+    from jit_jax.functional import functionalize
+    from jit_jax.unlearn import jit as J
+
+    assert jax.device_count() == 8, jax.devices()
+
+    class Net(nnx.Module):  # conv + BatchNorm (eval mode in JiT) + head
+        def __init__(self):
+            rngs = nnx.Rngs(0)
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.bn = nnx.BatchNorm(4, rngs=rngs)
+            self.head = nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(nnx.relu(self.bn(self.conv(x))).mean((1, 2)))
+
+    model = Net()
+    xf = np.asarray(jax.random.normal(jax.random.key(5), (16, 6, 6, 1)), np.float32)
+    cfg = J.JiTConfig(sigma=0.5, lr=0.05, batch_size=8, num_samples=3, seed=1)
+    params = lambda m: jax.tree.map(np.asarray, nnx.state(m, nnx.Param))
+
+    seen = []  # the shardings jit_unlearn gives its step
+    make_step = J.make_step
+    J.make_step = lambda *a: seen.append(a[5]) or make_step(*a)
+
+    one, log1 = J.jit_unlearn(model, xf, cfg)
+    assert seen == [None]
+    for nd in (8, 4, 2):
+        many, log = J.jit_unlearn(model, xf, cfg, mesh=J.data_mesh(nd))
+        rep, bat = seen[-1]
+        P = jax.sharding.PartitionSpec
+        assert rep.spec == P() and bat.spec == P("data") and rep.mesh.size == nd, seen[-1]
+        assert log.num_steps == 2 and log.batch_size == 8, (nd, log)
+        chex.assert_trees_all_close(params(many), params(one), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(log.losses, log1.losses, rtol=1e-5)
+        # the new model's parameters live on every device of the mesh
+        assert len(many.head.kernel[...].sharding.device_set) == nd
+        np.testing.assert_allclose(np.asarray(many(jnp.asarray(xf[:3]))),
+                                   np.asarray(one(jnp.asarray(xf[:3]))), rtol=1e-5, atol=1e-6)
+    # the source model is untouched
+    chex.assert_trees_all_equal(params(model), params(Net()))
+
+    # the step is really partitioned: XLA reduces the batch-sum gradient across devices
+    mesh = J.data_mesh(8)
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    bat = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    fn = functionalize(model)
+    tx = optax.sgd(0.05)
+    step = J.make_step(fn.apply_fn, tx, cfg, False, False, (rep, bat))
+    p0 = jax.device_put(fn.params, rep)
+    hlo = step.lower(p0, jax.device_put(tx.init(fn.params), rep), p0,
+                     jax.device_put(xf[:8], bat), jax.device_put(np.ones(8, np.float32), bat),
+                     jax.device_put(jax.random.key(0), rep)).compile().as_text()
+    assert "all-reduce" in hlo
+
+    # a batch that is not a multiple of the devices is padded and masked
+    new, log = J.jit_unlearn(model, xf[:10], cfg.replace(batch_size=5), mesh=J.data_mesh(4))
+    assert log.num_steps == 2 and log.batch_size == 8 and np.all(np.isfinite(log.losses))
+    # fewer forget samples than devices
+    new, log = J.jit_unlearn(model, xf[:3], cfg, mesh=J.data_mesh(8))
+    assert log.num_steps == 1 and log.batch_size == 8 and np.isfinite(log.losses[0])
+
+    # bad input names the value and what is accepted
+    for call, msg in [
+        (lambda: J.jit_unlearn(model, xf, cfg, mesh=mesh, data_axis="batch"),
+         "data_axis='batch' is not an axis of the mesh; accepted: ['data']"),
+        (lambda: J.data_mesh(9), "devices=9: accepted 1..8"),
+        (lambda: J.data_mesh([]), "devices is an empty sequence"),
+    ]:
+        try:
+            call()
+        except ValueError as e:
+            assert msg in str(e), str(e)
+        else:
+            raise AssertionError("no ValueError for " + msg)
+    # the command line: jit-jax unlearn --devices all
+    import json, pathlib, tempfile
+    from jit_jax.cli import main
+    d = pathlib.Path(tempfile.mkdtemp())
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1",
+                 "--out", str(d / "run"), "--no-progress"]) == 0
+    assert main(["unlearn", "--checkpoint", str(d / "run"), "--forget", "class:3", "--devices",
+                 "all", "--set", "num_samples=2", "--out", str(d / "jit")]) == 0
+    res = json.loads((d / "jit" / "result.json").read_text())
+    assert res["extra"]["devices"] == 8 and res["zero_shot"], res
+    print("SHARDING OK")
+""")
+
+
+def test_data_parallel_jit_matches_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "SHARDING OK" in proc.stdout, proc.stdout + proc.stderr
