@@ -187,6 +187,18 @@ def cmd_unlearn(args) -> int:
         return _err("--out must differ from --checkpoint: the source checkpoint is never overwritten")
     if args.method not in unlearn.METHODS:
         return _err(f"unknown method {args.method!r}; accepted: {', '.join(unlearn.METHODS)}")
+    mesh_opt = {}
+    if args.devices is not None:
+        if args.method != "jit":
+            return _err(f"--devices applies to --method jit only (got --method {args.method})")
+        from jit_jax.unlearn.jit import data_mesh
+
+        if args.devices == "all":
+            mesh_opt["mesh"] = data_mesh()
+        elif args.devices.isdigit():
+            mesh_opt["mesh"] = data_mesh(int(args.devices))
+        else:
+            return _err(f"--devices {args.devices!r}; accepted: a device count or 'all'")
     model, meta, ds = load_run(args.checkpoint, validation=args.validation)
     split = parse_forget(ds, args.forget, seed=args.seed)
     spec = ModelSpec.from_dict(meta["model"])
@@ -196,11 +208,13 @@ def cmd_unlearn(args) -> int:
                           if "train_config" in meta else None,
                           seed=args.seed, preprocess=prep, progress=not args.no_progress)
     options = parse_options(args.set, "method")
-    res = unlearn.run(args.method, req, **options)
+    res = unlearn.run(args.method, req, **options, **mesh_opt)
+    extra = {"options": options, "source": str(args.checkpoint)}
+    if mesh_opt:
+        extra["devices"] = mesh_opt["mesh"].size
     result = evaluate_unlearning(res.model, ds, split, method=args.method, runtime=res.runtime,
                                  compile_time=res.compile_time, zero_shot=res.zero_shot,
-                                 seed=args.seed, preprocess=prep,
-                                 extra={"options": options, "source": str(args.checkpoint)})
+                                 seed=args.seed, preprocess=prep, extra=extra)
     if args.rtrn:
         rmodel, _, _ = load_run(args.rtrn, validation=args.validation)
         rres = evaluate_unlearning(rmodel, ds, split, method="rtrn", preprocess=prep)
@@ -286,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="method options, e.g. --set sigma=1.0 --set lr=3e-3 --set batch_size=32")
     u.add_argument("--rtrn", help="a retrained checkpoint: adds the retrain distance")
+    u.add_argument("--devices", metavar="N|all",
+                   help="jit only: split each forget batch over the first N devices jax sees (or "
+                   "all of them), parameters replicated; default: one device")
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--validation", action="store_true",
                    help="score on the held-out validation split instead of the test set")

@@ -65,6 +65,13 @@ def test_errors(run_dir, tmp_path, capsys):
     assert "resnet99" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(run_dir), "--validation"]) == 2
     assert "holdout" in capsys.readouterr().err
+    # --devices: jit only, a count within what jax sees, or "all"
+    for devices, method, msg in [("2", "rtrn", "--devices applies to --method jit only"),
+                                 ("0", "jit", "devices=0: accepted 1..1"),
+                                 ("some", "jit", "--devices 'some'; accepted: a device count or 'all'")]:
+        assert main(["unlearn", "--checkpoint", str(run_dir), "--forget", "class:1", "--method",
+                     method, "--devices", devices, "--out", str(tmp_path / "m")]) == 2
+        assert msg in capsys.readouterr().err and not (tmp_path / "m").exists()
     # a diverging JiT run: a clear error, and nothing written
     assert main(["unlearn", "--checkpoint", str(run_dir), "--forget", "class:1", "--set",
                  "lr=3e38", "--set", "num_samples=2", "--out", str(tmp_path / "d")]) == 2

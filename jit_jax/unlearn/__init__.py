@@ -21,6 +21,7 @@ from jit_jax.unlearn.baselines import reset_head, retrain
 from jit_jax.unlearn.jit import (
     PRESETS,
     JiTConfig,
+    data_mesh,
     jit_loss,
     jit_unlearn,
     jit_value_and_grad,
@@ -96,10 +97,12 @@ def default_jit_config(req: Request) -> JiTConfig:
     return cfg.replace(**recipes.jit_defaults(req.dataset.name, req.spec.name, req.split.kind))
 
 
-def _jit(req: Request, **options) -> MethodOutput:
+def _jit(req: Request, mesh=None, **options) -> MethodOutput:
+    """JiT with the request's defaults and ``options`` (JiTConfig fields); ``mesh`` (a
+    ``jax.sharding.Mesh`` with a "data" axis, e.g. ``jit.data_mesh()``) runs it data-parallel."""
     cfg = default_jit_config(req)
     cfg = cfg.replace(seed=req.seed, **options)
-    model, log = jit_unlearn(req.model, req.forget_inputs(), cfg)
+    model, log = jit_unlearn(req.model, req.forget_inputs(), cfg, mesh=mesh)
     return MethodOutput(model, log.runtime, log.compile_time, True,
                         {**log.to_dict(), "config": dataclasses.asdict(cfg)})
 
@@ -132,4 +135,4 @@ def run(name: str, req: Request, **options) -> MethodOutput:
 
 
 __all__ = ["METHODS", "PRESETS", "JiTConfig", "Method", "MethodOutput", "Request", "available",
-           "jit_loss", "jit_unlearn", "jit_value_and_grad", "preset", "run"]
+           "data_mesh", "jit_loss", "jit_unlearn", "jit_value_and_grad", "preset", "run"]

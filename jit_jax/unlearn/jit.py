@@ -23,6 +23,9 @@ Implementation notes:
   contributes 0.
 - The forget set is cut into batches of ``min(batch_size, |D_f|)``; the last batch is padded and
   masked, so one compiled step serves the whole pass.
+- Many devices: ``jit_unlearn(..., mesh=data_mesh())`` shards each forget batch over the mesh's
+  data axis and replicates the parameters; XLA inserts the reductions (the batch sum, the clipping
+  range, the gradient). The code of the step is the same on one device and on many.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jit_jax.functional import functionalize, rebuild
 
@@ -273,9 +277,32 @@ def _batches(n: int, b: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + b, n)) for s in range(0, n, b)]
 
 
+def data_mesh(devices: Any = None, axis: str = "data") -> Mesh:
+    """A one-axis mesh for data-parallel JiT: ``devices`` is None (all of ``jax.devices()``), a
+    count (the first ``devices`` of them) or a sequence of devices."""
+    avail = jax.devices()
+    if devices is None:
+        devs = avail
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(avail):
+            raise ValueError(f"devices={devices}: accepted 1..{len(avail)} (the {len(avail)} "
+                             f"{avail[0].platform} device(s) jax sees)")
+        devs = avail[:devices]
+    else:
+        devs = list(devices)
+        if not devs:
+            raise ValueError("devices is an empty sequence; give None (all), a count or devices")
+    return Mesh(np.asarray(devs), (axis,))
+
+
 def make_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, config: JiTConfig,
-              forward_keys: bool, accumulate: bool):
-    """A jitted ``step(params, opt_state, acc, x, mask, key) -> (params, opt_state, acc, loss)``."""
+              forward_keys: bool, accumulate: bool,
+              shardings: tuple[Any, Any] | None = None):
+    """A jitted ``step(params, opt_state, acc, x, mask, key) -> (params, opt_state, acc, loss)``.
+
+    ``shardings = (replicated, batch)`` pins the state and key to ``replicated`` and the forget
+    batch and its mask to ``batch`` (data parallelism); None leaves placement to jax.
+    """
 
     def step(params, opt_state, acc, x, mask, key):
         loss, grads = jit_value_and_grad(
@@ -289,18 +316,29 @@ def make_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, config: JiTCo
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, acc, loss
 
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+    if shardings is None:
+        return jax.jit(step, donate_argnums=(0, 1, 2))
+    rep, bat = shardings
+    return jax.jit(step, donate_argnums=(0, 1, 2), in_shardings=(rep, rep, rep, bat, bat, rep),
+                   out_shardings=(rep, rep, rep, rep))
 
 
 def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
                 config: JiTConfig | None = None, *,
-                optimizer: optax.GradientTransformation | None = None) -> tuple[nnx.Module, JiTLog]:
+                optimizer: optax.GradientTransformation | None = None,
+                mesh: Mesh | None = None, data_axis: str = "data") -> tuple[nnx.Module, JiTLog]:
     """Run JiT on ``x_forget`` (normalised float inputs, NHWC or any batch-first shape).
 
     Returns a new model (the input model is left untouched) and a :class:`JiTLog`. One pass over the
     forget set in order, one optimiser step per batch (``optax.sgd(config.lr)`` unless ``optimizer``
     is given), model in eval mode unless ``config.train_mode`` or ``config.reference_quirks``.
     Runtime excludes compilation, which is timed apart on a throw-away call.
+
+    ``mesh`` (e.g. :func:`data_mesh`) runs the same step data-parallel: each forget batch is split
+    over the mesh axis ``data_axis``, the parameters and optimiser state are replicated. The batch
+    is rounded up to a multiple of that axis's size; the padding rows are masked out of the loss and
+    the clipping range, as for the last batch. With a batch that is already a multiple, the result
+    equals the one-device result up to the order of floating-point sums.
     """
     config = config or JiTConfig()
     x_forget = np.asarray(x_forget, np.float32)
@@ -314,21 +352,33 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     forward_keys = train_mode
     tx = optimizer if optimizer is not None else optax.sgd(config.lr)
     b = min(config.batch_size, n)
-    step = make_step(fn.apply_fn, tx, config, forward_keys, config.reference_quirks)
+    shardings = None
+    if mesh is not None:
+        if data_axis not in mesh.axis_names:
+            raise ValueError(f"data_axis={data_axis!r} is not an axis of the mesh; accepted: "
+                             f"{list(mesh.axis_names)}")
+        nd = mesh.shape[data_axis]
+        shardings = (NamedSharding(mesh, PartitionSpec()),
+                     NamedSharding(mesh, PartitionSpec(data_axis)))
+    step = make_step(fn.apply_fn, tx, config, forward_keys, config.reference_quirks, shardings)
 
     params = jax.tree.map(jnp.copy, fn.params)
     opt_state = tx.init(params)
     acc = jax.tree.map(jnp.zeros_like, params)
     key = jax.random.key(config.seed)
+    batches = _batches(n, b)
+    if shardings is not None:
+        params, opt_state, acc, key = jax.device_put((params, opt_state, acc, key), shardings[0])
+        b = -(-b // nd) * nd  # the batch fed to the step: a multiple of the data axis
+    place = jnp.asarray if shardings is None else (lambda a: jax.device_put(a, shardings[1]))
 
     def padded(idx):  # host-side padding: no eager device ops inside the timed loop
         pad = b - len(idx)
         idx = np.concatenate([idx, np.full(pad, idx[0])]) if pad else idx
         mask = np.ones((b,), np.float32)
         mask[b - pad:] = 0.0
-        return jnp.asarray(x_forget[idx]), jnp.asarray(mask)
+        return place(x_forget[idx]), place(mask)
 
-    batches = _batches(n, b)
     # Compile ahead of time so that the timed pass excludes compilation.
     t0 = time.perf_counter()
     xb, mb = padded(batches[0])
