@@ -162,7 +162,8 @@ def main(argv=None):
     if args.robustness:
         robustness(cfg)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "toy_boundary.png" if cfg.p == 1 else f"toy_boundary_p{cfg.p}.png")
+    name = "toy_boundary.png" if cfg.p == 1 else f"toy_boundary_p{cfg.p}.png"
+    path = os.path.join(args.out, name)
     plot_boundary(res).savefig(path, dpi=90)
     print(f"wrote {path}")
     return res

@@ -96,6 +96,11 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else _free_default(DEFAULT_RUNS / f"{ds.name}-{args.model}")
     if out.exists() and not args.overwrite:
         return _err(f"{out} already exists; choose another --out or pass --overwrite")
+    mesh = None
+    if args.devices is not None:
+        from jit_jax.parallel import mesh_from_flag
+
+        mesh = mesh_from_flag(args.devices)
     prep = recipes.preprocess_fn(ds)
     x_train, y_train = prep(ds.x_train), ds.train_targets
     x_test, y_test = prep(ds.x_test), ds.test_targets
@@ -104,7 +109,7 @@ def cmd_train(args) -> int:
           f"recipe {config}", flush=True)
     t0 = time.perf_counter()
     res = train(model, x_train, y_train, config, eval_data=(x_test, y_test),
-                progress=not args.no_progress, eval_every=args.eval_every,
+                progress=not args.no_progress, eval_every=args.eval_every, mesh=mesh,
                 callback=lambda r: print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                      for k, v in r.items()}), flush=True))
     elapsed = time.perf_counter() - t0
@@ -119,6 +124,7 @@ def cmd_train(args) -> int:
         "seed": config.seed,
         "metrics": {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
                     "train_time_s": elapsed, "compile_time_s": res.compile_time},
+        "train_devices": 1 if mesh is None else mesh.size,
         "history": res.history,
     }
     path = checkpoint.save(out, model, spec, meta, overwrite=args.overwrite)
@@ -189,16 +195,11 @@ def cmd_unlearn(args) -> int:
         return _err(f"unknown method {args.method!r}; accepted: {', '.join(unlearn.METHODS)}")
     mesh_opt = {}
     if args.devices is not None:
-        if args.method != "jit":
-            return _err(f"--devices applies to --method jit only (got --method {args.method})")
-        from jit_jax.unlearn.jit import data_mesh
+        if args.method == "bsln":
+            return _err("--devices applies to --method jit, rtrn or rtrn_head (bsln does nothing)")
+        from jit_jax.parallel import mesh_from_flag
 
-        if args.devices == "all":
-            mesh_opt["mesh"] = data_mesh()
-        elif args.devices.isdigit():
-            mesh_opt["mesh"] = data_mesh(int(args.devices))
-        else:
-            return _err(f"--devices {args.devices!r}; accepted: a device count or 'all'")
+        mesh_opt["mesh"] = mesh_from_flag(args.devices)
     model, meta, ds = load_run(args.checkpoint, validation=args.validation)
     split = parse_forget(ds, args.forget, seed=args.seed)
     spec = ModelSpec.from_dict(meta["model"])
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep this stratified fraction of the training set out of training, as a "
                    "validation split for choosing unlearning hyperparameters (--validation)")
     t.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs")
+    t.add_argument("--devices", metavar="N|all",
+                   help="data-parallel: split each batch over the first N devices jax sees, or "
+                   "all (the batch size must be a multiple); default: one device")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -301,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method options, e.g. --set sigma=1.0 --set lr=3e-3 --set batch_size=32")
     u.add_argument("--rtrn", help="a retrained checkpoint: adds the retrain distance")
     u.add_argument("--devices", metavar="N|all",
-                   help="jit only: split each forget batch over the first N devices jax sees (or "
-                   "all of them), parameters replicated; default: one device")
+                   help="data-parallel: split each batch (forget batch for jit, training batch for "
+                   "rtrn) over the first N devices jax sees, or all; default: one device")
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--validation", action="store_true",
                    help="score on the held-out validation split instead of the test set")

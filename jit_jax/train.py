@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from jit_jax.data.transforms import random_crop_flip
+from jit_jax.parallel import data_shardings
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -210,21 +212,42 @@ def _check_inputs(x, y, num_classes: int | None):
 
 def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: TrainConfig, *,
           eval_data: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
-          eval_every: int = 1, callback: Callable[[dict], None] | None = None) -> TrainResult:
+          eval_every: int = 1, callback: Callable[[dict], None] | None = None,
+          mesh: Mesh | None = None, data_axis: str = "data") -> TrainResult:
     """Train ``model`` in place on normalised ``x_train`` with integer ``y_train``.
 
     One jitted step per batch (the last, incomplete batch of each epoch is dropped so one shape is
     compiled; with fewer samples than ``batch_size`` the batch is the whole set). Raises
     ``FloatingPointError`` when the loss or the gradient norm becomes NaN or inf.
+
+    ``mesh`` (e.g. :func:`jit_jax.parallel.data_mesh`) trains data-parallel: every batch is split
+    over the mesh axis ``data_axis`` and the model and optimiser state are replicated (BatchNorm
+    statistics are then those of the whole batch, as on one device). ``batch_size`` must be a
+    multiple of that axis's size.
     """
     x_train = np.asarray(x_train, np.float32)
     y_train = np.asarray(y_train, np.int32)
     _check_inputs(x_train, y_train, None)
     n = len(x_train)
     b = min(config.batch_size, n)
+    place = jnp.asarray
+    if mesh is not None:
+        rep, bat = data_shardings(mesh, data_axis)
+        nd = mesh.shape[data_axis]
+        if config.batch_size % nd:
+            raise ValueError(f"batch_size={config.batch_size} does not split over the {nd} devices "
+                             f"of mesh axis {data_axis!r}; accepted: a multiple of {nd}")
+        if b < nd:
+            raise ValueError(f"{n} training samples cannot fill one batch on {nd} devices")
+        b -= b % nd  # a whole training set smaller than batch_size
+
+        def place(a):
+            return jax.device_put(a, bat)
     steps_per_epoch = n // b
     total = steps_per_epoch * config.epochs
     optimizer = nnx.Optimizer(model, make_optimizer(config, total), wrt=nnx.Param)
+    if mesh is not None:
+        nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), rep))
     rng = np.random.default_rng(config.seed)
     key = jax.random.key(config.seed)
     history: list[dict] = []
@@ -245,8 +268,8 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
                 idx = perm[s * b:(s + 1) * b]
                 key, sub = jax.random.split(key)
                 ts = time.perf_counter()
-                m = _train_step(model, optimizer, jnp.asarray(x_train[idx]),
-                                jnp.asarray(y_train[idx]), sub, config)
+                m = _train_step(model, optimizer, place(x_train[idx]), place(y_train[idx]), sub,
+                                config)
                 loss, gnorm = float(m["loss"]), float(m["grad_norm"])
                 step_times.append(time.perf_counter() - ts)
                 if not (math.isfinite(loss) and math.isfinite(gnorm)):

@@ -66,9 +66,9 @@ def test_errors(run_dir, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(run_dir), "--validation"]) == 2
     assert "holdout" in capsys.readouterr().err
     # --devices: jit only, a count within what jax sees, or "all"
-    for devices, method, msg in [("2", "rtrn", "--devices applies to --method jit only"),
+    for devices, method, msg in [("2", "bsln", "--devices applies to --method jit, rtrn"),
                                  ("0", "jit", "devices=0: accepted 1..1"),
-                                 ("some", "jit", "--devices 'some'; accepted: a device count or 'all'")]:
+                                 ("some", "jit", "--devices 'some'; accepted: a device count")]:
         assert main(["unlearn", "--checkpoint", str(run_dir), "--forget", "class:1", "--method",
                      method, "--devices", devices, "--out", str(tmp_path / "m")]) == 2
         assert msg in capsys.readouterr().err and not (tmp_path / "m").exists()

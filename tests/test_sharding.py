@@ -15,13 +15,16 @@ SCRIPT = textwrap.dedent(r"""
     from flax import nnx
     from jit_jax.functional import functionalize
     from jit_jax.unlearn import jit as J
+    from jit_jax.parallel import data_mesh
 
     assert jax.device_count() == 8, jax.devices()
 
     class Net(nnx.Module):  # conv + BatchNorm (eval mode in JiT) + head
         def __init__(self):
             rngs = nnx.Rngs(0)
-            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            # no conv bias before BatchNorm: its gradient is rounding noise, which Adam (in the
+            # training check below) would blow up to lr-sized steps on either side
+            self.conv = nnx.Conv(1, 4, (3, 3), use_bias=False, rngs=rngs)
             self.bn = nnx.BatchNorm(4, rngs=rngs)
             self.head = nnx.Linear(4, 3, rngs=rngs)
 
@@ -40,7 +43,7 @@ SCRIPT = textwrap.dedent(r"""
     one, log1 = J.jit_unlearn(model, xf, cfg)
     assert seen == [None]
     for nd in (8, 4, 2):
-        many, log = J.jit_unlearn(model, xf, cfg, mesh=J.data_mesh(nd))
+        many, log = J.jit_unlearn(model, xf, cfg, mesh=data_mesh(nd))
         rep, bat = seen[-1]
         P = jax.sharding.PartitionSpec
         assert rep.spec == P() and bat.spec == P("data") and rep.mesh.size == nd, seen[-1]
@@ -55,7 +58,7 @@ SCRIPT = textwrap.dedent(r"""
     chex.assert_trees_all_equal(params(model), params(Net()))
 
     # the step is really partitioned: XLA reduces the batch-sum gradient across devices
-    mesh = J.data_mesh(8)
+    mesh = data_mesh(8)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     bat = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     fn = functionalize(model)
@@ -68,18 +71,18 @@ SCRIPT = textwrap.dedent(r"""
     assert "all-reduce" in hlo
 
     # a batch that is not a multiple of the devices is padded and masked
-    new, log = J.jit_unlearn(model, xf[:10], cfg.replace(batch_size=5), mesh=J.data_mesh(4))
+    new, log = J.jit_unlearn(model, xf[:10], cfg.replace(batch_size=5), mesh=data_mesh(4))
     assert log.num_steps == 2 and log.batch_size == 8 and np.all(np.isfinite(log.losses))
     # fewer forget samples than devices
-    new, log = J.jit_unlearn(model, xf[:3], cfg, mesh=J.data_mesh(8))
+    new, log = J.jit_unlearn(model, xf[:3], cfg, mesh=data_mesh(8))
     assert log.num_steps == 1 and log.batch_size == 8 and np.isfinite(log.losses[0])
 
     # bad input names the value and what is accepted
     for call, msg in [
         (lambda: J.jit_unlearn(model, xf, cfg, mesh=mesh, data_axis="batch"),
          "data_axis='batch' is not an axis of the mesh; accepted: ['data']"),
-        (lambda: J.data_mesh(9), "devices=9: accepted 1..8"),
-        (lambda: J.data_mesh([]), "devices is an empty sequence"),
+        (lambda: data_mesh(9), "devices=9: accepted 1..8"),
+        (lambda: data_mesh([]), "devices is an empty sequence"),
     ]:
         try:
             call()
@@ -87,12 +90,44 @@ SCRIPT = textwrap.dedent(r"""
             assert msg in str(e), str(e)
         else:
             raise AssertionError("no ValueError for " + msg)
-    # the command line: jit-jax unlearn --devices all
+    # training (originals, RTRN): the same steps on 1 and 8 devices, BatchNorm in train mode and
+    # random crops included
+    import jit_jax.train as T
+    from jit_jax.train import TrainConfig, train
+    specs = []  # how the training step's batch arrives
+    step_fn = T._train_step
+    T._train_step = lambda m, o, x, *a: specs.append(x.sharding) or step_fn(m, o, x, *a)
+    xs = np.asarray(jax.random.normal(jax.random.key(2), (64, 6, 6, 1)), np.float32)
+    ys = np.arange(64) % 3
+    tc = TrainConfig(epochs=2, batch_size=16, optimizer="adam", lr=1e-2, augment="crop", pad=1)
+    m1, m8 = Net(), Net()
+    r1 = train(m1, xs, ys, tc, progress=False)
+    r8 = train(m8, xs, ys, tc, progress=False, mesh=data_mesh(8))
+    assert len(specs) == 16  # 2 epochs x 4 steps, on one device and then on eight
+    assert all(len(sh.device_set) == 1 for sh in specs[:8]), specs[0]
+    assert all(sh.spec == P("data") and sh.mesh.size == 8 for sh in specs[8:]), specs[8]
+    np.testing.assert_allclose([h["train_loss"] for h in r8.history],
+                               [h["train_loss"] for h in r1.history], rtol=1e-4)
+    st = lambda m: jax.tree.map(np.asarray, nnx.state(m, nnx.Param, nnx.BatchStat))
+    chex.assert_trees_all_close(st(m8), st(m1), rtol=1e-4, atol=1e-5)
+    assert len(m8.bn.mean[...].sharding.device_set) == 8
+    for bad, msg in [(tc.replace(batch_size=12), "batch_size=12 does not split over the 8 devices"),
+                     (tc.replace(batch_size=64), None)]:
+        try:
+            train(Net(), xs[:4] if msg is None else xs, ys[:4] if msg is None else ys, bad,
+                  progress=False, mesh=data_mesh(8))
+        except ValueError as e:
+            assert (msg or "4 training samples cannot fill one batch on 8 devices") in str(e), e
+        else:
+            raise AssertionError("no ValueError")
+
+    # the command line: jit-jax train / unlearn --devices
     import json, pathlib, tempfile
     from jit_jax.cli import main
     d = pathlib.Path(tempfile.mkdtemp())
     assert main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1",
-                 "--out", str(d / "run"), "--no-progress"]) == 0
+                 "--out", str(d / "run"), "--no-progress", "--devices", "4"]) == 0
+    assert json.loads((d / "run" / "metadata.json").read_text())["train_devices"] == 4
     assert main(["unlearn", "--checkpoint", str(d / "run"), "--forget", "class:3", "--devices",
                  "all", "--set", "num_samples=2", "--out", str(d / "jit")]) == 0
     res = json.loads((d / "jit" / "result.json").read_text())

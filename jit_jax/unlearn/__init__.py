@@ -16,12 +16,12 @@ from flax import nnx
 from jit_jax.data import Dataset, normalize
 from jit_jax.data.splits import ForgetSplit
 from jit_jax.models import ModelSpec
+from jit_jax.parallel import data_mesh
 from jit_jax.train import TrainConfig
 from jit_jax.unlearn.baselines import reset_head, retrain
 from jit_jax.unlearn.jit import (
     PRESETS,
     JiTConfig,
-    data_mesh,
     jit_loss,
     jit_unlearn,
     jit_value_and_grad,
@@ -74,7 +74,7 @@ def _bsln(req: Request, **options) -> MethodOutput:
     return MethodOutput(nnx.clone(req.model), 0.0, 0.0, False, {})
 
 
-def _retrain(req: Request, head_only: bool, **options) -> MethodOutput:
+def _retrain(req: Request, head_only: bool, mesh=None, **options) -> MethodOutput:
     if req.train_config is None:
         raise ValueError("retraining needs the original training recipe (train_config)")
     cfg = req.train_config.replace(**options, seed=req.seed)
@@ -82,7 +82,7 @@ def _retrain(req: Request, head_only: bool, **options) -> MethodOutput:
     init = reset_head(req.model, req.seed) if head_only else None
     t0 = time.perf_counter()
     model, res = retrain(req.spec, req.inputs(req.split.retain_idx), y, cfg, seed=req.seed,
-                         init_model=init, progress=req.progress)
+                         init_model=init, progress=req.progress, mesh=mesh)
     wall = time.perf_counter() - t0
     return MethodOutput(model, res.warm_time, res.compile_time, False,
                         {"train_wall_time": wall, "history": res.history, "config": cfg.to_dict()})
@@ -99,7 +99,8 @@ def default_jit_config(req: Request) -> JiTConfig:
 
 def _jit(req: Request, mesh=None, **options) -> MethodOutput:
     """JiT with the request's defaults and ``options`` (JiTConfig fields); ``mesh`` (a
-    ``jax.sharding.Mesh`` with a "data" axis, e.g. ``jit.data_mesh()``) runs it data-parallel."""
+    ``jax.sharding.Mesh`` with a "data" axis, e.g. ``jit_jax.parallel.data_mesh()``) runs it
+    data-parallel."""
     cfg = default_jit_config(req)
     cfg = cfg.replace(seed=req.seed, **options)
     model, log = jit_unlearn(req.model, req.forget_inputs(), cfg, mesh=mesh)

@@ -47,11 +47,14 @@ def reset_head(model: nnx.Module, seed: int = 0) -> nnx.Module:
 
 
 def retrain(spec: ModelSpec, x_retain: np.ndarray, y_retain: np.ndarray, config: TrainConfig, *,
-            seed: int = 0, init_model: nnx.Module | None = None, progress: bool = False):
-    """Train ``init_model`` (default: a fresh ``spec.build(seed)``) on D_r with ``config``.
+            seed: int = 0, init_model: nnx.Module | None = None, progress: bool = False,
+            mesh=None):
+    """Train ``init_model`` (default: a fresh ``spec.build(seed)``) on D_r with ``config``
+    (data-parallel over ``mesh`` if given: :func:`jit_jax.train.train`).
 
     Returns ``(model, TrainResult)``; the recipe's seed is replaced by ``seed`` so repeats differ.
     """
     model = init_model if init_model is not None else spec.build(seed=seed)
-    result = train(model, x_retain, y_retain, config.replace(seed=seed), progress=progress)
+    result = train(model, x_retain, y_retain, config.replace(seed=seed), progress=progress,
+                   mesh=mesh)
     return model, result

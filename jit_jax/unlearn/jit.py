@@ -41,9 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from jit_jax.functional import functionalize, rebuild
+from jit_jax.parallel import data_shardings
 
 ApplyFn = Callable[..., jax.Array]
 
@@ -277,24 +278,6 @@ def _batches(n: int, b: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + b, n)) for s in range(0, n, b)]
 
 
-def data_mesh(devices: Any = None, axis: str = "data") -> Mesh:
-    """A one-axis mesh for data-parallel JiT: ``devices`` is None (all of ``jax.devices()``), a
-    count (the first ``devices`` of them) or a sequence of devices."""
-    avail = jax.devices()
-    if devices is None:
-        devs = avail
-    elif isinstance(devices, int) and not isinstance(devices, bool):
-        if not 1 <= devices <= len(avail):
-            raise ValueError(f"devices={devices}: accepted 1..{len(avail)} (the {len(avail)} "
-                             f"{avail[0].platform} device(s) jax sees)")
-        devs = avail[:devices]
-    else:
-        devs = list(devices)
-        if not devs:
-            raise ValueError("devices is an empty sequence; give None (all), a count or devices")
-    return Mesh(np.asarray(devs), (axis,))
-
-
 def make_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, config: JiTConfig,
               forward_keys: bool, accumulate: bool,
               shardings: tuple[Any, Any] | None = None):
@@ -334,11 +317,12 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     is given), model in eval mode unless ``config.train_mode`` or ``config.reference_quirks``.
     Runtime excludes compilation, which is timed apart on a throw-away call.
 
-    ``mesh`` (e.g. :func:`data_mesh`) runs the same step data-parallel: each forget batch is split
-    over the mesh axis ``data_axis``, the parameters and optimiser state are replicated. The batch
-    is rounded up to a multiple of that axis's size; the padding rows are masked out of the loss and
-    the clipping range, as for the last batch. With a batch that is already a multiple, the result
-    equals the one-device result up to the order of floating-point sums.
+    ``mesh`` (e.g. :func:`jit_jax.parallel.data_mesh`) runs the same step data-parallel: each
+    forget batch is split over the mesh axis ``data_axis``, the parameters and optimiser state are
+    replicated. The batch is rounded up to a multiple of that axis's size; the padding rows are
+    masked out of the loss and the clipping range, as for the last batch. With a batch that is
+    already a multiple, the result equals the one-device result up to the order of floating-point
+    sums.
     """
     config = config or JiTConfig()
     x_forget = np.asarray(x_forget, np.float32)
@@ -354,12 +338,8 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     b = min(config.batch_size, n)
     shardings = None
     if mesh is not None:
-        if data_axis not in mesh.axis_names:
-            raise ValueError(f"data_axis={data_axis!r} is not an axis of the mesh; accepted: "
-                             f"{list(mesh.axis_names)}")
+        shardings = data_shardings(mesh, data_axis)
         nd = mesh.shape[data_axis]
-        shardings = (NamedSharding(mesh, PartitionSpec()),
-                     NamedSharding(mesh, PartitionSpec(data_axis)))
     step = make_step(fn.apply_fn, tx, config, forward_keys, config.reference_quirks, shardings)
 
     params = jax.tree.map(jnp.copy, fn.params)
