@@ -8,6 +8,9 @@ test set. Prints one row per class (means over seeds) and the issue's acceptance
 are warm: compilation is measured apart (JiT: ahead-of-time compile; RTRN: first step minus the
 median step).
 
+``--peers fntn amn ssd bt bdsh`` also runs the paper's comparison methods (their authors' settings)
+on every request; they appear in the pooled table.
+
 ``--floor`` also retrains every RTRN a second time with another seed (seed + 1000) and reports its
 retrain distance to the first: the distance an exact retraining would score, i.e. the noise floor of
 the metric on this data (column "RTRN' dist").
@@ -40,6 +43,9 @@ def main(argv=None):
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="JiT option overrides")
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE",
                    help="training-recipe overrides (original and RTRN), e.g. weight_decay=0")
+    p.add_argument("--peers", nargs="*", metavar="METHOD", default=[],
+                   help="also run these comparison methods (fntn amn ssd bt bdsh) on every "
+                        "request; their rows join the pooled table (default: none)")
     p.add_argument("--floor", action="store_true",
                    help="also retrain each RTRN with a second seed: the metric's noise floor")
     p.add_argument("--out")
@@ -59,7 +65,7 @@ def main(argv=None):
             split = parse_forget(ds, f"class:{c}")
             print(f"seed {seed} class {c}", flush=True)
             res = compare(model, ds, split, spec, cfg, seeds=[seed],
-                          methods=("bsln", "rtrn", "jit"),
+                          methods=("bsln", "rtrn", "jit", *args.peers),
                           method_options={"jit": jit_opts}, log=lambda s: None)
             results += res
             if args.floor:
@@ -102,7 +108,8 @@ def main(argv=None):
             + (f" {np.mean(floor[c]):.1f} |" if floor else ""))
     table = "\n".join(lines)
     print(table)
-    print("\nAll classes and seeds pooled:\n" + markdown_table(results))
+    pooled = markdown_table(results)
+    print("\nAll classes and seeds pooled:\n" + pooled)
     checks = {
         "max over classes of JiT D_f acc (mean over seeds) <= 10": (df_max, df_max <= 10),
         "(stricter, for information) max JiT D_f acc over every class and seed <= 10":
@@ -127,11 +134,12 @@ def main(argv=None):
             "argv": sys.argv[1:], "jit_options": jit_opts,
             "jit_defaults": recipes.jit_defaults(ds.name, spec.name, "class"),
             "train_config": {k: v for k, v in cfg.to_dict().items() if k != "seed"},
-            "table": table,
+            "table": table, "pooled": pooled,
             "rtrn_seed_distance": floor,
             "checks": {k: {"value": v, "ok": bool(ok)} for k, (v, ok) in checks.items()},
             "runs": [r.to_dict() for r in results]}, indent=2))
-        Path(args.out).with_suffix(".md").write_text(table + "\n")
+        Path(args.out).with_suffix(".md").write_text(
+            table + "\n" + (f"\nAll classes and seeds pooled:\n\n{pooled}\n" if args.peers else ""))
 
 
 if __name__ == "__main__":

@@ -195,8 +195,9 @@ def cmd_unlearn(args) -> int:
         return _err(f"unknown method {args.method!r}; accepted: {', '.join(unlearn.METHODS)}")
     mesh_opt = {}
     if args.devices is not None:
-        if args.method == "bsln":
-            return _err("--devices applies to --method jit, rtrn or rtrn_head (bsln does nothing)")
+        if args.method not in ("jit", "rtrn", "rtrn_head"):
+            return _err(f"--devices applies to --method jit, rtrn or rtrn_head, not "
+                        f"{args.method!r}")
         from jit_jax.parallel import mesh_from_flag
 
         mesh_opt["mesh"] = mesh_from_flag(args.devices)
@@ -298,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run an unlearning method on a trained checkpoint and write the "
                        "new checkpoint plus result.json (D_r, D_f, test acc, MIA, runtime).")
     u.add_argument("--checkpoint", required=True, help="the trained model (never modified)")
-    u.add_argument("--method", default="jit", help="jit | rtrn | rtrn_head | bsln")
+    u.add_argument("--method", default="jit",
+                   help="jit | rtrn | rtrn_head | bsln, or one of the paper's comparison methods: "
+                   "fntn | amn | ssd | bt | bdsh (jit_jax/unlearn/peers.py)")
     u.add_argument("--forget", required=True, help="class:N|class:NAME|subclass:NAME|random:N")
     u.add_argument("--out", required=True, help="new checkpoint directory")
     u.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -213,12 +213,15 @@ def _check_inputs(x, y, num_classes: int | None):
 def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: TrainConfig, *,
           eval_data: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
           eval_every: int = 1, callback: Callable[[dict], None] | None = None,
-          mesh: Mesh | None = None, data_axis: str = "data") -> TrainResult:
+          mesh: Mesh | None = None, data_axis: str = "data",
+          drop_last: bool = True) -> TrainResult:
     """Train ``model`` in place on normalised ``x_train`` with integer ``y_train``.
 
     One jitted step per batch (the last, incomplete batch of each epoch is dropped so one shape is
-    compiled; with fewer samples than ``batch_size`` the batch is the whole set). Raises
-    ``FloatingPointError`` when the loss or the gradient norm becomes NaN or inf.
+    compiled; with fewer samples than ``batch_size`` the batch is the whole set).
+    ``drop_last=False`` keeps it, as torch's DataLoader does by default (a second compiled shape,
+    counted in ``compile_time``). Raises ``FloatingPointError`` when the loss or the gradient norm
+    becomes NaN or inf.
 
     ``mesh`` (e.g. :func:`jit_jax.parallel.data_mesh`) trains data-parallel: every batch is split
     over the mesh axis ``data_axis`` and the model and optimiser state are replicated (BatchNorm
@@ -243,7 +246,11 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
 
         def place(a):
             return jax.device_put(a, bat)
-    steps_per_epoch = n // b
+    if not drop_last and mesh is not None and n % b:
+        raise ValueError(f"drop_last=False with a mesh: {n} samples leave a last batch of "
+                         f"{n % b} that does not split over the devices; accepted: drop_last=True")
+    starts = list(range(0, n - b + 1, b)) if drop_last else list(range(0, n, b))
+    steps_per_epoch = len(starts)
     total = steps_per_epoch * config.epochs
     optimizer = nnx.Optimizer(model, make_optimizer(config, total), wrt=nnx.Param)
     if mesh is not None:
@@ -264,8 +271,8 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
             model.train()
             perm = rng.permutation(n)
             sums = {"loss": 0.0, "accuracy": 0.0}
-            for s in range(steps_per_epoch):
-                idx = perm[s * b:(s + 1) * b]
+            for start in starts:
+                idx = perm[start:start + b]
                 key, sub = jax.random.split(key)
                 ts = time.perf_counter()
                 m = _train_step(model, optimizer, place(x_train[idx]), place(y_train[idx]), sub,
@@ -300,7 +307,10 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
         if bar is not None:
             bar.close()
         model.eval()
-    median = float(np.median(step_times[1:])) if len(step_times) > 1 else 0.0
-    compile_time = max(step_times[0] - median, 0.0)
+    # compilation: the first step of each batch shape (a full batch; a last, partial one)
+    first = [0] + ([steps_per_epoch - 1] if starts[-1] + b > n else [])
+    warm = [t for i, t in enumerate(step_times) if i not in first]
+    median = float(np.median(warm)) if warm else 0.0
+    compile_time = sum(max(step_times[i] - median, 0.0) for i in first)
     return TrainResult(history=history, train_time=time.perf_counter() - t0, final=history[-1],
                        compile_time=compile_time, warm_time=sum(step_times) - compile_time)

@@ -42,6 +42,11 @@ def test_unlearn_jit_and_rtrn(run_dir, tmp_path, capsys):
     assert meta["kind"] == "unlearned" and meta["source_checkpoint"].endswith("digits-mlp")
     # The source checkpoint is untouched and the new one evaluates.
     assert main(["evaluate", "--checkpoint", str(jit), "--forget", "class:3"]) == 0
+    # a comparison method, with an option
+    assert main(["unlearn", "--checkpoint", str(run_dir), "--method", "bdsh", "--forget",
+                 "class:3", "--out", str(tmp_path / "bdsh"), "--set", "epochs=1"]) == 0
+    res = json.loads((tmp_path / "bdsh" / "result.json").read_text())
+    assert res["method"] == "bdsh" and res["zero_shot"] and res["extra"]["options"] == {"epochs": 1}
 
 
 def test_errors(run_dir, tmp_path, capsys):
@@ -66,7 +71,8 @@ def test_errors(run_dir, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(run_dir), "--validation"]) == 2
     assert "holdout" in capsys.readouterr().err
     # --devices: jit only, a count within what jax sees, or "all"
-    for devices, method, msg in [("2", "bsln", "--devices applies to --method jit, rtrn"),
+    for devices, method, msg in [("2", "ssd", "--devices applies to --method jit, rtrn or "
+                                               "rtrn_head, not 'ssd'"),
                                  ("0", "jit", "devices=0: accepted 1..1"),
                                  ("some", "jit", "--devices 'some'; accepted: a device count")]:
         assert main(["unlearn", "--checkpoint", str(run_dir), "--forget", "class:1", "--method",

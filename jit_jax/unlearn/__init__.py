@@ -18,6 +18,7 @@ from jit_jax.data.splits import ForgetSplit
 from jit_jax.models import ModelSpec
 from jit_jax.parallel import data_mesh
 from jit_jax.train import TrainConfig
+from jit_jax.unlearn import peers
 from jit_jax.unlearn.baselines import reset_head, retrain
 from jit_jax.unlearn.jit import (
     PRESETS,
@@ -113,6 +114,22 @@ def _no_options(name, options):
         raise ValueError(f"method {name!r} takes no options, got {sorted(options)}")
 
 
+def _peer(name: str, fn: Callable[..., MethodOutput]) -> Callable[..., MethodOutput]:
+    """``fn(req, **options)`` with unknown option names reported as a ValueError."""
+    import inspect
+
+    accepted = [k for k in inspect.signature(fn).parameters if k != "req"]
+
+    def call(req: Request, **options) -> MethodOutput:
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for method {name!r}; accepted: "
+                             f"{accepted}")
+        return fn(req, **options)
+
+    return call
+
+
 METHODS: dict[str, Method] = {
     "bsln": Method("bsln", "the original model, untouched", False, _bsln),
     "rtrn": Method("rtrn", "retrain from scratch on D_r with the original recipe (gold standard)",
@@ -121,6 +138,17 @@ METHODS: dict[str, Method] = {
                         "train on D_r", False, lambda req, **o: _retrain(req, True, **o)),
     "jit": Method("jit", "JiT: Lipschitz smoothing around each forget sample (zero-shot)", True,
                   _jit),
+    # the paper's comparison methods (jit_jax/unlearn/peers.py)
+    "fntn": Method("fntn", "fine-tune on D_r (5 epochs, SGD 0.02)", False,
+                   _peer("fntn", peers.finetune)),
+    "amn": Method("amn", "amnesiac: D_f relabelled at random, trained with D_r (3 epochs, Adam)",
+                  False, _peer("amn", peers.amnesiac)),
+    "ssd": Method("ssd", "selective synaptic dampening (importances on D_f and D)", False,
+                  _peer("ssd", peers.ssd)),
+    "bt": Method("bt", "bad teacher: distil from a random teacher on D_f, the model on 30% of D_r",
+                 False, _peer("bt", peers.bad_teacher)),
+    "bdsh": Method("bdsh", "boundary shrink: fine-tune D_f on the labels one FGSM step away "
+                   "(zero-shot)", True, _peer("bdsh", peers.boundary_shrink)),
 }
 
 
