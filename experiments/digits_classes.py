@@ -8,7 +8,7 @@ test set. Prints one row per class (means over seeds) and the issue's acceptance
 are warm: compilation is measured apart (JiT: ahead-of-time compile; RTRN: first step minus the
 median step).
 
-``--peers fntn amn ssd bt bdsh`` also runs the paper's comparison methods (their authors' settings)
+``--peers fntn amn ssd bt unsir emmn bdsh`` also runs the paper's comparison methods (their authors' settings)
 on every request; they appear in the pooled table.
 
 ``--floor`` also retrains every RTRN a second time with another seed (seed + 1000) and reports its
@@ -44,8 +44,8 @@ def main(argv=None):
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE",
                    help="training-recipe overrides (original and RTRN), e.g. weight_decay=0")
     p.add_argument("--peers", nargs="*", metavar="METHOD", default=[],
-                   help="also run these comparison methods (fntn amn ssd bt bdsh) on every "
-                        "request; their rows join the pooled table (default: none)")
+                   help="also run these comparison methods (fntn amn ssd bt unsir emmn bdsh) on "
+                        "every request; their rows join the pooled table (default: none)")
     p.add_argument("--floor", action="store_true",
                    help="also retrain each RTRN with a second seed: the metric's noise floor")
     p.add_argument("--out")

@@ -132,7 +132,7 @@ def _params(m):
     return jax.tree.map(np.asarray, nnx.state(m, nnx.Param))
 
 
-@pytest.mark.parametrize("name", ["fntn", "amn", "ssd", "bt", "bdsh"])
+@pytest.mark.parametrize("name", ["fntn", "amn", "ssd", "bt", "bdsh", "unsir", "emmn", "scrub"])
 def test_each_peer_runs_through_the_registry(request_tiny, name):
     make, ds = request_tiny
     req = make(forget_class(ds, "1"))
@@ -143,7 +143,7 @@ def test_each_peer_runs_through_the_registry(request_tiny, name):
                                            _params(out.model), before))
     assert any(changed), name
     assert out.runtime > 0 and out.compile_time >= 0
-    assert out.zero_shot == (name == "bdsh") == unlearn.METHODS[name].zero_shot
+    assert out.zero_shot == (name in ("bdsh", "emmn")) == unlearn.METHODS[name].zero_shot
     with pytest.raises(ValueError, match=f"unknown option.*'{name}'.*accepted"):
         unlearn.run(name, req, nonsense=1)
 
@@ -191,3 +191,75 @@ def test_bt_uses_a_fraction_of_the_retained_data(request_tiny):
     assert len(out.log["losses"]) == 1  # one epoch of batch 256 on a tiny set: one step
     with pytest.raises(ValueError, match="retain_fraction=0"):
         unlearn.run("bt", req, retain_fraction=0)
+
+
+def test_noise_rounds_are_the_authors_loader():
+    noises = {2: np.zeros((4, 3, 3, 3)), 0: np.ones((4, 3, 3, 3))}
+    x, y = peers.noise_rounds(noises, rounds=5, per_round=3)
+    assert x.shape == (30, 3, 3, 3) and list(y[:6]) == [2, 2, 2, 0, 0, 0]
+    np.testing.assert_array_equal(x[y == 0], 1.0)
+    x, y = peers.noise_rounds(noises, rounds=2)
+    assert x.shape == (16, 3, 3, 3)
+
+
+@pytest.mark.parametrize("maximise", [True, False])
+def test_train_noise_moves_the_cross_entropy_the_right_way(maximise):
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(12, 3)), jnp.float32), "b": jnp.zeros(3)}
+
+    def apply(p, x, key=None):
+        return _linear(p, x.reshape(x.shape[0], -1))
+
+    def ce(n):
+        return float(cross_entropy(apply(params, jnp.asarray(n)), jnp.full(len(n), 1)).mean())
+
+    start = np.asarray(jax.random.normal(jax.random.split(jax.random.key(0))[0], (8, 2, 2, 3)))
+    noise, _ = peers.train_noise(apply, params, 1, shape=(8, 2, 2, 3), steps=20,
+                                 key=jax.random.key(0), maximise=maximise)
+    assert noise.shape == (8, 2, 2, 3)
+    assert (ce(noise) > ce(start) + 0.5) if maximise else (ce(noise) < ce(start) - 0.5)
+
+
+def test_unsir_and_emmn_settings_and_scope(request_tiny):
+    make, ds = request_tiny
+    req = make(forget_class(ds, "1"))
+    u = unlearn.run("unsir", req)
+    # the authors' loader: one noise image per round on 1-channel images, 80 rounds
+    assert u.log["n_noise"] == 80 and u.log["config"]["images_per_round"] == 1
+    n_keep = sum(min(500, int(np.sum(ds.y_train == c))) for c in (0, 2))
+    assert u.log["n_retain_used"] == n_keep
+    assert unlearn.run("unsir", req, images_per_round=32).log["n_noise"] == 80 * 32
+    e = unlearn.run("emmn", req, epochs=1)
+    assert e.zero_shot and e.log["n_noise"] == 80 * 3  # one noise image per class per round
+    for name in ("unsir", "emmn"):
+        with pytest.raises(ValueError, match=f"{name} is a full-class method"):
+            unlearn.run(name, make(forget_random(ds, 5, 0)))
+    with pytest.raises(ValueError, match="images_per_round=0"):
+        unlearn.run("emmn", req, images_per_round=0)
+
+
+def test_distill_kl_is_scrubs_distillkl():
+    rng = np.random.default_rng(1)
+    s, t = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    T = 4.0
+    pt = np.exp(t / T) / np.exp(t / T).sum(1, keepdims=True)
+    ls = s / T - np.log(np.exp(s / T).sum(1, keepdims=True))
+    want = np.sum(pt * (np.log(pt) - ls)) * T ** 2 / 6  # summed, times T^2 / batch
+    np.testing.assert_allclose(peers.distill_kl(jnp.asarray(s), jnp.asarray(t), T), want,
+                               rtol=1e-5)
+
+
+def test_scrub_passes_and_settings(request_tiny):
+    make, ds = request_tiny
+    req = make(forget_class(ds, "1"))
+    out = unlearn.run("scrub", req, batch_size=16)
+    cfg = out.log["config"]
+    assert (cfg["alpha"], cfg["gamma"], cfg["clip"]) == (0.001, 0.99, 1.0)
+    n_f, n_r = req.split.n_forget, len(req.split.retain_idx)
+    # max passes over D_f in epochs 1-2, min passes over D_r in epochs 1-3
+    assert len(out.log["losses"]["max"]) == 2 * -(-n_f // 16)
+    assert len(out.log["losses"]["min"]) == 3 * -(-n_r // 16)
+    mx = out.log["losses"]["max"]  # -KL: 0 up to rounding at the start, then below
+    assert max(mx) < 1e-5 and mx[-1] < mx[0]
+    rnd = unlearn.run("scrub", make(forget_random(ds, 5, 0)), epochs=1).log["config"]
+    assert (rnd["alpha"], rnd["gamma"], rnd["clip"]) == (1.0, 5.0, None)

@@ -43,7 +43,7 @@ def request_digits(digits):
 def test_registry_methods(request_digits):
     req = request_digits
     assert set(unlearn.available()) >= {"bsln", "rtrn", "rtrn_head", "jit", "fntn", "amn", "ssd",
-                                        "bt", "bdsh"}
+                                        "bt", "unsir", "emmn", "scrub", "bdsh"}
     b = unlearn.run("bsln", req)
     chex.assert_trees_all_equal(_params(b.model), _params(req.model))
     assert b.model is not req.model and not b.zero_shot
@@ -58,8 +58,8 @@ def test_registry_methods(request_digits):
 
     for k, v in recipes.jit_defaults("digits", "mlp", "class").items():
         assert j.log["config"][k] == v
-    with pytest.raises(ValueError, match="unknown method 'scrub'; accepted: bsln, rtrn"):
-        unlearn.run("scrub", req)
+    with pytest.raises(ValueError, match="unknown method 'nope'; accepted: bsln, rtrn"):
+        unlearn.run("nope", req)
     with pytest.raises(ValueError, match="takes no options"):
         unlearn.run("bsln", req, lr=1.0)
     with pytest.raises(ValueError, match="unknown JiT option"):

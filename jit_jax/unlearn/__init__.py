@@ -149,6 +149,12 @@ METHODS: dict[str, Method] = {
                  False, _peer("bt", peers.bad_teacher)),
     "bdsh": Method("bdsh", "boundary shrink: fine-tune D_f on the labels one FGSM step away "
                    "(zero-shot)", True, _peer("bdsh", peers.boundary_shrink)),
+    "unsir": Method("unsir", "UNSIR: impair with error-maximising noise, repair on D_r samples "
+                    "(full class)", False, _peer("unsir", peers.unsir)),
+    "emmn": Method("emmn", "error-min/max noise: train on optimised noise only (zero-shot, full "
+                   "class)", True, _peer("emmn", peers.emmn)),
+    "scrub": Method("scrub", "SCRUB: max KL to the original on D_f, min CE + KL on D_r", False,
+                    _peer("scrub", peers.scrub)),
 }
 
 
