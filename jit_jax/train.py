@@ -210,6 +210,14 @@ def _check_inputs(x, y, num_classes: int | None):
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
 
 
+def compile_estimate(step_times: list[float], first: list[int]) -> float:
+    """Compile time of a loop of jitted steps: the steps at indices ``first`` (the first of each
+    compiled shape) minus the median of the others, summed (never below 0)."""
+    warm = [t for i, t in enumerate(step_times) if i not in set(first)]
+    median = float(np.median(warm)) if warm else 0.0
+    return sum(max(step_times[i] - median, 0.0) for i in first)
+
+
 def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: TrainConfig, *,
           eval_data: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
           eval_every: int = 1, callback: Callable[[dict], None] | None = None,
@@ -308,9 +316,7 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
             bar.close()
         model.eval()
     # compilation: the first step of each batch shape (a full batch; a last, partial one)
-    first = [0] + ([steps_per_epoch - 1] if starts[-1] + b > n else [])
-    warm = [t for i, t in enumerate(step_times) if i not in first]
-    median = float(np.median(warm)) if warm else 0.0
-    compile_time = sum(max(step_times[i] - median, 0.0) for i in first)
+    compile_time = compile_estimate(
+        step_times, [0] + ([steps_per_epoch - 1] if starts[-1] + b > n else []))
     return TrainResult(history=history, train_time=time.perf_counter() - t0, final=history[-1],
                        compile_time=compile_time, warm_time=sum(step_times) - compile_time)

@@ -59,7 +59,7 @@ import optax
 from flax import nnx
 
 from jit_jax.functional import functionalize, rebuild
-from jit_jax.train import TrainConfig, cross_entropy, predict, train
+from jit_jax.train import TrainConfig, compile_estimate, cross_entropy, predict, train
 
 if TYPE_CHECKING:
     from jit_jax.unlearn import MethodOutput, Request
@@ -274,10 +274,7 @@ def bad_teacher(req: Request, *, epochs: int = 1, lr: float = 1e-4, batch_size: 
                 losses.append(loss)
     finally:
         student.eval()
-    first = {0, len(range(0, n, b)) - 1} if n % b else {0}
-    warm = [t for i, t in enumerate(times) if i not in first]
-    med = float(np.median(warm)) if warm else 0.0
-    compile_time = sum(max(times[i] - med, 0.0) for i in first)
+    compile_time = compile_estimate(times, [0, len(range(0, n, b)) - 1] if n % b else [0])
     return MethodOutput(student, prep_time + sum(times) - compile_time, compile_time, False,
                         {"config": {"epochs": epochs, "lr": lr, "batch_size": b,
                                     "retain_fraction": retain_fraction,
@@ -371,7 +368,7 @@ def train_noise(apply_fn, params, label: int, *, shape: tuple[int, ...], steps: 
         noise, state = jax.block_until_ready(step(noise, state, params, labels, k))
         times.append(time.perf_counter() - t0)
     # the first call compiles unless the cache already holds the step
-    compile_time = max(times[0] - float(np.median(times[1:])), 0.0) if len(times) > 1 else 0.0
+    compile_time = compile_estimate(times, [0])
     return np.asarray(noise), compile_time
 
 
@@ -553,9 +550,7 @@ def scrub(req: Request, *, epochs: int = 3, max_epochs: int = 2, lr: float = 5e-
             run_pass(x_r, y_r, t_r, rng.permutation(len(x_r)), False)
     finally:
         student.eval()
-    warm = [t for i, t in enumerate(times) if i not in first]
-    med = float(np.median(warm)) if warm else 0.0
-    compile_time = sum(max(times[i] - med, 0.0) for i in first)
+    compile_time = compile_estimate(times, first)
     return MethodOutput(student, prep_time + sum(times) - compile_time, compile_time, False,
                         {"config": {"epochs": epochs, "max_epochs": max_epochs, "lr": lr,
                                     "batch_size": batch_size, "temperature": temperature,
