@@ -91,6 +91,10 @@ def test_help_is_useful(capsys):
         assert e.value.code == 0
     out = capsys.readouterr().out
     assert "npz:PATH" in out and "--forget" in out and "--holdout" in out
+    from jit_jax import unlearn
+
+    missing = [m for m in unlearn.available() if m not in out]
+    assert not missing, f"jit-jax unlearn --help does not list {missing}"
 
 
 def test_demo(tmp_path, capsys):
