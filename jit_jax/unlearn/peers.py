@@ -72,8 +72,9 @@ def _output(model, res, extra: dict) -> MethodOutput:
                         {**extra, "history": res.history})
 
 
-def _fit(req: Request, x, y, config: TrainConfig, extra: dict, model=None) -> MethodOutput:
-    model = nnx.clone(req.model) if model is None else model
+def _fit(req: Request, x, y, config: TrainConfig, extra: dict) -> MethodOutput:
+    """Train a copy of the model on ``(x, y)`` with ``config``, keeping last partial batches."""
+    model = nnx.clone(req.model)
     res = train(model, x, y, config.replace(seed=req.seed), progress=req.progress,
                 drop_last=False)
     return _output(model, res, {**extra, "config": config.replace(seed=req.seed).to_dict()})
