@@ -33,6 +33,7 @@ from jit_jax.metrics import (  # noqa: E402
     write_results,
 )
 from jit_jax.models import ModelSpec  # noqa: E402
+from jit_jax.train import TrainConfig  # noqa: E402
 
 
 def main(argv=None):
@@ -42,12 +43,22 @@ def main(argv=None):
     p.add_argument("--forget", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="JiT options")
+    p.add_argument("--peers", nargs="*", metavar="METHOD", default=[],
+                   help="also run these comparison methods (e.g. fntn amn ssd bt unsir emmn scrub "
+                        "bdsh), each with its default settings (default: none)")
+    p.add_argument("--peer-seeds", type=int, nargs="+", default=None,
+                   help="the seeds at which the --peers run (default: every --seeds value)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     opts = parse_options(args.set, "JiT")
+    unknown = [m for m in args.peers if m not in unlearn.METHODS or m in ("jit", "bsln", "rtrn")]
+    if unknown:
+        p.error(f"--peers {unknown}: not comparison methods; choose from "
+                f"{[m for m in unlearn.METHODS if m not in ('jit', 'bsln', 'rtrn')]}")
     model, meta, ds = load_run(args.checkpoint)
     rmodel, rmeta, _ = load_run(args.rtrn)
     spec = ModelSpec.from_dict(meta["model"])
+    tcfg = TrainConfig.from_dict(meta["train_config"]) if "train_config" in meta else None
     prep = recipes.preprocess_fn(ds)
     split = parse_forget(ds, args.forget)
     rtrn_runtime = rmeta.get("result", {}).get("runtime")
@@ -66,6 +77,17 @@ def main(argv=None):
         results.append(r)
         print(f"seed {seed}: D_r {r.retain_acc:.1f} D_f {r.forget_acc:.1f} MIA {r.mia:.1f} "
               f"runtime {out.runtime:.1f}s (compile {out.compile_time:.1f}s)", flush=True)
+        for m in args.peers if args.peer_seeds is None or seed in args.peer_seeds else ():
+            preq = unlearn.Request(model, ds, split, spec, tcfg, seed=seed, preprocess=prep)
+            out = unlearn.run(m, preq)
+            r = evaluate_unlearning(out.model, ds, split, method=m, runtime=out.runtime,
+                                    compile_time=out.compile_time, zero_shot=out.zero_shot,
+                                    seed=seed, preprocess=prep)
+            r.retrain_distance = retrain_distance(r, rres)
+            results.append(r)
+            print(f"seed {seed} {m}: D_r {r.retain_acc:.1f} D_f {r.forget_acc:.1f} "
+                  f"MIA {r.mia:.1f} dist {r.retrain_distance:.1f} runtime {out.runtime:.1f}s "
+                  f"(compile {out.compile_time:.1f}s)", flush=True)
     for r in results:
         r.retrain_distance = retrain_distance(r, rres)
     table = markdown_table(results)

@@ -3,7 +3,8 @@
 The test set never informs the choice: models are trained on the training set minus a stratified
 hold-out, and every metric of the search (D_r, D_f, MIA, retrain distance) is computed with the
 hold-out standing in for the test set. The score of a setting is its mean retrain distance over the
-forget requests and seeds.
+forget requests and seeds. ``--max-dr-drop D`` only admits settings whose mean D_r accuracy stays
+within D points of the untouched model's (a retrain distance can be low for a model that lost D_r).
 
 Two modes:
 
@@ -107,8 +108,13 @@ def main(argv=None):
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE",
                    help="in-process mode: override the training recipe of the original and RTRN "
                         "models (e.g. optimizer=sgd weight_decay=5e-4)")
+    p.add_argument("--max-dr-drop", type=float, default=None,
+                   help="choose only among settings whose mean D_r drop from BSLN is at most this "
+                        "many points (default: no limit)")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    if args.max_dr_drop is not None and not args.max_dr_drop >= 0:
+        p.error(f"--max-dr-drop {args.max_dr_drop}: accepted: a number >= 0")
     from jit_jax.cli import parse_options
 
     extra = parse_options(args.set, "JiT")
@@ -148,6 +154,10 @@ def main(argv=None):
               f"  D_f {row['forget_acc']:5.1f} (max {row['max_forget_acc']:5.1f})  "
               f"MIA {row['mia']:5.1f}", flush=True)
     ok = [r for r in rows if not r.get("diverged")]
+    if args.max_dr_drop is not None:
+        ok = [r for r in ok if r["dr_drop"] <= args.max_dr_drop]
+        if not ok:
+            print(f"no setting kept its mean D_r drop within {args.max_dr_drop} points")
     best = min(ok, key=lambda r: r["retrain_distance"]) if ok else None
     if best:
         print(f"best on validation: sigma {best['sigma']} lr {best['lr']} B {best['batch_size']} "
@@ -158,6 +168,7 @@ def main(argv=None):
         refs_info = [{"seed": s, "forget": sp.description, "rtrn": rr.to_dict(),
                       "bsln": br.to_dict()} for s, sp, _, _, rr, br, _ in refs]
         Path(args.out).write_text(json.dumps({"argv": sys.argv[1:], "references": refs_info,
+                                              "max_dr_drop": args.max_dr_drop,
                                               "grid": rows, "best": best}, indent=2))
     return best
 
