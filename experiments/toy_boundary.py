@@ -7,8 +7,11 @@ mislabel it (the paper's naive fixed-budget baseline, and a gentle one that stop
                                                            # chose sigma, lr and the mislabel lrs
     .venv/bin/python experiments/toy_boundary.py --small   # quick run (coarser grid, N = 200)
     .venv/bin/python experiments/toy_boundary.py --robustness  # the same rules on 5 other data sets
-    .venv/bin/python experiments/toy_boundary.py --p 2 --tune --robustness
-        # the squared loss (p = 2): its lr re-chosen by the same validation rules (a lower lr grid)
+    .venv/bin/python experiments/toy_boundary.py --select-loss
+        # the validation table that chose the loss (p, stop-gradient) of the shipped figure
+    .venv/bin/python experiments/toy_boundary.py --p 1 --stop-gradient --jit-seeds 5 --robustness
+        # another reading of the loss (here the authors' code): sigma and lr re-chosen by the same
+        # validation rules, the figure written to toy_boundary_p1_sg.png
 
 Prints, per forget point and method, the agreement with the retrained model (% of grid cells with
 the same prediction) and how far the boundary moved (% of grid cells whose prediction changed from
@@ -47,13 +50,24 @@ def print_tuning(tb):
     print(f"choice: {tb['choice']}")
 
 
-#: JiT lr grid of the validation rules for the squared loss: its gradient carries 1/||xi||^2
-#: instead of 1/||xi||, so the p = 1 grid (1e-4 ... 1e-2) starts above what the rules allow.
-P2_LRS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-
-
 def tune_kwargs(cfg):
-    return {"lrs": P2_LRS} if cfg.p == 2 else {}
+    return {"lrs": toys.BOUNDARY_LRS[cfg.p]}
+
+
+def is_shipped(cfg):
+    ship = toys.BoundaryConfig()
+    return (cfg.p, cfg.stop_gradient) == (ship.p, ship.stop_gradient)
+
+
+def print_selection(sel):
+    print("loss readings, chosen on the validation points alone (toys.select_boundary_loss): "
+          "mean validation agreement of each one's tuned setting over JiT noise seeds")
+    print(f"{'p':>2s} {'stop-grad':>9s} {'score':>7s}  per seed{'':22s} setting")
+    for (p, sg), row in sel["table"].items():
+        seeds = " ".join(f"{a:6.2f}" for a in row["agreement"])
+        print(f"{p:2d} {str(sg):>9s} {row['score']:7.3f}  {seeds:30s} {row['choice'][0]}")
+    print(f"choice: p = {sel['choice'][0]}, stop_gradient = {sel['choice'][1]}, "
+          f"{sel['settings']}")
 
 
 def robustness(base):
@@ -90,9 +104,15 @@ def main(argv=None):
     ap.add_argument("--robustness", action="store_true",
                     help="rerun the whole protocol (tuning rules included) on two-moons data seeds "
                          "0-2 and wave data seeds 1-2, and print the checks for each")
-    ap.add_argument("--p", type=int, choices=(1, 2), default=1,
-                    help="JiT loss power (default 1, the authors'); with 2 the shipped sigma and "
-                         "lrs are replaced by the validation rules' choice for p = 2")
+    ap.add_argument("--p", type=int, choices=(1, 2), default=None,
+                    help="JiT loss power (default: the shipped 1); with another reading of the loss "
+                         "than the shipped one, sigma and lr are re-chosen by the validation rules")
+    ap.add_argument("--stop-gradient", action=argparse.BooleanOptionalAction, default=None,
+                    help="stop-gradient on the perturbed outputs, as the authors' code does "
+                         "(default: the shipped reading, without)")
+    ap.add_argument("--select-loss", action="store_true",
+                    help="print the validation table that chose the loss (p, stop-gradient) "
+                         "(toys.select_boundary_loss, ~90 s)")
     args = ap.parse_args(argv)
 
     cfg = toys.BoundaryConfig()
@@ -100,12 +120,17 @@ def main(argv=None):
         cfg = cfg.replace(resolution=50, num_samples=200)
     if args.num_samples is not None:
         cfg = cfg.replace(num_samples=args.num_samples)
-    cfg = cfg.replace(p=args.p)
+    if args.p is not None:
+        cfg = cfg.replace(p=args.p)
+    if args.stop_gradient is not None:
+        cfg = cfg.replace(stop_gradient=args.stop_gradient)
     setup = toys.boundary_setup(cfg)
+    if args.select_loss:
+        print_selection(toys.select_boundary_loss(cfg, setup=setup))
     tuning = None
-    if args.tune or cfg.p != toys.BoundaryConfig.p:
+    if args.tune or not is_shipped(cfg):
         tuning = toys.tune_boundary(cfg, setup=setup, **tune_kwargs(cfg))
-    if cfg.p != toys.BoundaryConfig.p:  # the shipped settings are for p = 1: use the rules' choice
+    if not is_shipped(cfg):  # the shipped settings are for the shipped loss: use the rules' choice
         cfg = cfg.replace(**tuning["choice"])
     print(f"settings: {cfg}")
     x, y = setup["x"], setup["y"]
@@ -162,7 +187,8 @@ def main(argv=None):
     if args.robustness:
         robustness(cfg)
     os.makedirs(args.out, exist_ok=True)
-    name = "toy_boundary.png" if cfg.p == 1 else f"toy_boundary_p{cfg.p}.png"
+    name = ("toy_boundary.png" if is_shipped(cfg)
+            else f"toy_boundary_p{cfg.p}{'_sg' if cfg.stop_gradient else ''}.png")
     path = os.path.join(args.out, name)
     plot_boundary(res).savefig(path, dpi=90)
     print(f"wrote {path}")

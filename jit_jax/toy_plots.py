@@ -78,7 +78,12 @@ def plot_boundary(result: dict[str, Any]):
             ax.scatter(x[:, 0], x[:, 1], c=y, cmap="bwr", s=9, edgecolors="k", linewidths=0.3)
             i = pt["idx"]
             ax.scatter(x[i, 0], x[i, 1], marker="*", s=380, c="yellow", edgecolors="k", zorder=5)
-            ax.set_title(f"{name}-gradient point: {_METHOD_TITLES[m]}\n"
+            title = _METHOD_TITLES[m]
+            if m == "jit" and "config" in result:
+                c = result["config"]
+                title += (f" (p = {c.p}, "
+                          f"{'stop-gradient' if c.stop_gradient else 'no stop-gradient'})")
+            ax.set_title(f"{name}-gradient point: {title}\n"
                          f"agreement with retrained {pt['agreement'][m]:.2f}%, "
                          f"moved {pt['moved'][m]:.2f}%", fontsize=9)
     fig.tight_layout()

@@ -31,14 +31,19 @@ def test_boundary_jit_beats_mislabel_low_point(boundary, baseline):
     assert lo["agreement"]["jit"] > lo["agreement"][baseline] + 1.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured tie at the shipped settings: JiT 96.08% against 96.19% (naive mislabel) and 96.30% "
-    "(gentle mislabel) agreement at the high-gradient point; over 5 other data sets JiT wins 3 of "
-    "5 against the naive baseline; see docs/toys.md"))
-@pytest.mark.parametrize("baseline", ["mislabel", "mislabel_gentle"])
-def test_boundary_jit_beats_mislabel_high_point(boundary, baseline):
+def test_boundary_jit_beats_naive_mislabel_high_point(boundary):
+    """The paper's baseline (a fixed budget of steps on the flipped label) at the high point."""
     hi = boundary["points"]["high"]
-    assert hi["agreement"]["jit"] > hi["agreement"][baseline]
+    assert hi["agreement"]["jit"] > hi["agreement"]["mislabel"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured tie with the gentle baseline (stops once the point is mislabelled) at the "
+    "high-gradient point: JiT 96.28-96.35% over 5 noise seeds (96.30% at the shipped seed) against "
+    "96.30%; see docs/toys.md"))
+def test_boundary_jit_beats_gentle_mislabel_high_point(boundary):
+    hi = boundary["points"]["high"]
+    assert hi["agreement"]["jit"] > hi["agreement"]["mislabel_gentle"]
 
 
 def test_boundary_jit_moves_more_for_high_gradient_point(boundary):
@@ -135,6 +140,30 @@ def test_jit_update_one_step_is_sgd_on_the_loss():
     for a, p, gg in zip(jax.tree.leaves(new), jax.tree.leaves(params), jax.tree.leaves(g),
                         strict=True):
         np.testing.assert_allclose(a, p - 0.1 * gg, rtol=1e-5, atol=1e-6)
+
+
+def test_select_boundary_loss_picks_the_best_validation_score():
+    cfg = toys.BoundaryConfig(n=60, train_steps=300, num_samples=50, steps=2, resolution=20)
+    setup = toys.boundary_setup(cfg)
+    variants = ((1, True), (1, False))
+    sel = toys.select_boundary_loss(cfg, variants=variants, jit_seeds=(0, 1), num_val=4,
+                                    setup=setup)
+    assert set(sel["table"]) == set(variants)
+    scores = {k: v["score"] for k, v in sel["table"].items()}
+    assert sel["choice"] == max(scores, key=scores.get)
+    # each score is tune_boundary's validation agreement at its own choice
+    for (p, sg), row in sel["table"].items():
+        assert row["score"] == pytest.approx(np.mean(row["agreement"]))
+        tb = toys.tune_boundary(cfg.replace(p=p, stop_gradient=sg, jit_seed=1), num_val=4,
+                                sigmas=(row["choice"][1]["sigma"],), lrs=toys.BOUNDARY_LRS[p],
+                                mislabel_lrs=(cfg.mislabel_lr,), setup=setup)
+        ch = tb["choice"]
+        assert {"sigma": ch["sigma"], "lr": ch["lr"]} == row["choice"][1]
+        assert tb["jit"][(ch["sigma"], ch["lr"])][0] == pytest.approx(row["agreement"][1])
+    with pytest.raises(ValueError, match="p=3"):
+        toys.select_boundary_loss(cfg, variants=((3, True),), setup=setup)
+    with pytest.raises(ValueError, match="jit_seeds"):
+        toys.select_boundary_loss(cfg, jit_seeds=(), setup=setup)
 
 
 def test_bad_options_fail_early():
