@@ -3,7 +3,9 @@
     python experiments/bench_jit_step.py --model resnet18 --batch 1 8 32 --rounds 5
 
 Variants, run round-robin so machine drift hits them alike (medians reported, with ratios):
-- ``chunked``: the default, ``images_per_forward=32`` (``lax.map`` over chunks of vmapped draws);
+- ``chunked``: ``images_per_forward=32`` (``lax.map`` over chunks of vmapped draws), the CPU default;
+- ``auto``: the default, ``images_per_forward="auto"`` resolved for this backend (32 on the CPU, up
+  to 1024 images per forward on accelerators);
 - ``one_forward``: ``images_per_forward=None``, all B*N perturbed images in one vmapped forward;
 - ``fused_sg``: clean and perturbed images in one differentiated forward with a stop-gradient on the
   perturbed outputs (what the split in ``jit_value_and_grad`` avoids).
@@ -55,7 +57,8 @@ def make_step(fn, variant, sigma, n):
         if variant == "fused_sg":
             loss, g = jax.value_and_grad(fused_loss)(params, x, key)
         else:
-            ipf = 32 if variant == "chunked" else None
+            ipf = {"chunked": 32, "one_forward": None,
+                   "auto": J.resolve_images_per_forward("auto")}[variant]
             loss, g = J.jit_value_and_grad(fn.apply_fn, params, x, key, sigma=sigma,
                                            num_samples=n, images_per_forward=ipf)
         upd, opt_state = tx.update(g, opt_state, params)

@@ -294,10 +294,49 @@ def test_custom_optimizer_and_padding():
 
 
 @pytest.mark.parametrize("bad", [dict(sigma=-1.0), dict(lr=0.0), dict(p=3), dict(reduction="max"),
-                                 dict(batch_size=0), dict(num_samples=0)])
+                                 dict(batch_size=0), dict(num_samples=0),
+                                 dict(images_per_forward=0), dict(images_per_forward="fast"),
+                                 dict(images_per_forward=2.5)])
 def test_config_errors(bad):
     with pytest.raises(ValueError, match=list(bad)[0]):
         J.JiTConfig(**bad)
+
+
+def test_images_per_forward_auto_is_backend_aware():
+    assert J.JiTConfig().images_per_forward == "auto"
+    assert J.resolve_images_per_forward("auto", "cpu") == 32
+    assert J.resolve_images_per_forward("auto", "gpu") == 1024
+    assert J.resolve_images_per_forward("auto", "tpu") == 1024
+    assert J.resolve_images_per_forward("auto") == (32 if jax.default_backend() == "cpu" else 1024)
+    assert J.resolve_images_per_forward(None) is None
+    assert J.resolve_images_per_forward(7) == 7
+    assert J.resolve_images_per_forward(np.int64(16)) == 16
+    assert J.JiTConfig(images_per_forward=np.int64(16)).images_per_forward == 16
+    for bad in (0, "fast", True, 2.5):
+        with pytest.raises(ValueError, match="images_per_forward"):
+            J.resolve_images_per_forward(bad)
+
+
+def test_auto_default_runs_the_resolved_chunking():
+    """The default step is the one with the resolved chunk size: the same parameters, bit for bit,
+    and on CPU a different program from one forward of all draws (chunks of 32 images)."""
+    model = BNNet()
+    xf = _forget(8)
+    base = dict(sigma=0.5, lr=0.05, batch_size=8, num_samples=12, seed=1)
+    auto, _ = J.jit_unlearn(model, xf, J.JiTConfig(**base))
+    explicit, _ = J.jit_unlearn(model, xf, J.JiTConfig(
+        **base, images_per_forward=J.resolve_images_per_forward("auto")))
+    chex.assert_trees_all_equal(nnx.state(auto, nnx.Param), nnx.state(explicit, nnx.Param))
+    fn = functionalize(model)
+    cfg = J.JiTConfig(**base)
+    step = J.make_step(fn.apply_fn, optax.sgd(0.05), cfg, False, False)
+    args = (fn.params, optax.sgd(0.05).init(fn.params), fn.params, jnp.asarray(xf),
+            jnp.ones(8), jax.random.key(0))
+    hlo = step.lower(*args).as_text()
+    one = J.make_step(fn.apply_fn, optax.sgd(0.05), cfg.replace(images_per_forward=None),
+                      False, False).lower(*args).as_text()
+    if jax.default_backend() == "cpu":  # 32 // 8 = 4 draws per forward: a loop over chunks
+        assert hlo != one and "while" in hlo
 
 
 def test_input_errors():
