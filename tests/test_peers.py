@@ -128,22 +128,43 @@ def request_tiny(tiny_images):
     return make, ds
 
 
+@pytest.fixture(scope="module")
+def request_tiny_cnn(tiny_images):
+    """The same problem with a small CNN: GKT re-draws convolution kernels, so it needs some."""
+    (x_tr, y_tr), (x_te, y_te) = tiny_images
+    ds = Dataset("tiny", x_tr, y_tr, x_te, y_te, ["a", "b", "c"], (0.3,), (0.3,))
+    spec = ModelSpec("cnn", 3, ds.image_shape, {"width": 4})
+    cfg = TrainConfig(epochs=15, batch_size=16, optimizer="adam", lr=1e-2, augment="none")
+    model = spec.build(0)
+    prep = lambda u: ((u / 255.0 - 0.3) / 0.3).astype(np.float32)  # noqa: E731
+    train(model, prep(x_tr), y_tr, cfg, progress=False)
+
+    def make(split):
+        return unlearn.Request(model, ds, split, spec, cfg, seed=0, preprocess=prep)
+
+    return make, ds
+
+
 def _params(m):
     return jax.tree.map(np.asarray, nnx.state(m, nnx.Param))
 
 
-@pytest.mark.parametrize("name", ["fntn", "amn", "ssd", "bt", "bdsh", "unsir", "emmn", "scrub"])
-def test_each_peer_runs_through_the_registry(request_tiny, name):
-    make, ds = request_tiny
+PEER_OPTIONS = {"gkt": {"pseudo_batches": 3, "batch_size": 16}}  # its 17,000 steps cut short
+
+
+@pytest.mark.parametrize("name", ["fntn", "amn", "ssd", "bt", "bdsh", "unsir", "emmn", "scrub",
+                                  "gkt"])
+def test_each_peer_runs_through_the_registry(request_tiny, request_tiny_cnn, name):
+    make, ds = request_tiny_cnn if name == "gkt" else request_tiny
     req = make(forget_class(ds, "1"))
     before = _params(req.model)
-    out = unlearn.run(name, req)
+    out = unlearn.run(name, req, **PEER_OPTIONS.get(name, {}))
     chex.assert_trees_all_equal(_params(req.model), before)  # the source is untouched
     changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)),
                                            _params(out.model), before))
     assert any(changed), name
     assert out.runtime > 0 and out.compile_time >= 0
-    assert out.zero_shot == (name in ("bdsh", "emmn")) == unlearn.METHODS[name].zero_shot
+    assert out.zero_shot == (name in ("bdsh", "emmn", "gkt")) == unlearn.METHODS[name].zero_shot
     with pytest.raises(ValueError, match=f"unknown option.*'{name}'.*accepted"):
         unlearn.run(name, req, nonsense=1)
 
@@ -263,3 +284,152 @@ def test_scrub_passes_and_settings(request_tiny):
     assert max(mx) < 1e-5 and mx[-1] < mx[0]
     rnd = unlearn.run("scrub", make(forget_random(ds, 5, 0)), epochs=1).log["config"]
     assert (rnd["alpha"], rnd["gamma"], rnd["clip"]) == (1.0, 5.0, None)
+
+
+# ------------------------------------------------------------------------------------------------
+# GKT
+# ------------------------------------------------------------------------------------------------
+def _torch_attention_nchw(x):
+    """The authors' ``attention``: x.pow(2).mean(1).view(B, -1), L2-normalised per row."""
+    a = (x ** 2).mean(1).reshape(x.shape[0], -1)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
+def test_attention_map_is_the_authors_on_nchw_and_tokens():
+    rng = np.random.default_rng(0)
+    nchw = rng.normal(size=(3, 5, 4, 6)).astype(np.float32)
+    got = peers.attention_map("conv", jnp.asarray(nchw.transpose(0, 2, 3, 1)))  # NHWC here
+    np.testing.assert_allclose(got, _torch_attention_nchw(nchw), rtol=1e-5)
+    tokens = rng.normal(size=(3, 7, 4)).astype(np.float32)  # (B, T, D): mean over the tokens
+    np.testing.assert_allclose(peers.attention_map("encoder", jnp.asarray(tokens)),
+                               _torch_attention_nchw(tokens), rtol=1e-5)
+    # a dense layer's (B, F) output has a (B, 1) map: always 1, no signal (as in their VGG)
+    flat = peers.attention_map("conv", jnp.asarray(rng.normal(size=(3, 1, 1, 4))))
+    np.testing.assert_allclose(flat, np.ones((3, 1)), rtol=1e-6)
+
+
+def test_gkt_losses_on_the_kept_rows_equal_the_losses_on_the_subset():
+    rng = np.random.default_rng(1)
+    s, t = jnp.asarray(rng.normal(size=(6, 4))), jnp.asarray(rng.normal(size=(6, 4)))
+    keep = np.array([1, 0, 1, 1, 0, 1], np.float32)
+    sub = keep.astype(bool)
+    np.testing.assert_allclose(peers.gkt_kl(s, t, jnp.ones(6)), peers.bad_teacher_loss(s, t),
+                               rtol=1e-6)  # torch kl_div "mean" over every element
+    np.testing.assert_allclose(peers.gkt_kl(s, t, jnp.asarray(keep)),
+                               peers.bad_teacher_loss(s[sub], t[sub]), rtol=1e-6)
+    acts_s = [("conv", jnp.asarray(rng.normal(size=(6, 4, 4, 3)))),
+              ("conv", jnp.asarray(rng.normal(size=(6, 2, 2, 5))))]
+    acts_t = [(k, a + jnp.asarray(rng.normal(size=a.shape))) for k, a in acts_s]
+    want = sum(5.0 * np.mean((_torch_attention_nchw(np.asarray(a)[sub].transpose(0, 3, 1, 2))
+                              - _torch_attention_nchw(np.asarray(b)[sub].transpose(0, 3, 1, 2)))
+                             ** 2) for (_, a), (_, b) in zip(acts_s, acts_t, strict=True))
+    np.testing.assert_allclose(peers.gkt_attention_loss(acts_s, acts_t, jnp.asarray(keep), 5.0),
+                               want, rtol=1e-5)
+    with pytest.raises(ValueError, match="1 student against 2 teacher"):
+        peers.gkt_attention_loss(acts_s[:1], acts_t, jnp.asarray(keep), 5.0)
+
+
+@pytest.mark.parametrize("size,channels", [(8, 1), (32, 3)])
+def test_generator_makes_images_of_the_data_shape(size, channels):
+    g = peers.PseudoImageGenerator(128, size, channels, rngs=nnx.Rngs(0))
+    x = g(jnp.asarray(np.random.default_rng(0).normal(size=(5, 128)), jnp.float32))
+    assert x.shape == (5, size, size, channels) and bool(jnp.all(jnp.isfinite(x)))
+    # its last BatchNorm uses batch statistics: each channel has mean 0, variance ~1
+    np.testing.assert_allclose(np.asarray(x).mean((0, 1, 2)), 0.0, atol=1e-4)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        peers.PseudoImageGenerator(128, 30, 3, rngs=nnx.Rngs(0))
+
+
+def test_record_activations_collects_conv_and_encoder_outputs():
+    from jit_jax.models.layers import record_activations
+
+    cnn = ModelSpec("cnn", 3, (8, 8, 1), {"width": 4}).build(0)
+    x = jnp.ones((2, 8, 8, 1))
+    cnn(x)  # outside a block nothing is kept
+    with record_activations() as outer:
+        with record_activations() as inner:
+            cnn(x)
+        cnn(x)
+    assert [k for k, _ in inner] == ["conv"] * 3 and len(outer) == 3
+    # conv1, conv2 at 8x8 (4 channels), conv3 after a 2x2 pool (8 channels), in call order
+    assert [a.shape for _, a in inner] == [(2, 8, 8, 4), (2, 8, 8, 4), (2, 4, 4, 8)]
+    vit = ModelSpec("vit", 3, (8, 8, 1), {"patch_size": 4, "hidden": 8, "depth": 2, "heads": 2,
+                                          "mlp_dim": 16}).build(0)
+    with record_activations() as acts:
+        vit(x)
+    assert [k for k, _ in acts] == ["encoder", "encoder"] and acts[0][1].shape == (2, 5, 8)
+
+    @jax.jit
+    def traced(v):  # inside a trace the activations are that trace's values
+        with record_activations() as a:
+            out = cnn(v)
+        return out, [t for _, t in a]
+
+    out, acts_traced = traced(x)
+    with record_activations() as eager:
+        cnn(x)
+    for a, b in zip(acts_traced, eager, strict=True):
+        np.testing.assert_allclose(a, b[1], rtol=1e-5, atol=1e-6)
+
+
+def test_reinit_conv_kernels_touches_only_conv_kernels():
+    model = ModelSpec("cnn", 3, (8, 8, 1), {"width": 4}).build(0)
+    before = _params(model)
+    student = nnx.clone(model)
+    assert peers.reinit_conv_kernels(student, jax.random.key(0)) == 3
+    after = _params(student)
+    chex.assert_trees_all_equal(_params(model), before)  # a clone: the source is untouched
+    flat_b = dict(jax.tree_util.tree_leaves_with_path(before))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(after):
+        name = jax.tree_util.keystr(path)
+        if "conv" in name and "kernel" in name:
+            assert not np.allclose(leaf, flat_b[path]), name
+            kh, kw, c_in, c_out = leaf.shape  # xavier-uniform: U(-b, b), b = sqrt(6 / fans)
+            bound = np.sqrt(6.0 / (c_in * kh * kw + c_out * kh * kw))
+            assert 0.5 * bound < np.abs(leaf).max() <= bound, name
+        else:
+            np.testing.assert_array_equal(leaf, flat_b[path], err_msg=name)
+    vit = ModelSpec("vit", 3, (8, 8, 1), {"patch_size": 4, "hidden": 8, "depth": 1, "heads": 2,
+                                          "mlp_dim": 16}).build(0)
+    assert peers.reinit_conv_kernels(vit, jax.random.key(0)) == 1  # the patch embedding
+
+
+def test_torch_onecycle_schedules():
+    lr, mom = peers.torch_onecycle(1000, 0.1)
+    np.testing.assert_allclose(float(lr(0)), 0.1 / 25, rtol=1e-6)
+    np.testing.assert_allclose(float(lr(300)), 0.1, rtol=1e-6)
+    np.testing.assert_allclose(float(lr(1000)), 0.1 / 25 / 1e4, rtol=1e-4)
+    np.testing.assert_allclose([float(mom(0)), float(mom(300)), float(mom(1000))],
+                               [0.95, 0.85, 0.95], rtol=1e-6)
+    assert float(mom(150)) == pytest.approx(0.90, abs=1e-6)  # cosine: half way at half time
+
+
+def test_gkt_gate_steps_and_scope(request_tiny, request_tiny_cnn):
+    make, ds = request_tiny_cnn
+    req = make(forget_class(ds, "1"))
+    out = unlearn.run("gkt", req, pseudo_batches=2, batch_size=16)
+    cfg = out.log["config"]
+    # the authors' defaults outside ViT: 2 generator and 15 student steps per pseudo batch
+    assert (cfg["generator_iters"], cfg["student_iters"], cfg["at_beta"]) == (2, 15, 5.0)
+    assert len(out.log["losses"]["generator"]) == 4 and len(out.log["losses"]["student"]) == 30
+    assert out.log["rounds"] == 2 and not out.log["stopped_early"]
+    assert max(out.log["losses"]["generator"]) < 0  # the generator maximises the KL (> 0)
+    assert out.log["convs_reinitialised"] == 3
+    # a gate nothing passes: every round is skipped, and the method stops after max_empty
+    shut = unlearn.run("gkt", req, pseudo_batches=2, batch_size=16, threshold=-1.0, max_empty=5)
+    assert shut.log["stopped_early"] and shut.log["rounds"] == 0
+    assert shut.log["losses"] == {"generator": [], "student": []}
+    # the gate: the teacher's probability of the forget class at most the threshold
+    gen = peers.PseudoImageGenerator(128, 8, 1, rngs=nnx.Rngs(0))
+    teacher = nnx.clone(req.model)
+    z = jnp.asarray(np.random.default_rng(0).normal(size=(16, 128)), jnp.float32)
+    x, mask = peers._gkt_candidates(gen, teacher, z, 1, 0.3)
+    p = np.asarray(jax.nn.softmax(teacher(x))[:, 1])
+    np.testing.assert_array_equal(np.asarray(mask), (p <= 0.3).astype(np.float32))
+    with pytest.raises(ValueError, match="gkt is a full-class method"):
+        unlearn.run("gkt", make(forget_random(ds, 5, 0)))
+    with pytest.raises(ValueError, match="student_iters=0"):
+        unlearn.run("gkt", req, student_iters=0)
+    mlp_make, _ = request_tiny  # no convolution to re-draw: a clear error, not a no-op
+    with pytest.raises(ValueError, match="'mlp' has none"):
+        unlearn.run("gkt", mlp_make(forget_class(ds, "1")), pseudo_batches=1)

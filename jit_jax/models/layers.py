@@ -15,7 +15,9 @@ The choice is made from static shapes at trace time, so it costs nothing at run 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +114,34 @@ def conv_im2col(x, kernel, strides, padding):
     return jnp.dot(patches, k.reshape(len(taps) * cin, cout))
 
 
+_RECORDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("jit_jax_activations",
+                                                                     default=None)
+
+
+@contextlib.contextmanager
+def record_activations() -> Iterator[list[tuple[str, jax.Array]]]:
+    """Collect intermediate activations of the models called inside the block, in call order, as
+    ``(kind, array)``: ``"conv"`` for the output of every :class:`Conv` (before any norm or
+    activation; NHWC) and ``"encoder"`` for the output of every ViT encoder block ((B, T, D)).
+    Works inside traced functions (``jit``, ``grad``): the arrays are that trace's values, to be
+    used within the same function (GKT's attention transfer does). Blocks may nest; each collects
+    its own calls."""
+    acts: list[tuple[str, jax.Array]] = []
+    token = _RECORDING.set(acts)
+    try:
+        yield acts
+    finally:
+        _RECORDING.reset(token)
+
+
+def record(kind: str, x: jax.Array) -> jax.Array:
+    """Append ``(kind, x)`` to the innermost :func:`record_activations` block, if any."""
+    acts = _RECORDING.get()
+    if acts is not None:
+        acts.append((kind, x))
+    return x
+
+
 class Conv(nnx.Module):
     """2-D convolution, NHWC, parameters ``kernel`` (kh, kw, in, out) and optional ``bias``.
 
@@ -161,7 +191,7 @@ class Conv(nnx.Module):
             y = conv_general(x, kernel, self.strides, self.padding)
         if self.bias is not None:
             y = y + self.bias[...]
-        return y
+        return record("conv", y)
 
 
 def dense(

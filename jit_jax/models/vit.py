@@ -70,7 +70,7 @@ import numpy as np
 from flax import nnx
 
 from jit_jax.models import initializers as init
-from jit_jax.models.layers import dense
+from jit_jax.models.layers import dense, record
 
 LN_EPSILON = 1e-6
 
@@ -153,7 +153,7 @@ class EncoderBlock(nnx.Module):
         x = x + self.attn_dropout(self.attn(self.ln1(x)))
         y = jax.nn.gelu(self.mlp_fc1(self.ln2(x)), approximate=self.gelu_approximate)
         y = self.mlp_dropout2(self.mlp_fc2(self.mlp_dropout1(y)))
-        return x + y
+        return record("encoder", x + y)
 
 
 class ViT(nnx.Module):

@@ -155,6 +155,9 @@ METHODS: dict[str, Method] = {
                    "class)", True, _peer("emmn", peers.emmn)),
     "scrub": Method("scrub", "SCRUB: max KL to the original on D_f, min CE + KL on D_r", False,
                     _peer("scrub", peers.scrub)),
+    "gkt": Method("gkt", "gated knowledge transfer: a student distilled from the model on generated "
+                  "images the model does not call the forget class (zero-shot, full class)", True,
+                  _peer("gkt", peers.gkt)),
 }
 
 
