@@ -433,3 +433,35 @@ def test_gkt_gate_steps_and_scope(request_tiny, request_tiny_cnn):
     mlp_make, _ = request_tiny  # no convolution to re-draw: a clear error, not a no-op
     with pytest.raises(ValueError, match="'mlp' has none"):
         unlearn.run("gkt", mlp_make(forget_class(ds, "1")), pseudo_batches=1)
+
+
+class _ConvBN(nnx.Module):
+    """A conv, BatchNorm, dense net: the smallest model with running statistics."""
+
+    def __init__(self, rngs):
+        from jit_jax.models.layers import Conv, batch_norm, dense
+
+        self.conv = Conv(1, 4, 3, padding=1, rngs=rngs)
+        self.bn = batch_norm(4, rngs)
+        self.head = dense(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(jnp.mean(jax.nn.relu(self.bn(self.conv(x))), axis=(1, 2)))
+
+
+def test_gkt_with_batchnorm_updates_the_students_statistics(request_tiny_cnn):
+    """In train mode the student's (and the teacher copy's) BatchNorm statistics update inside
+    the generator step too, as in torch; the source model's never do."""
+    make, ds = request_tiny_cnn
+    base = make(forget_class(ds, "1"))
+    model = _ConvBN(nnx.Rngs(0))
+    model.eval()
+    req = unlearn.Request(model, ds, base.split, base.spec, base.train_config, seed=0,
+                          preprocess=base.preprocess)
+    stats = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+    out = unlearn.run("gkt", req, pseudo_batches=1, batch_size=8, threshold=1.0)
+    assert out.log["rounds"] == 1 and len(out.log["losses"]["generator"]) == 2
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat)), stats)
+    new = jax.tree.map(np.asarray, nnx.state(out.model, nnx.BatchStat))
+    assert any(not np.allclose(a, b) for a, b in
+               zip(jax.tree.leaves(new), jax.tree.leaves(stats), strict=True))

@@ -654,11 +654,11 @@ def _gkt_candidates(generator, teacher, z, forget_class: int, threshold: float):
 
 @nnx.jit(static_argnames=("temperature",))
 def _gkt_generator_step(generator, g_opt, student, teacher, z, mask, temperature: float):
-    def loss_fn(g):
+    def loss_fn(g, s, t):  # s, t passed in: their BatchNorm statistics update in train mode
         x = g(z)
-        return -gkt_kl(student(x), teacher(x), mask, temperature)  # the generator maximises KL
+        return -gkt_kl(s(x), t(x), mask, temperature)  # the generator maximises the KL
 
-    loss, grads = nnx.value_and_grad(loss_fn)(generator)
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=0)(generator, student, teacher)
     g_opt.update(generator, grads)
     return loss
 
