@@ -112,11 +112,12 @@ def test_train_keeps_the_last_partial_batch_when_asked(monkeypatch):
     assert sizes == [4, 4, 4, 4]
 
 
-@pytest.fixture(scope="module")
-def request_tiny(tiny_images):
+def _tiny_request(tiny_images, spec_name, options):
+    """The tiny 3-class image problem, a model of ``spec_name`` trained on it, and a maker of
+    requests: ``(make(split) -> Request, dataset)``."""
     (x_tr, y_tr), (x_te, y_te) = tiny_images
     ds = Dataset("tiny", x_tr, y_tr, x_te, y_te, ["a", "b", "c"], (0.3,), (0.3,))
-    spec = ModelSpec("mlp", 3, ds.image_shape, {"hidden": 32, "depth": 1})
+    spec = ModelSpec(spec_name, 3, ds.image_shape, options)
     cfg = TrainConfig(epochs=15, batch_size=16, optimizer="adam", lr=1e-2, augment="none")
     model = spec.build(0)
     prep = lambda u: ((u / 255.0 - 0.3) / 0.3).astype(np.float32)  # noqa: E731
@@ -126,23 +127,17 @@ def request_tiny(tiny_images):
         return unlearn.Request(model, ds, split, spec, cfg, seed=0, preprocess=prep)
 
     return make, ds
+
+
+@pytest.fixture(scope="module")
+def request_tiny(tiny_images):
+    return _tiny_request(tiny_images, "mlp", {"hidden": 32, "depth": 1})
 
 
 @pytest.fixture(scope="module")
 def request_tiny_cnn(tiny_images):
     """The same problem with a small CNN: GKT re-draws convolution kernels, so it needs some."""
-    (x_tr, y_tr), (x_te, y_te) = tiny_images
-    ds = Dataset("tiny", x_tr, y_tr, x_te, y_te, ["a", "b", "c"], (0.3,), (0.3,))
-    spec = ModelSpec("cnn", 3, ds.image_shape, {"width": 4})
-    cfg = TrainConfig(epochs=15, batch_size=16, optimizer="adam", lr=1e-2, augment="none")
-    model = spec.build(0)
-    prep = lambda u: ((u / 255.0 - 0.3) / 0.3).astype(np.float32)  # noqa: E731
-    train(model, prep(x_tr), y_tr, cfg, progress=False)
-
-    def make(split):
-        return unlearn.Request(model, ds, split, spec, cfg, seed=0, preprocess=prep)
-
-    return make, ds
+    return _tiny_request(tiny_images, "cnn", {"width": 4})
 
 
 def _params(m):
