@@ -643,9 +643,17 @@ def boundary_experiment(config: BoundaryConfig = BoundaryConfig(),
     return out
 
 
+#: The grids of :func:`tune_boundary`: sigma, and the JiT lr for each loss power (the p = 2
+#: gradient carries 1/||xi||^2 instead of 1/||xi||, so its lr grid starts lower).
+BOUNDARY_SIGMAS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
+BOUNDARY_LRS: dict[int, tuple[float, ...]] = {
+    1: (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    2: (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+}
+
 def tune_boundary(config: BoundaryConfig = BoundaryConfig(), *,
-                  sigmas: Sequence[float] = (0.1, 0.2, 0.3, 0.5),
-                  lrs: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+                  sigmas: Sequence[float] = BOUNDARY_SIGMAS,
+                  lrs: Sequence[float] = BOUNDARY_LRS[1],
                   mislabel_lrs: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
                   num_val: int = 20, val_seed: int = 1, radius_k: int = 10,
                   setup: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -735,13 +743,6 @@ def tune_boundary(config: BoundaryConfig = BoundaryConfig(), *,
             "choice": {"sigma": sigma, "lr": lr, "mislabel_lr": mis_lr, "gentle_lr": gentle_lr}}
 
 
-#: The JiT lr grid of :func:`tune_boundary` for each loss power: the p = 2 gradient carries
-#: 1/||xi||^2 instead of 1/||xi||, so its grid starts lower.
-BOUNDARY_LRS: dict[int, tuple[float, ...]] = {
-    1: (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-    2: (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-}
-
 #: The four readings of the JiT loss for Figure 2: (p, stop_gradient). (1, True) is the authors'
 #: code, (2, False) the slides' formula, the other two mix them.
 LOSS_VARIANTS: tuple[tuple[int, bool], ...] = ((1, True), (1, False), (2, True), (2, False))
@@ -772,7 +773,7 @@ def select_boundary_loss(config: BoundaryConfig = BoundaryConfig(), *,
         if p not in BOUNDARY_LRS:
             raise ValueError(f"variant p={p!r}; accepted: {sorted(BOUNDARY_LRS)}")
         agr, mv, ch = [], [], []
-        sigmas: Sequence[float] = (0.1, 0.2, 0.3, 0.5)  # tune_boundary's grid
+        sigmas: Sequence[float] = BOUNDARY_SIGMAS
         for seed in jit_seeds:
             tb = tune_boundary(c.replace(p=p, stop_gradient=bool(sg), jit_seed=int(seed)),
                                sigmas=sigmas, lrs=BOUNDARY_LRS[p],
