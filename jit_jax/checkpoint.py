@@ -113,28 +113,158 @@ def load_metadata(path: str | Path) -> dict:
 
 
 def restore(path: str | Path) -> tuple[nnx.Module, dict]:
-    """Rebuild the model saved at ``path`` and return ``(model in eval mode, metadata)``."""
+    """Rebuild the model saved at ``path`` and return ``(model in eval mode, metadata)``.
+
+    Raises ``CheckpointError`` when the checkpoint is missing, corrupt, or when its saved arrays do
+    not fit the model its metadata describes (the error names each mismatching array and both
+    shapes, e.g. after ``metadata.json``'s model entry was edited).
+    """
     path = Path(path)
     meta = load_metadata(path)
     try:
         spec = ModelSpec.from_dict(meta["model"])
+        model = spec.build(seed=int(meta.get("seed", 0)))
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"corrupt checkpoint {path}: bad model spec {meta['model']!r} ({e})") from e
     state_dir = path / STATE
     if not state_dir.is_dir():
         raise CheckpointError(f"corrupt checkpoint {path}: the {STATE}/ directory is missing")
-    model = spec.build(seed=int(meta.get("seed", 0)))
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_dicts(model))
+
+    def arrays(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+        flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+        return {"/".join(str(getattr(k, "key", k)) for k in kp):
+                (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for kp, leaf in flat}
+
+    ckptr = ocp.StandardCheckpointer()
     try:
-        ckptr = ocp.StandardCheckpointer()
-        restored = ckptr.restore(state_dir.absolute(), target)
+        try:  # the saved arrays' shapes and dtypes, read from orbax's metadata (no array data)
+            saved = arrays(ckptr.metadata(state_dir.absolute()).item_metadata.tree)
+        except Exception:  # unreadable metadata: the restore below reports the checkpoint as corrupt
+            saved = None
+        if saved is not None:
+            wanted = arrays(target)
+            problems = [f"{k}: saved {saved[k][0]} {saved[k][1]}, spec builds {v[0]} {v[1]}"
+                        for k, v in wanted.items() if k in saved and saved[k] != v]
+            for names, where in ((sorted(set(wanted) - set(saved)), "missing from the checkpoint"),
+                                 (sorted(set(saved) - set(wanted)), "not in the spec's model")):
+                if names:
+                    problems.append(f"{len(names)} array(s) {where}: {', '.join(names[:4])}"
+                                    + (f" and {len(names) - 4} more" if len(names) > 4 else ""))
+            if problems:
+                shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more"
+                                                   if len(problems) > 6 else "")
+                raise CheckpointError(
+                    f"checkpoint {path}: the saved state does not match the model spec in its "
+                    f"{METADATA} (name={spec.name!r}, num_classes={spec.num_classes}, "
+                    f"input_shape={spec.input_shape}, options={spec.kwargs}): {shown}. Was the "
+                    f"{METADATA} 'model' entry edited, or {STATE}/ copied from another run? "
+                    f"Restore the spec the checkpoint was saved with.")
+        try:
+            restored = ckptr.restore(state_dir.absolute(), target)
+        except Exception as e:  # orbax raises many types for truncated / mismatched files
+            raise CheckpointError(f"corrupt or incompatible checkpoint {path}: could not restore "
+                                  f"{STATE}/ ({type(e).__name__}: {e})") from e
+    finally:
         ckptr.close()
-    except Exception as e:  # orbax raises many types for truncated / mismatched files
-        raise CheckpointError(f"corrupt or incompatible checkpoint {path}: could not restore "
-                              f"{STATE}/ ({type(e).__name__}: {e})") from e
     params, stats = nnx.state(model, nnx.Param, nnx.BatchStat)
     nnx.replace_by_pure_dict(params, restored["params"])
     nnx.replace_by_pure_dict(stats, restored["batch_stats"])
     nnx.update(model, params, stats)
     model.eval()
     return model, meta
+
+
+# ------------------------------------------------------------------------------------------------
+# training state, for resuming an interrupted run
+# ------------------------------------------------------------------------------------------------
+TRAIN_STATE_KEEP = 2  # saved epochs kept in a training-state directory
+
+
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _key_data(tree):
+    """``tree`` with its typed PRNG keys replaced by their raw key data (what orbax can write)."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+class TrainingState:
+    """The full state of a training run, saved every few epochs so that an interrupted run can
+    continue (``jit_jax.train.train(..., state_dir=...)``).
+
+    ``directory`` is an orbax ``CheckpointManager`` directory with one sub-directory per saved
+    epoch (the last ``max_to_keep`` are kept), each holding ``arrays/`` (a pytree of arrays; typed
+    PRNG keys are written as their key data and wrapped again on restore) and ``info/`` (JSON).
+    Saves are synchronous, and orbax writes each into a temporary directory renamed when complete,
+    so a process killed at any moment leaves the earlier epochs readable and never a partial one.
+    Nothing is created on disk before the first save.
+    """
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int = TRAIN_STATE_KEEP):
+        self.directory = Path(directory).absolute()
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"training-state path {self.directory} is not a directory")
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=False, enable_async_checkpointing=False))
+
+    def epochs(self) -> list[int]:
+        """The saved epochs, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_epoch(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, epoch: int, arrays: Any, info: dict) -> None:
+        """Write epoch ``epoch``: ``arrays`` (a pytree of arrays) and ``info`` (JSON-able)."""
+        self._manager.save(epoch, args=ocp.args.Composite(
+            arrays=ocp.args.StandardSave(_key_data(arrays)),
+            info=ocp.args.JsonSave(_jsonable(info))))
+        self._manager.wait_until_finished()
+
+    def info(self, epoch: int) -> dict:
+        """The JSON part of a saved epoch (cheap: no arrays are read)."""
+        try:
+            return dict(self._manager.restore(
+                epoch, args=ocp.args.Composite(info=ocp.args.JsonRestore())).info)
+        except Exception as e:  # orbax raises many types for missing / truncated files
+            raise CheckpointError(f"corrupt training state {self.directory}, epoch {epoch}: "
+                                  f"could not read its info ({type(e).__name__}: {e})") from e
+
+    def restore(self, like: Any, epoch: int) -> Any:
+        """The arrays of a saved epoch, with the structure, shapes, dtypes and shardings of
+        ``like`` (typed PRNG keys in ``like`` come back as keys of the same implementation)."""
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _key_data(like))
+        try:
+            arrays = self._manager.restore(epoch, args=ocp.args.Composite(
+                arrays=ocp.args.StandardRestore(target))).arrays
+        except Exception as e:
+            raise CheckpointError(f"corrupt or incompatible training state {self.directory}, "
+                                  f"epoch {epoch}: could not restore its arrays "
+                                  f"({type(e).__name__}: {e})") from e
+
+        def fit(ref, x):
+            if not getattr(ref, "committed", True):  # as created by computation: a committed copy
+                x = jax.numpy.asarray(np.asarray(x))  # would make jitted functions recompile
+            return jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x
+
+        return jax.tree.map(fit, like, arrays)
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> TrainingState:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def saved_epochs(directory: str | Path) -> list[int]:
+    """The epochs saved in a training-state directory ([] when it does not exist)."""
+    if not Path(directory).is_dir():
+        return []
+    with TrainingState(directory) as state:
+        return state.epochs()

@@ -4,14 +4,22 @@
 its per-epoch history; ``evaluate`` / ``predict`` run it in eval mode in fixed-size padded batches (one
 compile per model). Training is seeded and deterministic (shuffling, augmentation and dropout keys all
 derive from ``config.seed``), and stops with a clear error as soon as a loss or gradient is NaN or inf.
+
+With ``state_dir`` the full training state is saved every ``checkpoint_every`` epochs and
+``resume=True`` continues an interrupted run from the latest one, to the same final parameters, bit
+for bit on the same machine, as a run that was never interrupted (see :func:`train`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +114,13 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     return optax.chain(*parts)
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """``make_optimizer``, one object per (config, steps): the optimiser is a static part of the
+    jitted step, so ``train`` called again with the same recipe reuses its compiled step."""
+    return make_optimizer(config, total_steps)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
     onehot = jax.nn.one_hot(labels, logits.shape[-1])
     if smoothing:
@@ -197,6 +212,7 @@ class TrainResult:
     final: dict  # last epoch's record
     compile_time: float = 0.0  # first step's time minus the median step time (an estimate)
     warm_time: float = 0.0  # the training steps alone, compile and evaluation excluded
+    resumed_from: int = 0  # the epoch a resumed run restored (0: trained from the start)
 
 
 def _check_inputs(x, y, num_classes: int | None):
@@ -218,11 +234,57 @@ def compile_estimate(step_times: list[float], first: list[int]) -> float:
     return sum(max(step_times[i] - median, 0.0) for i in first)
 
 
+def _state_arrays(model: nnx.Module, optimizer: nnx.Optimizer, key: jax.Array) -> dict:
+    """All a run carries from one epoch to the next, as arrays: the model's whole state
+    (parameters, BatchNorm statistics, dropout RNG streams), the optimiser's (moments and the step
+    count that drives the schedule) and the JAX key of the augmentation stream."""
+    return {"model": nnx.to_pure_dict(nnx.state(model)),
+            "optimizer": nnx.to_pure_dict(nnx.state(optimizer)), "key": key}
+
+
+def _load_state_arrays(model: nnx.Module, optimizer: nnx.Optimizer, arrays: dict) -> jax.Array:
+    """Put ``_state_arrays``' output back into ``model`` and ``optimizer``; returns the key."""
+    for obj, name in ((model, "model"), (optimizer, "optimizer")):
+        state = nnx.state(obj)
+        nnx.replace_by_pure_dict(state, arrays[name])
+        nnx.update(obj, state)
+    return arrays["key"]
+
+
+def _run_fingerprint(model: nnx.Module, x: np.ndarray, y: np.ndarray, config: TrainConfig,
+                     batch: int, drop_last: bool, run_info: dict | None) -> dict:
+    """What must not change between an interrupted run and its resumption (JSON)."""
+    digest = hashlib.sha256(np.ascontiguousarray(x).data)
+    digest.update(np.ascontiguousarray(y).data)
+    flat, _ = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model)))
+    arrays = {"/".join(str(getattr(k, "key", k)) for k in kp): f"{tuple(leaf.shape)} {leaf.dtype}"
+              for kp, leaf in flat}
+    fp = {"config": config.to_dict(),
+          "data": {"n": len(x), "sample_shape": list(x.shape[1:]),
+                   "sha256": digest.hexdigest()[:16]},
+          "batch": {"size": batch, "drop_last": drop_last},
+          "model": {"class": type(model).__name__, "arrays": arrays},
+          "run_info": run_info or {}}
+    return json.loads(json.dumps(fp))  # as it reads back from the saved JSON
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k, "<absent>"), now.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: saved {a!r}, now {b!r}")
+    return out
+
+
 def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: TrainConfig, *,
           eval_data: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
           eval_every: int = 1, callback: Callable[[dict], None] | None = None,
           mesh: Mesh | None = None, data_axis: str = "data",
-          drop_last: bool = True) -> TrainResult:
+          drop_last: bool = True, state_dir: str | Path | None = None, checkpoint_every: int = 1,
+          resume: bool = False, run_info: dict | None = None) -> TrainResult:
     """Train ``model`` in place on normalised ``x_train`` with integer ``y_train``.
 
     One jitted step per batch (the last, incomplete batch of each epoch is dropped so one shape is
@@ -235,10 +297,30 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
     over the mesh axis ``data_axis`` and the model and optimiser state are replicated (BatchNorm
     statistics are then those of the whole batch, as on one device). ``batch_size`` must be a
     multiple of that axis's size.
+
+    ``state_dir`` saves the full training state after every ``checkpoint_every``-th epoch and after
+    the last (:class:`jit_jax.checkpoint.TrainingState`, the last two kept): the model's state
+    (parameters, BatchNorm statistics, dropout RNG streams), the optimiser's (its step count drives
+    the schedule), the numpy shuffling generator, the JAX key, the step and epoch counters, the
+    history, and a fingerprint of the run (``config``, data size, shape and digest, the model's
+    arrays, batch size, ``run_info``: any JSON the caller adds, e.g. the model spec). Each save
+    happens before ``callback`` sees the epoch's record. ``resume=True`` restores the latest saved
+    epoch and continues; the final state is then bit for bit that of an uninterrupted run on the
+    same machine. It raises ``FileNotFoundError`` when ``state_dir`` holds nothing, and
+    ``ValueError`` naming each difference when the run differs from the saved one; without
+    ``resume``, a ``state_dir`` that already holds a run raises ``FileExistsError``. The caller
+    removes ``state_dir`` once it no longer needs it. A run resumed after its last epoch only
+    restores the final state. ``history[i]["time"]``, ``train_time``, ``compile_time`` and
+    ``warm_time`` add up the sessions.
     """
     x_train = np.asarray(x_train, np.float32)
     y_train = np.asarray(y_train, np.int32)
     _check_inputs(x_train, y_train, None)
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every={checkpoint_every!r}; accepted: an integer >= 1")
+    if resume and state_dir is None:
+        raise ValueError("resume=True needs state_dir, the interrupted run's training-state "
+                         "directory")
     n = len(x_train)
     b = min(config.batch_size, n)
     place = jnp.asarray
@@ -260,22 +342,70 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
     starts = list(range(0, n - b + 1, b)) if drop_last else list(range(0, n, b))
     steps_per_epoch = len(starts)
     total = steps_per_epoch * config.epochs
-    optimizer = nnx.Optimizer(model, make_optimizer(config, total), wrt=nnx.Param)
+    # compilation: the first step of each batch shape (a full batch; a last, partial one)
+    first_steps = [0] + ([steps_per_epoch - 1] if starts[-1] + b > n else [])
+    optimizer = nnx.Optimizer(model, _cached_optimizer(config, total), wrt=nnx.Param)
     if mesh is not None:
         nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), rep))
     rng = np.random.default_rng(config.seed)
     key = jax.random.key(config.seed)
     history: list[dict] = []
-    t0 = time.perf_counter()
+    step = 0
+    first_epoch = 1
+    earlier = {"compile_time": 0.0, "warm_time": 0.0}  # of the sessions before a resume
+    saver = None
+    if state_dir is not None:
+        from jit_jax.checkpoint import TrainingState
+
+        fingerprint = _run_fingerprint(model, x_train, y_train, config, b, drop_last, run_info)
+        saver = TrainingState(state_dir)
+        try:
+            latest = saver.latest_epoch()
+            if resume:
+                if latest is None:
+                    raise FileNotFoundError(f"nothing to resume: no training state saved in "
+                                            f"{saver.directory}")
+                info = saver.info(latest)
+                diffs = _differences(info.get("run", {}), fingerprint)
+                if diffs:
+                    raise ValueError(
+                        f"cannot resume from {saver.directory} (epoch {latest}): this run differs "
+                        f"from the saved one in {len(diffs)} place(s): " + "; ".join(diffs[:8])
+                        + ("; ..." if len(diffs) > 8 else "") + ". Resume with the same settings "
+                        f"and data, or remove {saver.directory} to start afresh.")
+                key = _load_state_arrays(
+                    model, optimizer, saver.restore(_state_arrays(model, optimizer, key), latest))
+                rng.bit_generator.state = info["numpy_rng"]
+                history, step, first_epoch = info["history"], info["step"], info["epoch"] + 1
+                earlier = {k: float(info[k]) for k in earlier}
+            elif latest is not None:
+                raise FileExistsError(
+                    f"{saver.directory} already holds the training state of a run (epochs "
+                    f"{saver.epochs()}); resume it (resume=True, --resume) or remove it to start "
+                    f"afresh")
+        except BaseException:
+            saver.close()
+            raise
+    resumed_from = first_epoch - 1
+    t0 = time.perf_counter() - (history[-1]["time"] if history else 0.0)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from jit_jax.progress import progress_bar
 
-        bar = tqdm(total=total, desc="train", unit="step", leave=False)
-    step = 0
-    step_times: list[float] = []
+        bar = progress_bar(total, "train", unit="step")
+        if bar is not None and step:
+            bar.update(step)  # a resumed run starts part-way
+    step_times: list[float] = []  # this session's
+
+    def session_times() -> tuple[float, float]:
+        if not step_times:
+            return earlier["compile_time"], earlier["warm_time"]
+        compile_time = compile_estimate(step_times, first_steps)
+        return (earlier["compile_time"] + compile_time,
+                earlier["warm_time"] + sum(step_times) - compile_time)
+
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(first_epoch, config.epochs + 1):
             model.train()
             perm = rng.permutation(n)
             sums = {"loss": 0.0, "accuracy": 0.0}
@@ -309,14 +439,20 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
                 if bar is not None:
                     bar.set_postfix(epoch=epoch, test_acc=f"{ev['accuracy']:.1f}")
             history.append(rec)
+            if saver is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs):
+                compile_time, warm_time = session_times()
+                saver.save(epoch, _state_arrays(model, optimizer, key), {
+                    "format": 1, "epoch": epoch, "step": step,
+                    "numpy_rng": rng.bit_generator.state, "history": history,
+                    "compile_time": compile_time, "warm_time": warm_time, "run": fingerprint})
             if callback is not None:
                 callback(rec)
     finally:
         if bar is not None:
             bar.close()
+        if saver is not None:
+            saver.close()
         model.eval()
-    # compilation: the first step of each batch shape (a full batch; a last, partial one)
-    compile_time = compile_estimate(
-        step_times, [0] + ([steps_per_epoch - 1] if starts[-1] + b > n else []))
+    compile_time, warm_time = session_times()
     return TrainResult(history=history, train_time=time.perf_counter() - t0, final=history[-1],
-                       compile_time=compile_time, warm_time=sum(step_times) - compile_time)
+                       compile_time=compile_time, warm_time=warm_time, resumed_from=resumed_from)

@@ -48,13 +48,22 @@ def reset_head(model: nnx.Module, seed: int = 0) -> nnx.Module:
 
 def retrain(spec: ModelSpec, x_retain: np.ndarray, y_retain: np.ndarray, config: TrainConfig, *,
             seed: int = 0, init_model: nnx.Module | None = None, progress: bool = False,
-            mesh=None):
+            mesh=None, state_dir=None, resume: bool = False, checkpoint_every: int = 1,
+            run_info: dict | None = None):
     """Train ``init_model`` (default: a fresh ``spec.build(seed)``) on D_r with ``config``
     (data-parallel over ``mesh`` if given: :func:`jit_jax.train.train`).
 
     Returns ``(model, TrainResult)``; the recipe's seed is replaced by ``seed`` so repeats differ.
+    ``state_dir`` saves the training state every ``checkpoint_every`` epochs and ``resume=True``
+    continues an interrupted retraining from it, to the same model bit for bit (``train``); the
+    spec, whether ``init_model`` was given and ``run_info`` must match the interrupted run's.
     """
     model = init_model if init_model is not None else spec.build(seed=seed)
+    info = None
+    if state_dir is not None:
+        info = {"model_spec": spec.to_dict(), "init": "given" if init_model is not None else "fresh",
+                **(run_info or {})}
     result = train(model, x_retain, y_retain, config.replace(seed=seed), progress=progress,
-                   mesh=mesh)
+                   mesh=mesh, state_dir=state_dir, resume=resume,
+                   checkpoint_every=checkpoint_every, run_info=info)
     return model, result
