@@ -63,12 +63,19 @@ class Dataset:
             raise ValueError(
                 f"{self.name}: mean/std need {c} channel values, got {self.mean}/{self.std}"
             )
-        k = len(self.class_names)
-        if len(self.y_train) and (self.y_train.min() < 0 or self.y_train.max() >= k):
-            raise ValueError(
-                f"{self.name}: labels must lie in [0, {len(self.class_names)}), got "
-                f"[{self.y_train.min()}, {self.y_train.max()}]"
-            )
+        for key, names in (("y_train", self.class_names), ("y_test", self.class_names),
+                           ("y_train_coarse", self.coarse_names),
+                           ("y_test_coarse", self.coarse_names)):
+            y = getattr(self, key)
+            if y is None or not len(y):
+                continue
+            if not np.issubdtype(y.dtype, np.integer):
+                raise ValueError(f"{self.name}: {key} must hold integer labels, got {y.dtype}")
+            if names is not None and (y.min() < 0 or y.max() >= len(names)):
+                raise ValueError(
+                    f"{self.name}: {key} labels must lie in [0, {len(names)}) (one per class "
+                    f"name), got [{y.min()}, {y.max()}]"
+                )
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -102,9 +109,10 @@ class Dataset:
         if isinstance(name_or_index, (int, np.integer)) or str(name_or_index).lstrip("-").isdigit():
             idx = int(name_or_index)
             if not 0 <= idx < len(names):
+                listed = f" ({', '.join(names)})" if len(names) <= 20 else ""
                 raise ValueError(
                     f"class index {idx} is out of range for {self.name}: "
-                    f"accepted 0..{len(names) - 1}"
+                    f"accepted 0..{len(names) - 1}{listed}"
                 )
             return idx
         if name_or_index in names:

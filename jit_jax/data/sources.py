@@ -42,7 +42,10 @@ This module is the only place in ``jit_jax.data`` that reads files.
     torchvision's ``ImageFolder``: the class index is the position of the folder name in sorted
     order (the PinsFaceRecognition layout). Images are read with Pillow, optionally resized to
     ``image_size=(H, W)`` (bilinear), greyscale when ``grayscale=True`` (or automatically when
-    every image is single-channel, ``grayscale=None``). Train/test is a seeded stratified split
+    every image is single-channel, ``grayscale=None``). Mixed sizes without ``image_size``, and
+    mixed greyscale/colour images with ``grayscale=None``, are errors that name the files; on the
+    command line the options are ``jit-jax train --data-opt image_size=HxW --data-opt
+    grayscale=true|false``. Train/test is a seeded stratified split
     (``test_fraction=0.2``, ``seed=0``); ``test_fraction=0`` makes the test set equal to the
     training set, which is what the authors' code does for PinsFaceRecognition (no test split).
 
@@ -56,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -108,7 +112,7 @@ CIFAR100_SUPERCLASSES: dict[str, list[str]] = {
 }
 
 #: Two super-classes of CIFAR-10, so that sub-class forgetting (forget "airplane", score with the
-#: coarse labels) can be run on CIFAR-10 (``/work/shared/data/README.md``).
+#: coarse labels) can be run on CIFAR-10 (``../shared/data/README.md``).
 CIFAR10_SUPERCLASSES: dict[str, list[str]] = {
     "vehicles": ["airplane", "automobile", "ship", "truck"],
     "animals": ["bird", "cat", "deer", "dog", "frog", "horse"],
@@ -123,7 +127,9 @@ DATASETS: dict[str, str] = {
     "npz:PATH": "a .npz with x_train, y_train, x_test, y_test (+ optional class_names, coarse "
     "labels, mean, std)",
     "folder:PATH": "an image folder, one sub-folder per class (ImageFolder layout), seeded "
-    "stratified train/test split",
+    "stratified train/test split; images of mixed sizes or of mixed greyscale/colour are an "
+    "error unless converted with --data-opt image_size=HxW (bilinear resize) and/or "
+    "--data-opt grayscale=true|false",
 }
 
 _IMAGE_SUFFIXES = (
@@ -344,11 +350,12 @@ def load_npz(
             arrays = {k: z[k] for k in (*_NPZ_REQUIRED, *_NPZ_OPTIONAL) if k in z.files}
     except _SchemaError as e:
         raise ValueError(str(e)) from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, AttributeError) as e:
         raise ValueError(
             f"{path} is not a readable .npz archive of plain arrays (a zip written by "
-            f"np.savez/np.savez_compressed, no pickled objects; store names as str arrays): "
-            f"{type(e).__name__}: {e}"
+            f"np.savez/np.savez_compressed, no pickled objects; store names as str arrays); the "
+            f"file may be truncated or corrupt ({path.stat().st_size} bytes): "
+            f"{'zlib.error' if isinstance(e, zlib.error) else type(e).__name__}: {e}"
         ) from e
 
     def images(key):
@@ -367,20 +374,44 @@ def load_npz(
                 f"{path}: {key} has shape {x.shape}, which looks like NCHW; accepted: NHWC "
                 "(transpose with x.transpose(0, 2, 3, 1))"
             )
+        if 0 in x.shape:
+            raise ValueError(
+                f"{path}: {key} has shape {x.shape}; accepted: at least one image of at least "
+                "1x1 pixel and one channel"
+            )
         return x
 
     def labels(key, n, k=None):
         y = arrays[key]
         if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{path}: {key} has dtype {y.dtype}; accepted: an integer dtype")
+            hint = ""
+            if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+                hint = " (the values are whole numbers: store y.astype(np.int64))"
+            raise ValueError(
+                f"{path}: {key} has dtype {y.dtype}; accepted: an integer dtype (class indices "
+                f"0..K-1){hint}"
+            )
         if y.shape != (n,):
-            raise ValueError(f"{path}: {key} has shape {y.shape}; expected ({n},), one per image")
+            raise ValueError(
+                f"{path}: {key} has shape {y.shape}; expected ({n},), one label per image of "
+                f"x_{key.split('_')[1]} ({n} images)"
+            )
         if n and y.min() < 0:
-            raise ValueError(f"{path}: {key} contains label {y.min()}; labels must be >= 0")
+            raise ValueError(
+                f"{path}: {key} contains label {y.min()} (at index {int(y.argmin())}); "
+                "labels must be >= 0"
+            )
+        if n and y.max() > np.iinfo(np.int32).max:
+            raise ValueError(
+                f"{path}: {key} contains label {y.max()}; labels must fit int32 (class indices "
+                "0..K-1)"
+            )
         if k is not None and n and y.max() >= k:
+            bad = np.flatnonzero(y >= k)
             raise ValueError(
                 f"{path}: {key} contains label {y.max()}, out of range for {k} class names: "
-                f"accepted 0..{k - 1}"
+                f"accepted 0..{k - 1} ({len(bad)} label(s) out of range, first at index "
+                f"{int(bad[0])})"
             )
         return y.astype(np.int32)
 
@@ -388,7 +419,14 @@ def load_npz(
         v = arrays[key]
         if v.ndim != 1 or v.dtype.kind not in "US":
             raise ValueError(f"{path}: {key} must be a 1-D str array, got {v.dtype} {v.shape}")
-        return tuple(str(s.decode() if isinstance(s, bytes) else s) for s in v.tolist())
+        out = tuple(str(s.decode() if isinstance(s, bytes) else s) for s in v.tolist())
+        dup = sorted({s for s in out if out.count(s) > 1})
+        if dup:
+            raise ValueError(
+                f"{path}: {key} names a class twice: {', '.join(map(repr, dup))}; accepted: "
+                "distinct names"
+            )
+        return out
 
     x_tr, x_te = images("x_train"), images("x_test")
     if x_tr.shape[1:] != x_te.shape[1:]:
@@ -424,6 +462,12 @@ def load_npz(
 
     c = x_tr.shape[-1]
     if mean is None and std is None and "mean" in arrays and "std" in arrays:
+        for key in ("mean", "std"):
+            if arrays[key].dtype.kind not in "fiu":
+                raise ValueError(
+                    f"{path}: {key} has dtype {arrays[key].dtype}; accepted: {c} float(s), one "
+                    "per channel, in the [0, 1] pixel scale"
+                )
         mean, std = arrays["mean"].tolist(), arrays["std"].tolist()
     if mean is None or std is None:
         m, s = channel_stats(x_tr)
@@ -456,6 +500,8 @@ def _check_stats(mean, std, c: int, where: str) -> tuple[tuple[float, ...], tupl
     std = tuple(float(v) for v in np.ravel(std))
     if len(mean) != c or len(std) != c:
         raise ValueError(f"{where}: mean/std need {c} values (one per channel), got {mean}/{std}")
+    if not np.all(np.isfinite(mean + std)):
+        raise ValueError(f"{where}: mean/std must be finite, got {mean}/{std}")
     if min(std) <= 0:
         raise ValueError(f"{where}: std must be positive, got {std}")
     return mean, std
@@ -475,9 +521,12 @@ def load_folder(
 ) -> Dataset:
     """An ImageFolder-style directory: ``path/<class>/<image files>``.
 
-    Class index = sorted folder-name order. ``image_size`` (int or (H, W)) resizes every image
-    (bilinear); without it every image must have the size of the first one. ``grayscale``: True ->
-    1 channel, False -> RGB, None -> 1 channel if every image is single-channel, else RGB.
+    Class index = sorted folder-name order. ``image_size`` (int, (H, W), or the strings "N" /
+    "HxW") resizes every image (bilinear); without it every image must have the same size, else a
+    ValueError lists the sizes found with example files. ``grayscale``: True -> 1 channel,
+    False -> RGB, None -> 1 channel if every image is single-channel, RGB if none is, and a
+    ValueError listing the files of each kind if greyscale and colour images are mixed.
+    Unreadable image files are listed in a ValueError (every one, not only the first).
     ``test_fraction`` in [0, 1) with ``seed`` drives a stratified split (0: test set = training set,
     as the authors' PinsFaceRecognition setup). ``mean``/``std`` default to training statistics.
     """
@@ -507,37 +556,73 @@ def load_folder(
             f"{root}: class folder(s) with no images: {', '.join(empty)}; accepted image files end "
             f"in {', '.join(_IMAGE_SUFFIXES)}"
         )
-    if image_size is not None:
-        size = (int(image_size),) * 2 if np.isscalar(image_size) else tuple(map(int, image_size))
-        if len(size) != 2 or min(size) <= 0:
-            raise ValueError(f"image_size must be a positive int or (H, W), got {image_size!r}")
-    else:
-        size = None
+    size = _image_size(image_size)
+    if grayscale not in (None, True, False):
+        raise ValueError(
+            f"grayscale must be True (1 channel), False (RGB) or None (1 channel only if every "
+            f"image is single-channel), got {grayscale!r}"
+        )
 
-    images = []
+    # Pass 1: headers only (Pillow decodes lazily): unreadable files, modes and sizes.
+    modes, sizes, bad = [], [], []
     for f in files:
         try:
             with Image.open(f) as im:
-                im.load()
-                images.append(im.copy())
+                modes.append(im.mode)
+                sizes.append((im.size[1], im.size[0]))  # (H, W)
         except Exception as e:
-            raise ValueError(f"cannot read image {f}: {type(e).__name__}: {e}") from e
+            bad.append((f, e))
+    if bad:  # also find the files whose header reads but whose pixels do not, to name them all
+        unreadable = {f for f, _ in bad}
+        for f in files:
+            if f not in unreadable:
+                try:
+                    with Image.open(f) as im:
+                        im.load()
+                except Exception as e:
+                    bad.append((f, e))
+        _raise_unreadable(root, sorted(bad, key=lambda fe: fe[0]))
+    grey = [m in _GREY_MODES for m in modes]
     if grayscale is None:
-        grayscale = all(im.mode in ("1", "L", "I", "I;16", "F") for im in images)
+        if any(grey) and not all(grey):
+            raise ValueError(
+                f"{root}: the images mix greyscale and colour: "
+                + "; ".join(
+                    _examples(root, files, [g == want for g in grey], label, modes)
+                    for want, label in ((True, "greyscale"), (False, "colour"))
+                )
+                + "; pass grayscale=False to convert every image to RGB or grayscale=True to "
+                "convert every image to 1 channel (jit-jax train: --data-opt grayscale=false)"
+            )
+        grayscale = all(grey)
+    if size is None and len(set(sizes)) > 1:
+        by_size = sorted(set(sizes), key=lambda hw: -sizes.count(hw))
+        raise ValueError(
+            f"{root}: the images differ in size (HxW): "
+            + "; ".join(
+                _examples(root, files, [s == hw for s in sizes], f"{hw[0]}x{hw[1]}")
+                for hw in by_size[:6]
+            )
+            + ("; ..." if len(by_size) > 6 else "")
+            + "; pass image_size=(H, W) to resize every image (bilinear) "
+            "(jit-jax train: --data-opt image_size=HxW)"
+        )
+
+    # Pass 2: decode, convert, resize.
     mode = "L" if grayscale else "RGB"
     arrays = []
-    for f, im in zip(files, images, strict=True):
-        im = im.convert(mode)
-        if size is not None:
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        elif arrays and (im.size[1], im.size[0]) != arrays[0].shape[:2]:
-            raise ValueError(
-                f"{f} is {im.size[1]}x{im.size[0]} (HxW) but {files[0]} is "
-                f"{arrays[0].shape[0]}x{arrays[0].shape[1]}; pass image_size=(H, W) to resize all"
-            )
-        a = np.asarray(im, dtype=np.uint8)
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                if size is not None and im.size != (size[1], size[0]):
+                    im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+        except Exception as e:
+            bad.append((f, e))
+            continue
         arrays.append(a[..., None] if a.ndim == 2 else a)
+    _raise_unreadable(root, bad)
     x = np.stack(arrays)
     y = np.asarray(labels, np.int32)
     tr, te = _stratified_split(y, test_fraction, seed)
@@ -557,6 +642,53 @@ def load_folder(
         class_names=tuple(d.name for d in class_dirs),
         mean=mean,
         std=std,
+    )
+
+
+# Pillow modes that hold one channel (converted to "L" for a greyscale dataset).
+_GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def _image_size(image_size) -> tuple[int, int] | None:
+    """``image_size`` as (H, W): an int, (H, W), or a string "N" / "HxW" (from the command line)."""
+    if image_size is None:
+        return None
+    v = image_size
+    try:
+        if isinstance(v, str):
+            parts = v.lower().replace(",", "x").split("x")
+            v = [int(p) for p in parts] if len(parts) > 1 else int(parts[0])
+        if isinstance(v, bool):
+            raise TypeError
+        size = (int(v),) * 2 if np.isscalar(v) else tuple(int(p) for p in v)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(
+            f"image_size must be a positive int N (N x N) or (H, W) (command line: N or HxW), got "
+            f"{image_size!r}"
+        )
+    return size
+
+
+def _examples(root: Path, files, mask, label: str, modes=None) -> str:
+    """``"label: n files (a/1.png, a/2.png, ...)"`` for the files where ``mask`` holds."""
+    picked = [i for i, m in enumerate(mask) if m]
+    names = ", ".join(str(files[i].relative_to(root)) for i in picked[:3])
+    kinds = ""
+    if modes is not None:
+        kinds = " mode " + "/".join(sorted({modes[i] for i in picked}))
+    return f"{label}{kinds}: {len(picked)} file(s) ({names}{', ...' if len(picked) > 3 else ''})"
+
+
+def _raise_unreadable(root: Path, bad) -> None:
+    if not bad:
+        return
+    shown = "; ".join(f"{f} ({type(e).__name__}: {e})" for f, e in bad[:5])
+    more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+    raise ValueError(
+        f"{root}: cannot read {len(bad)} image file(s): {shown}{more}; remove or replace them "
+        f"(accepted: images Pillow can open, ending in {', '.join(_IMAGE_SUFFIXES)})"
     )
 
 

@@ -96,12 +96,39 @@ def _from_mask(ds: Dataset, mask: np.ndarray, kind: str, cls, description: str, 
     )
 
 
+def _with_samples(y: np.ndarray, names: tuple[str, ...]) -> str:
+    """The classes with training samples, for errors: ``"0 (a), 1 (b)"`` (at most 20 shown)."""
+    present = np.unique(y).tolist()
+    shown = ", ".join(f"{c} ({names[c]})" for c in present[:20])
+    return shown + (f", ... ({len(present)} classes)" if len(present) > 20 else "")
+
+
+def _no_samples(ds: Dataset, description: str, y: np.ndarray, names: tuple[str, ...], kind: str):
+    raise ValueError(
+        f"{ds.name}: {description} has no training samples, so there is nothing to forget; "
+        f"accepted: {kind}:<name|index> of a class with training samples: "
+        f"{_with_samples(y, names)}"
+    )
+
+
 def forget_class(ds: Dataset, cls: str | int) -> ForgetSplit:
     """Forget every training sample of target class ``cls`` (name or index; a coarse class on a
     coarse-target dataset)."""
     coarse = ds.target == "coarse"
-    c = ds.class_index(cls, coarse=coarse)
-    return _from_mask(ds, ds.train_targets == c, "class", c, f"class:{c} ({ds.target_names[c]})")
+    try:
+        c = ds.class_index(cls, coarse=coarse)
+    except ValueError as e:
+        if coarse and str(cls) in ds.class_names:
+            raise ValueError(
+                f"{e}. {cls!r} is a fine class of {ds.name}, which is scored on its coarse "
+                f"classes: forget it with subclass:{cls}"
+            ) from None
+        raise
+    mask = ds.train_targets == c
+    description = f"class:{c} ({ds.target_names[c]})"
+    if not mask.any():
+        _no_samples(ds, description, ds.train_targets, ds.target_names, "class")
+    return _from_mask(ds, mask, "class", c, description)
 
 
 def forget_subclass(ds: Dataset, fine_cls: str | int) -> ForgetSplit:
@@ -122,6 +149,9 @@ def forget_subclass(ds: Dataset, fine_cls: str | int) -> ForgetSplit:
         )
     f = ds.class_index(fine_cls)
     mask = ds.y_train == f
+    if not mask.any():
+        _no_samples(ds, f"subclass:{f} ({ds.class_names[f]})", ds.y_train, ds.class_names,
+                    "subclass")
     parents = np.unique(ds.y_train_coarse[mask])
     inside = f" in {ds.coarse_names[parents[0]]}" if len(parents) == 1 else ""
     return _from_mask(ds, mask, "subclass", f, f"subclass:{f} ({ds.class_names[f]}{inside})")
@@ -176,7 +206,13 @@ def _parse_count(arg: str, total: int) -> int:
         p = math.nan
     if not 0.0 < p < 1.0:
         raise ValueError(f"random forget size {arg!r} is not a count or a fraction; {accepted}")
-    return fraction_count(p, total)
+    n = fraction_count(p, total)
+    if n >= total:
+        raise ValueError(
+            f"random forget fraction {arg} is {n} of the {total} training samples, which leaves "
+            f"nothing to retain; {accepted}"
+        )
+    return n
 
 
 # -- evaluation sets ---------------------------------------------------------------------------
