@@ -19,75 +19,40 @@ Two modes:
        python experiments/tune_jit.py --checkpoint runs/cifar-r18w16 \
            --rtrn runs/cifar-r18w16-rtrn-airplane --forget class:airplane \
            --sigma 0.5 1 --lr 1e-4 2e-4 4e-4 --batch-size 32 --out docs/tuning/cifar-r18.json
+
+The search itself is :mod:`jit_jax.tune`; ``jit-jax tune`` is the same search as a command (its
+grid has defaults, and it writes ``grid.json`` with this script's JSON and a heat map).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jit_jax import recipes, unlearn  # noqa: E402
-from jit_jax.data import holdout, load_dataset, parse_forget  # noqa: E402
-from jit_jax.demo import train_original  # noqa: E402
-from jit_jax.metrics import evaluate_unlearning, retrain_distance  # noqa: E402
+from jit_jax import tune  # noqa: E402
+from jit_jax.cli import load_run, parse_options  # noqa: E402
+from jit_jax.data import load_dataset  # noqa: E402
 from jit_jax.models import ModelSpec  # noqa: E402
 
 
-def references_in_process(args):
-    """[(seed, split, dataset, original, rtrn_result, spec)] trained here on the fit part."""
-    full = load_dataset(args.dataset)
-    _, val = holdout(full, args.holdout, seed=0)
-    from jit_jax.cli import parse_options
-
-    spec = ModelSpec(args.model, val.num_classes, val.image_shape,
-                     parse_options(args.model_opt, "model"))
-    out = []
-    for seed in args.seeds:
-        cfg = recipes.train_recipe(val.name, spec.name).replace(
-            seed=seed, **parse_options(args.train_set, "training"))
-        model, _ = train_original(val, spec, cfg)
-        for f in args.forget:
-            split = parse_forget(val, f, seed=seed)
-            req = unlearn.Request(model, val, split, spec, cfg, seed=seed,
-                                  preprocess=recipes.preprocess_fn(val))
-            r = unlearn.run("rtrn", req)
-            rres = evaluate_unlearning(r.model, val, split, method="rtrn",
-                                       preprocess=recipes.preprocess_fn(val))
-            bres = evaluate_unlearning(model, val, split, method="bsln",
-                                       preprocess=recipes.preprocess_fn(val))
-            print(f"seed {seed} {split.description}: BSLN test {bres.test_acc:.1f} D_r {bres.retain_acc:.1f} D_f "
-                  f"{bres.forget_acc:.1f} MIA {bres.mia:.1f} | RTRN D_r {rres.retain_acc:.1f} "
-                  f"D_f {rres.forget_acc:.1f} MIA {rres.mia:.1f}", flush=True)
-            out.append((seed, split, val, model, rres, bres, spec))
-    return out
+def references_in_process(args) -> list[tune.Reference]:
+    """Originals and RTRN trained here on the fit part of the hold-out."""
+    return tune.references_in_process(
+        load_dataset(args.dataset), args.model, args.forget, args.seeds,
+        holdout_fraction=args.holdout, model_options=parse_options(args.model_opt, "model"),
+        train_options=parse_options(args.train_set, "training"))
 
 
-def references_from_checkpoints(args):
-    from jit_jax.cli import load_run
-
+def references_from_checkpoints(args) -> list[tune.Reference]:
     model, meta, val = load_run(args.checkpoint, validation=True)
     rmodel, _, _ = load_run(args.rtrn, validation=True)
-    spec = ModelSpec.from_dict(meta["model"])
-    prep = recipes.preprocess_fn(val)
-    out = []
-    for f in args.forget:
-        split = parse_forget(val, f, seed=0)
-        rres = evaluate_unlearning(rmodel, val, split, method="rtrn", preprocess=prep)
-        bres = evaluate_unlearning(model, val, split, method="bsln", preprocess=prep)
-        print(f"{split.description}: BSLN D_r {bres.retain_acc:.1f} D_f {bres.forget_acc:.1f} "
-              f"MIA {bres.mia:.1f} | RTRN D_r {rres.retain_acc:.1f} D_f {rres.forget_acc:.1f} "
-              f"MIA {rres.mia:.1f}", flush=True)
-        for seed in args.seeds:
-            out.append((seed, split, val, model, rres, bres, spec))
-    return out
+    return tune.references_from_models(model, rmodel, val, ModelSpec.from_dict(meta["model"]),
+                                       args.forget, args.seeds)
 
 
 def main(argv=None):
@@ -115,61 +80,28 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.max_dr_drop is not None and not args.max_dr_drop >= 0:
         p.error(f"--max-dr-drop {args.max_dr_drop}: accepted: a number >= 0")
-    from jit_jax.cli import parse_options
-
     extra = parse_options(args.set, "JiT")
+    try:
+        tune.check_search(args.sigma, args.lr, args.batch_size, num_samples=args.num_samples,
+                          jit_options=extra, holdout_fraction=args.holdout, seeds=args.seeds,
+                          train_options=parse_options(args.train_set, "training"))
+    except ValueError as e:
+        p.error(str(e))
     t0 = time.perf_counter()
     refs = references_from_checkpoints(args) if args.checkpoint else references_in_process(args)
-    rows = []
-    for sigma, lr, b in itertools.product(args.sigma, args.lr, args.batch_size):
-        runs = []
-        for seed, split, ds, model, rres, bres, spec in refs:
-            req = unlearn.Request(model, ds, split, spec, None, seed=seed,
-                                  preprocess=recipes.preprocess_fn(ds))
-            try:
-                out = unlearn.run("jit", req, sigma=sigma, lr=lr, batch_size=b,
-                                  num_samples=args.num_samples, **extra)
-                r = evaluate_unlearning(out.model, ds, split, method="jit",
-                                        runtime=out.runtime,
-                                        preprocess=recipes.preprocess_fn(ds))
-            except FloatingPointError as e:
-                print(f"sigma {sigma} lr {lr} B {b}: diverged ({e})")
-                runs = None
-                break
-            runs.append({"seed": seed, "forget": split.description, "retain_acc": r.retain_acc,
-                         "forget_acc": r.forget_acc, "mia": r.mia,
-                         "retrain_distance": retrain_distance(r, rres),
-                         "dr_drop": bres.retain_acc - r.retain_acc, "runtime": out.runtime})
-        if runs is None:
-            rows.append({"sigma": sigma, "lr": lr, "batch_size": b, "diverged": True})
-            continue
-        row = {"sigma": sigma, "lr": lr, "batch_size": b,
-               **{k: float(np.mean([r[k] for r in runs])) for k in
-                  ("retrain_distance", "retain_acc", "forget_acc", "mia", "dr_drop", "runtime")},
-               "max_dr_drop": float(max(r["dr_drop"] for r in runs)),
-               "max_forget_acc": float(max(r["forget_acc"] for r in runs)), "runs": runs}
-        rows.append(row)
-        print(f"sigma {sigma:<5} lr {lr:<8.2e} B {b:<4} dist {row['retrain_distance']:6.2f}  "
-              f"D_r {row['retain_acc']:5.1f} (drop {row['dr_drop']:4.1f}, max {row['max_dr_drop']:4.1f})"
-              f"  D_f {row['forget_acc']:5.1f} (max {row['max_forget_acc']:5.1f})  "
-              f"MIA {row['mia']:5.1f}", flush=True)
-    ok = [r for r in rows if not r.get("diverged")]
-    if args.max_dr_drop is not None:
-        ok = [r for r in ok if r["dr_drop"] <= args.max_dr_drop]
-        if not ok:
-            print(f"no setting kept its mean D_r drop within {args.max_dr_drop} points")
-    best = min(ok, key=lambda r: r["retrain_distance"]) if ok else None
+    rows = tune.run_grid(refs, args.sigma, args.lr, args.batch_size,
+                         num_samples=args.num_samples, jit_options=extra)
+    best = tune.choose(rows, args.max_dr_drop)
+    if best is None and args.max_dr_drop is not None:
+        print(f"no setting kept its mean D_r drop within {args.max_dr_drop} points")
     if best:
         print(f"best on validation: sigma {best['sigma']} lr {best['lr']} B {best['batch_size']} "
               f"(mean retrain distance {best['retrain_distance']:.2f})")
     print(f"total {time.perf_counter() - t0:.0f}s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        refs_info = [{"seed": s, "forget": sp.description, "rtrn": rr.to_dict(),
-                      "bsln": br.to_dict()} for s, sp, _, _, rr, br, _ in refs]
-        Path(args.out).write_text(json.dumps({"argv": sys.argv[1:], "references": refs_info,
-                                              "max_dr_drop": args.max_dr_drop,
-                                              "grid": rows, "best": best}, indent=2))
+        found = tune.Search(refs, rows, best, args.max_dr_drop)
+        Path(args.out).write_text(json.dumps(found.to_dict(sys.argv[1:]), indent=2))
     return best
 
 
