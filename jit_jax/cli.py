@@ -1,8 +1,10 @@
-"""The ``jit-jax`` command: train, evaluate, unlearn, demo.
+"""The ``jit-jax`` command: train, evaluate, unlearn, tune, models, demo.
 
     jit-jax train --dataset digits --model cnn --out runs/digits-cnn
     jit-jax evaluate --checkpoint runs/digits-cnn
     jit-jax unlearn --checkpoint runs/digits-cnn --method jit --forget class:3 --out runs/forget3
+    jit-jax tune --dataset digits --model mlp --forget class:0 class:5 --out runs/tune
+    jit-jax models --input-shape 64,64,1
     jit-jax demo
 
 This module and ``experiments/`` are the only places that read or write files.
@@ -22,29 +24,27 @@ DEFAULT_RUNS = Path("runs")
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
-def _parse_value(v: str):
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    low = v.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    return v
+def parse_options(pairs: list[str] | None, what: str, target=None) -> dict:
+    """``["width=16", "augment=none"]`` -> ``{"width": 16, "augment": "none"}``, each value
+    converted by the type its ``target`` (a dataclass, a function or ``{name: type}``) declares
+    (:mod:`jit_jax.options`)."""
+    from jit_jax.options import parse_options as _parse
+
+    if target is None and what in ("JiT", "training"):
+        if what == "JiT":
+            from jit_jax.unlearn.jit import JiTConfig as target
+        else:
+            from jit_jax.train import TrainConfig as target
+    return _parse(pairs, what, target)
 
 
-def parse_options(pairs: list[str] | None, what: str) -> dict:
-    """``["width=16", "stem=cifar"]`` -> ``{"width": 16, "stem": "cifar"}``."""
-    out = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise SystemExit(f"error: {what} option {p!r} must look like key=value")
-        k, v = p.split("=", 1)
-        out[k.strip().replace("-", "_")] = _parse_value(v.strip())
-    return out
+def _model_types(name: str) -> dict:
+    from jit_jax.models import option_types
+
+    try:
+        return option_types(name)
+    except ValueError:
+        return {}  # an unknown model is reported where the spec is built
 
 
 def _free_default(base: Path) -> Path:
@@ -72,30 +72,103 @@ def _err(msg: str) -> int:
 # ------------------------------------------------------------------------------------------------
 # train
 # ------------------------------------------------------------------------------------------------
+def _state_dir_of(out: Path) -> Path:
+    """Where a run writing the checkpoint ``out`` keeps its training state: ``OUT.partial/``
+    beside it, never inside, so that ``out`` only ever appears complete (``checkpoint.save``
+    renames it into place) and "``out`` exists" keeps meaning "that run finished"."""
+    return out.parent / f"{out.name}.partial"
+
+
+def _train_state_dir(out: Path, *, resume: bool, every: int, overwrite: bool) -> Path | None:
+    """The training-state directory of a run writing ``out`` (None with ``--checkpoint-every 0``),
+    once ``--resume`` has been checked against what is on disk."""
+    from jit_jax.checkpoint import saved_epochs
+
+    if every < 0:
+        raise ValueError(f"--checkpoint-every {every}; accepted: 0 (no training state) or N >= 1")
+    state = _state_dir_of(out)
+    epochs = saved_epochs(state)
+    if resume:
+        if every < 1:
+            raise ValueError("--resume continues from saved training state and keeps saving it; "
+                             "it needs --checkpoint-every >= 1")
+        if out.exists() and not overwrite:
+            hint = (f"; {state} holds an interrupted run meant to replace it: add --overwrite to "
+                    f"continue that one" if epochs else "")
+            raise FileExistsError(f"{out} already exists: that run finished and wrote its "
+                                  f"checkpoint, so there is nothing to resume{hint}")
+        if not epochs:
+            what = "does not exist" if not state.exists() else "holds no saved epoch"
+            raise FileNotFoundError(f"nothing to resume: {state} {what} (a run with --out {out} "
+                                    f"keeps its training state there)")
+        print(f"resuming from epoch {epochs[-1]} saved in {state}", flush=True)
+        return state
+    if every < 1:
+        return None
+    if epochs:
+        raise FileExistsError(
+            f"{state} holds the training state of an interrupted run (epochs "
+            f"{', '.join(map(str, epochs))}); pass --resume with the same arguments to continue "
+            f"it, or remove {state} to start afresh")
+    return state
+
+
+def _report_epoch(rec: dict) -> None:
+    import os
+
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}),
+          flush=True)
+    if os.environ.get("JIT_JAX_TEST_HANG_AFTER_EPOCH") == str(rec["epoch"]):
+        # test hook (tests/test_resume.py): the epoch's training state is on disk; wait to be killed
+        time.sleep(300)
+        os._exit(3)
+
+
 def cmd_train(args) -> int:
     from jit_jax import checkpoint, recipes
     from jit_jax.data import load_dataset
     from jit_jax.models import ModelSpec
     from jit_jax.train import evaluate, train
 
-    ds = load_dataset(_dataset_spec(args.dataset))
+    data_opts = parse_options(args.data_opt, "dataset")
+    ds = load_dataset(_dataset_spec(args.dataset), **data_opts)
     if args.holdout:
         from jit_jax.data import holdout
 
         ds, _ = holdout(ds, args.holdout, seed=0)
-    model_opts = parse_options(args.model_opt, "model")
+    from jit_jax.models import option_types as model_option_types
+
+    model_name, auto_opts = args.model, {}
+    if model_name == "auto":
+        model_name, auto_opts, why = recipes.default_model(len(ds.x_train), ds.image_shape)
+        print(f"--model auto: {model_name} {auto_opts or ''}({why}; `jit-jax models` lists the "
+              "others)", flush=True)
+    model_opts = {**auto_opts,
+                  **parse_options(args.model_opt, "model", model_option_types(model_name))}
     if args.width is not None:
         model_opts["width"] = args.width
-    spec = ModelSpec(args.model, ds.num_classes, ds.image_shape, model_opts)
+    spec = ModelSpec(model_name, ds.num_classes, ds.image_shape, model_opts)
     overrides = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "optimizer": args.optimizer, "schedule": args.schedule, "weight_decay": args.weight_decay,
         "augment": args.augment, "momentum": args.momentum, "seed": args.seed,
     }.items() if v is not None}
-    config = recipes.train_recipe(ds.name, args.model).replace(**overrides)
-    out = Path(args.out) if args.out else _free_default(DEFAULT_RUNS / f"{ds.name}-{args.model}")
-    if out.exists() and not args.overwrite:
+    config = recipes.train_recipe(ds.name, model_name, num_train=len(ds.x_train)).replace(
+        **overrides)
+    if args.out:
+        out = Path(args.out)
+    elif args.resume:
+        return _err("--resume needs --out: the checkpoint directory the interrupted run was to write")
+    else:  # a free name, with no interrupted run's state beside it either
+        base = out = DEFAULT_RUNS / f"{ds.name}-{model_name}"
+        i = 1
+        while out.exists() or _state_dir_of(out).exists():
+            i += 1
+            out = Path(f"{base}-{i}")
+    if out.exists() and not args.overwrite and not args.resume:
         return _err(f"{out} already exists; choose another --out or pass --overwrite")
+    state_dir = _train_state_dir(out, resume=args.resume, every=args.checkpoint_every,
+                                 overwrite=args.overwrite)
     mesh = None
     if args.devices is not None:
         from jit_jax.parallel import mesh_from_flag
@@ -108,16 +181,22 @@ def cmd_train(args) -> int:
     print(f"dataset {ds!r}\nmodel {spec.name} {spec.options} ({spec.num_params():,} params)\n"
           f"recipe {config}", flush=True)
     t0 = time.perf_counter()
+    if state_dir is not None and not args.resume:
+        print(f"training state: {state_dir} (every {args.checkpoint_every} epoch(s); continue an "
+              f"interrupted run with the same arguments and --resume)", flush=True)
+    run_info = {"command": "train", "model_spec": spec.to_dict(),
+                "dataset": {"spec": _dataset_spec(args.dataset), "holdout": args.holdout or None,
+                            "options": data_opts}}
     res = train(model, x_train, y_train, config, eval_data=(x_test, y_test),
                 progress=not args.no_progress, eval_every=args.eval_every, mesh=mesh,
-                callback=lambda r: print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                                     for k, v in r.items()}), flush=True))
+                callback=_report_epoch, state_dir=state_dir, resume=args.resume,
+                checkpoint_every=max(args.checkpoint_every, 1), run_info=run_info)
     elapsed = time.perf_counter() - t0
     ev = evaluate(model, x_test, y_test)
     meta = {
         "kind": "trained",
         "dataset": {"spec": _dataset_spec(args.dataset), "name": ds.name, "target": ds.target,
-                    "holdout": args.holdout or None},
+                    "holdout": args.holdout or None, "options": data_opts},
         "class_names": list(ds.target_names),
         "normalisation": {"mean": list(ds.mean), "std": list(ds.std)},
         "train_config": config.to_dict(),
@@ -128,8 +207,15 @@ def cmd_train(args) -> int:
         "history": res.history,
     }
     path = checkpoint.save(out, model, spec, meta, overwrite=args.overwrite)
+    if state_dir is not None:  # the final checkpoint is complete: the training state has served
+        import shutil
+
+        shutil.rmtree(state_dir, ignore_errors=True)
     print(f"test accuracy {ev['accuracy']:.2f}% after {elapsed:.1f}s "
           f"(compile ~{res.compile_time:.1f}s); checkpoint written to {path}")
+    final = {**res.final, "test_accuracy": ev["accuracy"]}
+    for w in recipes.training_warnings(final, ds.num_classes, spec.name, len(ds.x_train)):
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -144,7 +230,7 @@ def load_run(path, *, validation: bool = False):
 
     model, meta = checkpoint.restore(path)
     dmeta = meta["dataset"]
-    ds = load_dataset(dmeta["spec"])
+    ds = load_dataset(dmeta["spec"], **dmeta.get("options", {}))
     if dmeta.get("target", "fine") != ds.target:
         ds = ds.with_target(dmeta["target"])
     if dmeta.get("holdout"):
@@ -187,12 +273,24 @@ def cmd_unlearn(args) -> int:
     from jit_jax.train import TrainConfig
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
+    if out.exists() and not args.overwrite and not args.resume:
         return _err(f"{out} already exists; choose another --out or pass --overwrite")
     if out.absolute() == Path(args.checkpoint).absolute():
         return _err("--out must differ from --checkpoint: the source checkpoint is never overwritten")
     if args.method not in unlearn.METHODS:
         return _err(f"unknown method {args.method!r}; accepted: {', '.join(unlearn.METHODS)}")
+    state_opt = {}  # rtrn, rtrn_head: resumable training state in OUT.partial/
+    if args.resume and args.method not in ("rtrn", "rtrn_head"):
+        return _err(f"--resume applies to --method rtrn or rtrn_head, not {args.method!r}")
+    if args.method in ("rtrn", "rtrn_head"):
+        state_dir = _train_state_dir(out, resume=args.resume, every=args.checkpoint_every,
+                                     overwrite=args.overwrite)
+        if state_dir is not None:
+            state_opt = {"state_dir": state_dir, "resume": args.resume,
+                         "checkpoint_every": args.checkpoint_every,
+                         "run_info": {"command": "unlearn", "method": args.method,
+                                      "forget": args.forget, "validation": args.validation,
+                                      "source": str(Path(args.checkpoint).absolute())}}
     mesh_opt = {}
     if args.devices is not None:
         if args.method not in ("jit", "rtrn", "rtrn_head"):
@@ -209,8 +307,8 @@ def cmd_unlearn(args) -> int:
                           train_config=TrainConfig.from_dict(meta["train_config"])
                           if "train_config" in meta else None,
                           seed=args.seed, preprocess=prep, progress=not args.no_progress)
-    options = parse_options(args.set, "method")
-    res = unlearn.run(args.method, req, **options, **mesh_opt)
+    options = parse_options(args.set, "method", unlearn.option_types(args.method))
+    res = unlearn.run(args.method, req, **options, **mesh_opt, **state_opt)
     extra = {"options": options, "source": str(args.checkpoint)}
     if mesh_opt:
         extra["devices"] = mesh_opt["mesh"].size
@@ -222,6 +320,15 @@ def cmd_unlearn(args) -> int:
         rres = evaluate_unlearning(rmodel, ds, split, method="rtrn", preprocess=prep)
         result.retrain_distance = retrain_distance(result, rres)
         result.extra["rtrn"] = rres.to_dict()
+    if args.method != "bsln":
+        from jit_jax.metrics import sanity_warnings
+
+        before = evaluate_unlearning(model, ds, split, method="bsln", preprocess=prep)
+        warnings = sanity_warnings(result, before, ds.num_classes)
+        result.extra["original"] = {k: getattr(before, k) for k in
+                                    ("retain_acc", "forget_acc", "test_acc", "mia")}
+        if warnings:
+            result.extra["warnings"] = warnings
     new_meta = {**{k: v for k, v in meta.items() if k not in ("history", "metrics")},
                 "kind": "unlearned", "method": args.method, "forget": args.forget,
                 "source_checkpoint": str(Path(args.checkpoint).absolute()),
@@ -229,19 +336,159 @@ def cmd_unlearn(args) -> int:
                 "method_log": {k: v for k, v in res.log.items() if k != "history"}}
     checkpoint.save(out, res.model, spec, new_meta, overwrite=args.overwrite)
     (out / "result.json").write_text(result.to_json())
+    if state_opt:  # the retrained checkpoint is complete: its training state has served
+        import shutil
+
+        shutil.rmtree(state_opt["state_dir"], ignore_errors=True)
     print(result.to_json())
     print(f"checkpoint and result.json written to {out}")
+    for w in result.extra.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 
 # ------------------------------------------------------------------------------------------------
 # demo
 # ------------------------------------------------------------------------------------------------
+def _shape_arg(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"--input-shape {text!r}; accepted: H,W,C with positive integers, "
+                         "e.g. 32,32,3")
+    return shape
+
+
+def time_train_step(spec, batch_size: int = 32, repeats: int = 3) -> float:
+    """Median seconds of one training step of ``spec`` (compiled beforehand) on random data."""
+    import numpy as np
+
+    from jit_jax.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch_size, *spec.input_shape)).astype(np.float32)
+    y = rng.integers(0, spec.num_classes, batch_size).astype(np.int32)
+    res = train(spec.build(0), x, y, TrainConfig(epochs=repeats + 1, batch_size=batch_size,
+                                                 augment="none", optimizer="adam", lr=1e-4),
+                progress=False)
+    return res.warm_time / repeats
+
+
+def cmd_models(args) -> int:
+    from jit_jax import models
+
+    shape = _shape_arg(args.input_shape)
+    rows = []
+    for name in models.available():
+        try:
+            spec = models.ModelSpec(name, args.num_classes, shape, {})
+            params = f"{spec.num_params():,}"
+        except ValueError as e:
+            spec, params = None, f"n/a: {e}"
+        row = f"{name:<18} {params:>14}  {models.NOTES.get(name, '')}"
+        if args.time and spec is not None and name in args.time:
+            row += f"  [train step of 32 here: {time_train_step(spec):.3f} s]"
+        rows.append(row)
+    print(f"models at input {shape[0]}x{shape[1]}x{shape[2]}, {args.num_classes} classes "
+          "(parameters; what each suits):")
+    print("\n".join(rows))
+    print("\ntrain --model auto picks: the MLP under 5,000 training images; a ResNet18 of width 16 "
+          "for larger sets of >= 32x32 images; the cnn below 32x32.")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from jit_jax import demo
 
     demo.run_demo(out=Path(args.out), forget=args.forget, seeds=args.seeds, model=args.model,
                   progress=not args.no_progress, overwrite=args.overwrite)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# tune
+# ------------------------------------------------------------------------------------------------
+_TUNE_IN_PROCESS = {"dataset": "--dataset", "model": "--model", "model_opt": "--model-opt",
+                    "holdout": "--holdout", "train_set": "--train-set"}
+
+
+def cmd_tune(args) -> int:
+    from jit_jax import tune
+
+    if bool(args.checkpoint) != bool(args.rtrn):
+        raise ValueError("--checkpoint and --rtrn go together (the original trained with "
+                         "--holdout and its retrained model); without both, tune trains them here")
+    given = [flag for k, flag in _TUNE_IN_PROCESS.items() if getattr(args, k) is not None]
+    if args.checkpoint and given:
+        raise ValueError(f"{', '.join(given)} apply when tune trains the references itself, not "
+                         f"with --checkpoint/--rtrn")
+    if args.checkpoint and len(args.forget) > 1:
+        raise ValueError(f"--forget {' '.join(args.forget)}: with --checkpoint/--rtrn, accepted: "
+                         f"one request (the one the --rtrn model was retrained without)")
+    jit_options = parse_options(args.set, "JiT")
+    train_options = parse_options(args.train_set, "training")
+    holdout = 0.1 if args.holdout is None else args.holdout
+    tune.check_search(args.sigma, args.lr, args.batch_size, num_samples=args.num_samples,
+                      jit_options=jit_options, max_dr_drop=args.max_dr_drop,
+                      holdout_fraction=None if args.checkpoint else holdout, seeds=args.seeds,
+                      train_options=train_options)
+    if args.checkpoint:
+        model, meta, val = load_run(args.checkpoint, validation=True)
+        rmodel, _, _ = load_run(args.rtrn, validation=True)
+        default_out = f"tune-{Path(args.checkpoint).name}"
+        argv = ["--checkpoint", str(args.checkpoint), "--rtrn", str(args.rtrn)]
+    else:
+        from jit_jax.data import load_dataset
+
+        dataset, model_name = _dataset_spec(args.dataset or "digits"), args.model or "cnn"
+        full = load_dataset(dataset)
+        default_out = f"tune-{full.name}-{model_name}"
+        argv = ["--dataset", dataset, "--model", model_name, "--holdout", str(holdout)]
+        for flag, pairs in (("--model-opt", args.model_opt), ("--train-set", args.train_set)):
+            for kv in pairs or []:
+                argv += [flag, kv]
+    out = Path(args.out) if args.out else _free_default(DEFAULT_RUNS / default_out)
+    if out.exists() and not args.overwrite:
+        return _err(f"{out} already exists; choose another --out or pass --overwrite")
+    t0 = time.perf_counter()
+    if args.checkpoint:
+        from jit_jax.models import ModelSpec
+
+        refs = tune.references_from_models(model, rmodel, val, ModelSpec.from_dict(meta["model"]),
+                                           args.forget, args.seeds)
+    else:
+        refs = tune.references_in_process(full, model_name, args.forget, args.seeds,
+                                          holdout_fraction=holdout,
+                                          model_options=parse_options(args.model_opt, "model",
+                                                                      _model_types(model_name)),
+                                          train_options=train_options)
+    found = tune.search(refs, args.sigma, args.lr, args.batch_size, num_samples=args.num_samples,
+                        jit_options=jit_options, max_dr_drop=args.max_dr_drop)
+    argv = ["tune", *argv, "--forget", *args.forget, "--seeds", *map(str, args.seeds),
+            "--sigma", *map(repr, found.axes["sigma"]), "--lr", *map(repr, found.axes["lr"]),
+            "--batch-size", *map(str, found.axes["batch_size"]),
+            "--num-samples", str(args.num_samples)]
+    for kv in args.set or []:
+        argv += ["--set", kv]
+    if args.max_dr_drop is not None:
+        argv += ["--max-dr-drop", repr(args.max_dr_drop)]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.json").write_text(json.dumps(found.to_dict(argv + ["--out", str(out)]), indent=2))
+    fig = tune.plot_grid(found.rows, found.best, args.max_dr_drop)
+    fig.savefig(out / "grid.png", dpi=120)
+    print(f"total {time.perf_counter() - t0:.0f}s; grid.json and grid.png written to {out}")
+    best = found.best
+    if best is None:
+        print("no setting chosen: every setting diverged" if args.max_dr_drop is None else
+              f"no setting chosen: none kept its mean D_r drop within {args.max_dr_drop} points "
+              f"without diverging")
+        return 1
+    print(f"best on validation: sigma {best['sigma']} lr {best['lr']} B {best['batch_size']} "
+          f"(mean retrain distance {best['retrain_distance']:.2f}, mean D_r drop "
+          f"{best['dr_drop']:.1f})")
+    print(tune.set_line(best))
     return 0
 
 
@@ -259,8 +506,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "datasets:\n" + datasets_help() +
                        "\n\nexample: jit-jax train --dataset digits --model cnn --out runs/digits-cnn")
     t.add_argument("--dataset", default="digits", help="dataset spec (default: digits)")
-    t.add_argument("--model", default="cnn", help="model name (see jit_jax.models.available())")
+    t.add_argument("--model", default="auto",
+                   help="model name (`jit-jax models` lists them, with the input sizes each suits "
+                   "and its speed here); auto (default): the MLP under 5,000 training images, a "
+                   "CIFAR ResNet18 of width 16 for larger sets of >= 32x32 images, else the cnn")
     t.add_argument("--width", type=int, help="model width (cnn, resnet18, vgg*)")
+    t.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
+                   help="dataset options, repeatable, kept in the checkpoint for evaluate/unlearn "
+                   "(folder: image_size=N|HxW, grayscale=true|false, test_fraction=F; npz: "
+                   "target=coarse)")
     t.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
                    help="other model options, repeatable (e.g. stem=imagenet, depth=6)")
     t.add_argument("--out", help="checkpoint directory (default: runs/<dataset>-<model>, suffixed "
@@ -282,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel: split each batch over the first N devices jax sees, or "
                    "all (the batch size must be a multiple); default: one device")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="save the full training state to OUT.partial/ every N epochs and after "
+                   "the last (0: never); removed once OUT is written (default: 1)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT.partial/; give the same arguments "
+                   "(a different recipe, model or data is refused)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -314,8 +574,24 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--validation", action="store_true",
                    help="score on the held-out validation split instead of the test set")
     u.add_argument("--overwrite", action="store_true")
+    u.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="rtrn, rtrn_head: save the training state to OUT.partial/ every N epochs "
+                   "(0: never); removed once OUT is written (default: 1)")
+    u.add_argument("--resume", action="store_true",
+                   help="rtrn, rtrn_head: continue an interrupted retraining from OUT.partial/ "
+                   "(same arguments)")
     u.add_argument("--no-progress", action="store_true")
     u.set_defaults(func=cmd_unlearn)
+
+    m = sub.add_parser("models", help="the models, the input sizes each suits, its speed here",
+                       description="List the registered models with their parameter count at an "
+                       "input shape, what each suits, and (--time NAME ...) a measured training "
+                       "step on this machine.")
+    m.add_argument("--input-shape", default="32,32,3", metavar="H,W,C")
+    m.add_argument("--num-classes", type=int, default=10)
+    m.add_argument("--time", nargs="+", metavar="NAME", default=[],
+                   help="time one training step (batch 32) of these models here")
+    m.set_defaults(func=cmd_models)
 
     d = sub.add_parser("demo", help="the quickstart: digits, original, RTRN, JiT, the table",
                        description="Train the original and the retrained model on digits, run JiT, "
@@ -327,6 +603,52 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    n = sub.add_parser(
+        "tune", help="choose JiT's sigma, lr and batch size on a validation split",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Grid-search JiT's sigma x lr x batch size on a stratified hold-out of the "
+        "training set\n(the test set never informs the choice); a setting scores its mean retrain "
+        "distance over the\nforget requests and seeds. Writes DIR/grid.json and DIR/grid.png (a "
+        "heat map) and prints\nthe chosen setting as --set options for jit-jax unlearn.\n\n"
+        "small data (trains the originals and RTRN here, on the fit part of the hold-out):\n"
+        "  jit-jax tune --dataset digits --model mlp --forget class:0 class:5 --out runs/tune\n"
+        "large data (checkpoints from jit-jax train --holdout F and unlearn --method rtrn):\n"
+        "  jit-jax tune --checkpoint runs/cifar-r18 --rtrn runs/cifar-r18-rtrn-airplane \\\n"
+        "      --forget class:airplane --sigma 0.25 0.5 1 --lr 7.5e-5 1.5e-4 3e-4\n\n"
+        "default grid: JiT's defaults for the task and model (sigma0, lr0, B0) as sigma0 x "
+        "{0.5, 1, 2},\nlr0 x {0.25, 0.5, 1, 2, 4}, batch size B0 (digits: sigma 0.5 1 2, lr 2e-3 "
+        "... 3.2e-2, B 32).")
+    n.add_argument("--forget", nargs="+", required=True, metavar="REQUEST",
+                   help="forget requests scored together: class:N|class:NAME|subclass:NAME|random:N")
+    n.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seeds of the originals, RTRN and JiT (from checkpoints: of JiT only)")
+    n.add_argument("--dataset", help="in-process: dataset spec (default: digits)")
+    n.add_argument("--model", help="in-process: model name (default: cnn)")
+    n.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
+                   help="in-process: model options, repeatable")
+    n.add_argument("--holdout", type=float, metavar="FRACTION",
+                   help="in-process: the stratified fraction of the training set held out for "
+                   "scoring (default: 0.1)")
+    n.add_argument("--train-set", action="append", metavar="KEY=VALUE",
+                   help="in-process: override the training recipe of the originals and RTRN, "
+                   "repeatable (e.g. epochs=10)")
+    n.add_argument("--checkpoint", help="the original, trained with jit-jax train --holdout")
+    n.add_argument("--rtrn", help="its retrained model for the forget request (jit-jax "
+                   "unlearn --method rtrn), with --checkpoint")
+    n.add_argument("--sigma", type=float, nargs="+", help="sigma grid (default: see above)")
+    n.add_argument("--lr", type=float, nargs="+", help="lr grid (default: see above)")
+    n.add_argument("--batch-size", type=int, nargs="+", help="batch size grid (default: JiT's)")
+    n.add_argument("--num-samples", type=int, default=25, help="JiT's noise draws N (default 25)")
+    n.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="other JiT options, repeatable (e.g. passes=2)")
+    n.add_argument("--max-dr-drop", type=float, metavar="POINTS",
+                   help="choose only among settings whose mean D_r drop from the untouched model is "
+                   "at most this many points (default: no limit)")
+    n.add_argument("--out", metavar="DIR", help="where grid.json and grid.png go (default: "
+                   "runs/tune-<dataset>-<model> or runs/tune-<checkpoint name>, suffixed if taken)")
+    n.add_argument("--overwrite", action="store_true", help="write into an existing --out")
+    n.set_defaults(func=cmd_tune)
     return p
 
 

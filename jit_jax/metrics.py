@@ -135,6 +135,37 @@ def evaluate_unlearning(model: nnx.Module, ds: Dataset, split: ForgetSplit, *, m
     )
 
 
+def sanity_warnings(result: UnlearnResult, original: UnlearnResult, num_classes: int) -> list[str]:
+    """Warnings a user should see after an unlearning run (empty when nothing looks wrong).
+
+    - the forget set untouched: D_f moved by less than one point from the original model's (on a
+      small forget set: not a single prediction changed), so the run did nothing visible;
+    - a collapsed model: D_r accuracy below twice chance (100 / num_classes) or below half of the
+      original model's.
+
+    Each warning names the options to change. ``original`` is the untouched model scored on the
+    same request (``evaluate_unlearning(original_model, ..., method="bsln")``).
+    """
+    out = []
+    m = result.method
+    if m in ("bsln",):
+        return out
+    tune = (" (JiT: raise --set lr=... in ~2x steps or --set sigma=..., or --set passes=N; "
+            "`jit-jax tune` searches them on a validation split)" if m == "jit" else
+            " (the method's --set options: a larger lr or more epochs)")
+    if abs(result.forget_acc - original.forget_acc) < 1.0:
+        out.append(f"{m} left the forget set untouched: D_f accuracy {result.forget_acc:.1f}% vs "
+                   f"{original.forget_acc:.1f}% before; change the method's step size{tune}")
+    chance = 100.0 / num_classes
+    floor = max(2 * chance, 0.5 * original.retain_acc)
+    if result.retain_acc < floor:
+        lower = (" lower --set lr=... (or --set sigma=...), or run `jit-jax tune`" if m == "jit"
+                 else " lower the method's lr or its number of epochs (--set)")
+        out.append(f"{m} collapsed the model: D_r accuracy {result.retain_acc:.1f}% (before "
+                   f"{original.retain_acc:.1f}%, chance {chance:.1f}%);{lower}")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # Tables
 # ------------------------------------------------------------------------------------------------

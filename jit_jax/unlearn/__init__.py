@@ -75,7 +75,10 @@ def _bsln(req: Request, **options) -> MethodOutput:
     return MethodOutput(nnx.clone(req.model), 0.0, 0.0, False, {})
 
 
-def _retrain(req: Request, head_only: bool, mesh=None, **options) -> MethodOutput:
+def _retrain(req: Request, head_only: bool, mesh=None, state_dir=None, resume: bool = False,
+             checkpoint_every: int = 1, run_info: dict | None = None, **options) -> MethodOutput:
+    """Retrain on D_r; ``options`` override the recipe (TrainConfig fields). ``state_dir``,
+    ``resume``, ``checkpoint_every``, ``run_info``: resumable training (``baselines.retrain``)."""
     if req.train_config is None:
         raise ValueError("retraining needs the original training recipe (train_config)")
     cfg = req.train_config.replace(**options, seed=req.seed)
@@ -83,10 +86,13 @@ def _retrain(req: Request, head_only: bool, mesh=None, **options) -> MethodOutpu
     init = reset_head(req.model, req.seed) if head_only else None
     t0 = time.perf_counter()
     model, res = retrain(req.spec, req.inputs(req.split.retain_idx), y, cfg, seed=req.seed,
-                         init_model=init, progress=req.progress, mesh=mesh)
+                         init_model=init, progress=req.progress, mesh=mesh, state_dir=state_dir,
+                         resume=resume, checkpoint_every=checkpoint_every, run_info=run_info)
     wall = time.perf_counter() - t0
-    return MethodOutput(model, res.warm_time, res.compile_time, False,
-                        {"train_wall_time": wall, "history": res.history, "config": cfg.to_dict()})
+    log = {"train_wall_time": wall, "history": res.history, "config": cfg.to_dict()}
+    if res.resumed_from:
+        log["resumed_from_epoch"] = res.resumed_from
+    return MethodOutput(model, res.warm_time, res.compile_time, False, log)
 
 
 def default_jit_config(req: Request) -> JiTConfig:
@@ -127,6 +133,7 @@ def _peer(name: str, fn: Callable[..., MethodOutput]) -> Callable[..., MethodOut
                              f"{accepted}")
         return fn(req, **options)
 
+    call.target = fn
     return call
 
 
@@ -165,6 +172,21 @@ def available() -> list[str]:
     return list(METHODS)
 
 
+def option_types(name: str) -> dict:
+    """``{option: declared type}`` of method ``name`` (what ``--set KEY=VALUE`` is converted to)."""
+    from jit_jax.options import option_types as _types
+
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; accepted: {', '.join(METHODS)}")
+    if name == "jit":
+        return _types(JiTConfig)
+    if name in ("rtrn", "rtrn_head"):
+        return _types(TrainConfig)
+    if name == "bsln":
+        return {}
+    return _types(getattr(METHODS[name].fn, "target", None))
+
+
 def run(name: str, req: Request, **options) -> MethodOutput:
     """Run method ``name`` on ``req``; ``options`` override the method's defaults."""
     if name not in METHODS:
@@ -173,4 +195,5 @@ def run(name: str, req: Request, **options) -> MethodOutput:
 
 
 __all__ = ["METHODS", "PRESETS", "JiTConfig", "Method", "MethodOutput", "Request", "available",
-           "data_mesh", "jit_loss", "jit_unlearn", "jit_value_and_grad", "preset", "run"]
+           "data_mesh", "jit_loss", "jit_unlearn", "jit_value_and_grad", "option_types", "preset",
+           "run"]
