@@ -56,6 +56,13 @@ def _state_dicts(model: nnx.Module) -> dict:
     return {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(stats)}
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+    """orbax options for a checkpoint that this process writes or reads on its own, without
+    waiting for the others of a multi-process run (there, process 0 alone writes: jit_jax.cli)."""
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
 def save(path: str | Path, model: nnx.Module, spec: ModelSpec, metadata: dict | None = None, *,
          overwrite: bool = False) -> Path:
     """Save ``model`` (built from ``spec``) and ``metadata`` to the directory ``path``.
@@ -74,8 +81,11 @@ def save(path: str | Path, model: nnx.Module, spec: ModelSpec, metadata: dict | 
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        ckptr = ocp.StandardCheckpointer()
-        ckptr.save(tmp / STATE, _state_dicts(model))
+        ckptr = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
+        state = _state_dicts(model)
+        if jax.process_count() > 1:  # orbax refuses process-local jax arrays there; numpy it takes
+            state = jax.tree.map(np.asarray, state)
+        ckptr.save(tmp / STATE, state)
         ckptr.wait_until_finished()
         ckptr.close()
         (tmp / METADATA).write_text(text)
@@ -136,7 +146,7 @@ def restore(path: str | Path) -> tuple[nnx.Module, dict]:
         return {"/".join(str(getattr(k, "key", k)) for k in kp):
                 (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for kp, leaf in flat}
 
-    ckptr = ocp.StandardCheckpointer()
+    ckptr = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
     try:
         try:  # the saved arrays' shapes and dtypes, read from orbax's metadata (no array data)
             saved = arrays(ckptr.metadata(state_dir.absolute()).item_metadata.tree)

@@ -124,7 +124,39 @@ def _report_epoch(rec: dict) -> None:
         os._exit(3)
 
 
+def _join_distributed(args) -> None:
+    """``--distributed``: join the ``jax.distributed`` run (settings from JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID, or a cluster jax detects) before any other jax use; with
+    several processes the data-parallel mesh spans all their devices and only process 0 shows
+    progress and writes files (docs/distributed.md)."""
+    from jit_jax.parallel import initialize_distributed
+
+    info = initialize_distributed()
+    print(f"distributed: process {info['process_id']} of {info['num_processes']}, "
+          f"{info['local_devices']} of {info['devices']} devices here", flush=True)
+    if info["num_processes"] > 1:
+        if args.devices not in (None, "all"):
+            raise ValueError(f"--devices {args.devices} with --distributed over "
+                             f"{info['num_processes']} processes; accepted: all (the default)")
+        args.devices = "all"
+        args.no_progress = args.no_progress or info["process_id"] != 0
+
+
+def _skips_writing(args, out) -> bool:
+    """True on the processes of a ``--distributed`` run other than process 0, which writes."""
+    if not getattr(args, "distributed", False):
+        return False
+    import jax
+
+    if jax.process_index() == 0:
+        return False
+    print(f"process {jax.process_index()}: done; process 0 writes {out}", flush=True)
+    return True
+
+
 def cmd_train(args) -> int:
+    if args.distributed:
+        _join_distributed(args)
     from jit_jax import checkpoint, recipes
     from jit_jax.data import load_dataset
     from jit_jax.models import ModelSpec
@@ -206,6 +238,8 @@ def cmd_train(args) -> int:
         "train_devices": 1 if mesh is None else mesh.size,
         "history": res.history,
     }
+    if _skips_writing(args, out):
+        return 0
     path = checkpoint.save(out, model, spec, meta, overwrite=args.overwrite)
     if state_dir is not None:  # the final checkpoint is complete: the training state has served
         import shutil
@@ -266,6 +300,11 @@ def cmd_evaluate(args) -> int:
 # unlearn
 # ------------------------------------------------------------------------------------------------
 def cmd_unlearn(args) -> int:
+    if args.distributed:
+        if args.method not in ("jit", "rtrn", "rtrn_head"):
+            return _err(f"--distributed applies to --method jit, rtrn or rtrn_head, not "
+                        f"{args.method!r}")
+        _join_distributed(args)
     from jit_jax import checkpoint, recipes, unlearn
     from jit_jax.data import parse_forget
     from jit_jax.metrics import evaluate_unlearning, retrain_distance
@@ -334,6 +373,8 @@ def cmd_unlearn(args) -> int:
                 "source_checkpoint": str(Path(args.checkpoint).absolute()),
                 "metrics": {"test_accuracy": result.test_acc}, "result": result.to_dict(),
                 "method_log": {k: v for k, v in res.log.items() if k != "history"}}
+    if _skips_writing(args, out):
+        return 0
     checkpoint.save(out, res.model, spec, new_meta, overwrite=args.overwrite)
     (out / "result.json").write_text(result.to_json())
     if state_opt:  # the retrained checkpoint is complete: its training state has served
@@ -535,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--devices", metavar="N|all",
                    help="data-parallel: split each batch over the first N devices jax sees, or "
                    "all (the batch size must be a multiple); default: one device")
+    t.add_argument("--distributed", action="store_true",
+                   help="one of several processes (hosts) of a jax.distributed run: start every "
+                   "process with the same arguments; settings from JAX_COORDINATOR_ADDRESS, "
+                   "JAX_NUM_PROCESSES, JAX_PROCESS_ID or a TPU/SLURM cluster; each batch is split "
+                   "over all their devices, process 0 writes (docs/distributed.md)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                    help="save the full training state to OUT.partial/ every N epochs and after "
@@ -570,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--devices", metavar="N|all",
                    help="data-parallel: split each batch (forget batch for jit, training batch for "
                    "rtrn) over the first N devices jax sees, or all; default: one device")
+    u.add_argument("--distributed", action="store_true",
+                   help="jit, rtrn, rtrn_head: one of several processes of a jax.distributed run, "
+                   "as for train (docs/distributed.md)")
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--validation", action="store_true",
                    help="score on the held-out validation split instead of the test set")

@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jit_jax.data.transforms import random_crop_flip
-from jit_jax.parallel import data_shardings
+from jit_jax.parallel import data_shardings, host_local, is_multiprocess, replicate, shard_batch
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -296,7 +296,10 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
     ``mesh`` (e.g. :func:`jit_jax.parallel.data_mesh`) trains data-parallel: every batch is split
     over the mesh axis ``data_axis`` and the model and optimiser state are replicated (BatchNorm
     statistics are then those of the whole batch, as on one device). ``batch_size`` must be a
-    multiple of that axis's size.
+    multiple of that axis's size. A mesh over several processes' devices (after
+    :func:`jit_jax.parallel.initialize_distributed`) needs every process to call ``train`` with the
+    same data and config: each reads only its devices' rows of each batch, and the model comes back
+    holding process-local copies of the (replicated) result (docs/distributed.md).
 
     ``state_dir`` saves the full training state after every ``checkpoint_every``-th epoch and after
     the last (:class:`jit_jax.checkpoint.TrainingState`, the last two kept): the model's state
@@ -323,7 +326,10 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
                          "directory")
     n = len(x_train)
     b = min(config.batch_size, n)
-    place = jnp.asarray
+
+    def place(a, rows):
+        return jnp.asarray(a[rows])
+
     if mesh is not None:
         rep, bat = data_shardings(mesh, data_axis)
         nd = mesh.shape[data_axis]
@@ -334,8 +340,8 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
             raise ValueError(f"{n} training samples cannot fill one batch on {nd} devices")
         b -= b % nd  # a whole training set smaller than batch_size
 
-        def place(a):
-            return jax.device_put(a, bat)
+        def place(a, rows):  # each process reads only its devices' rows (docs/distributed.md)
+            return shard_batch(a, bat, rows)
     if not drop_last and mesh is not None and n % b:
         raise ValueError(f"drop_last=False with a mesh: {n} samples leave a last batch of "
                          f"{n % b} that does not split over the devices; accepted: drop_last=True")
@@ -346,9 +352,11 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
     first_steps = [0] + ([steps_per_epoch - 1] if starts[-1] + b > n else [])
     optimizer = nnx.Optimizer(model, _cached_optimizer(config, total), wrt=nnx.Param)
     if mesh is not None:
-        nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), rep))
+        nnx.update((model, optimizer), replicate(nnx.state((model, optimizer)), rep))
     rng = np.random.default_rng(config.seed)
     key = jax.random.key(config.seed)
+    if mesh is not None:
+        key = replicate(key, rep)
     history: list[dict] = []
     step = 0
     first_epoch = 1
@@ -413,7 +421,7 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
                 idx = perm[start:start + b]
                 key, sub = jax.random.split(key)
                 ts = time.perf_counter()
-                m = _train_step(model, optimizer, place(x_train[idx]), place(y_train[idx]), sub,
+                m = _train_step(model, optimizer, place(x_train, idx), place(y_train, idx), sub,
                                 config)
                 loss, gnorm = float(m["loss"]), float(m["grad_norm"])
                 step_times.append(time.perf_counter() - ts)
@@ -453,6 +461,8 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, config: T
         if saver is not None:
             saver.close()
         model.eval()
+    if mesh is not None and is_multiprocess():  # process-local copies of the replicated state
+        nnx.update(model, host_local(nnx.state(model)))
     compile_time, warm_time = session_times()
     return TrainResult(history=history, train_time=time.perf_counter() - t0, final=history[-1],
                        compile_time=compile_time, warm_time=warm_time, resumed_from=resumed_from)

@@ -26,7 +26,8 @@ Implementation notes:
   masked, so one compiled step serves the whole pass.
 - Many devices: ``jit_unlearn(..., mesh=data_mesh())`` shards each forget batch over the mesh's
   data axis and replicates the parameters; XLA inserts the reductions (the batch sum, the clipping
-  range, the gradient). The code of the step is the same on one device and on many.
+  range, the gradient). The code of the step is the same on one device and on many, and on many
+  processes (``jax.distributed``, docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jit_jax.functional import functionalize, rebuild
-from jit_jax.parallel import data_shardings
+from jit_jax.parallel import data_shardings, host_local, is_multiprocess, replicate, shard_batch
 
 ApplyFn = Callable[..., jax.Array]
 
@@ -353,7 +354,9 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     replicated. The batch is rounded up to a multiple of that axis's size; the padding rows are
     masked out of the loss and the clipping range, as for the last batch. With a batch that is
     already a multiple, the result equals the one-device result up to the order of floating-point
-    sums.
+    sums. A mesh over several processes' devices (:func:`jit_jax.parallel.initialize_distributed`)
+    needs every process to make the same call; each reads only its devices' rows of each batch and
+    gets back a model of process-local copies of the (replicated) result (docs/distributed.md).
     """
     config = config or JiTConfig()
     x_forget = np.asarray(x_forget, np.float32)
@@ -379,16 +382,20 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     key = jax.random.key(config.seed)
     batches = _batches(n, b)
     if shardings is not None:
-        params, opt_state, acc, key = jax.device_put((params, opt_state, acc, key), shardings[0])
+        params, opt_state, acc, key = replicate((params, opt_state, acc, key), shardings[0])
         b = -(-b // nd) * nd  # the batch fed to the step: a multiple of the data axis
-    place = jnp.asarray if shardings is None else (lambda a: jax.device_put(a, shardings[1]))
+
+    def place(a, rows=None):  # with a mesh, each process reads only its devices' rows
+        if shardings is None:
+            return jnp.asarray(a if rows is None else a[rows])
+        return shard_batch(a, shardings[1], rows)
 
     def padded(idx):  # host-side padding: no eager device ops inside the timed loop
         pad = b - len(idx)
         idx = np.concatenate([idx, np.full(pad, idx[0])]) if pad else idx
         mask = np.ones((b,), np.float32)
         mask[b - pad:] = 0.0
-        return place(x_forget[idx]), place(mask)
+        return place(x_forget, idx), place(mask)
 
     # Compile ahead of time so that the timed pass excludes compilation.
     t0 = time.perf_counter()
@@ -419,6 +426,8 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
         raise FloatingPointError(
             f"JiT diverged: after step {len(losses) - 1} the parameters {', '.join(bad[:3])}"
             f"{' ...' if len(bad) > 3 else ''} contain NaN or inf; lower lr (now {config.lr})")
+    if shardings is not None and is_multiprocess():  # process-local copies of the replicated result
+        params = host_local(params)
     new_model = rebuild(fn, params)
     log = JiTLog(losses=losses, step_times=times, compile_time=compile_time, runtime=runtime,
                  num_steps=len(losses), batch_size=b)
