@@ -30,6 +30,29 @@ def setup():
     return params, x, k[3]
 
 
+# Comparisons of two routes to the same value (jitted or not, a hand loop, autodiff of the loss)
+# run in float64 (x64): the routes differ only in the order of their roundings, each a relative
+# u = 2^-53; a ratio passes < 50 of them (two contractions of length <= 12, tanh, two norms, a
+# division), amplified by at most |out| / |out - out~| < 1e3 here (sigma moves the outputs by O(1)),
+# and the loss sums >= 0 ratios, so the routes agree to < 50 * 1e3 * 2^-53 ~ 6e-12 (relative):
+RTOL64 = 1e-10
+
+
+def close64(got, want):
+    """Trees equal to RTOL64, entries near 0 measured against the tree's largest entry."""
+    scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(want))
+    chex.assert_trees_all_close(got, want, rtol=RTOL64, atol=RTOL64 * scale)
+
+
+@pytest.fixture
+def setup64(setup):
+    """``setup`` in float64, with x64 on for the test's duration."""
+    params, x, key = setup
+    with jax.enable_x64(True):
+        yield (jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params),
+               jnp.asarray(x, jnp.float64), key)
+
+
 def loop_reference(params, x, key, *, sigma, n, p=1, clip=True, reduction="sum", mask=None):
     """The formula, written as the authors' loops (numpy, no vmap), with the same draws.
 
@@ -60,20 +83,38 @@ def loop_reference(params, x, key, *, sigma, n, p=1, clip=True, reduction="sum",
 @pytest.mark.parametrize("p", [1, 2])
 @pytest.mark.parametrize("clip", [True, False])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_loss_equals_python_loop(setup, p, clip, reduction):
-    params, x, key = setup
+def test_loss_equals_python_loop(setup64, p, clip, reduction):
+    params, x, key = setup64
     got = J.jit_loss(mlp_apply, params, x, key, sigma=0.7, num_samples=4, p=p, clip=clip,
                      reduction=reduction)
     want = loop_reference(params, x, key, sigma=0.7, n=4, p=p, clip=clip, reduction=reduction)
-    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    np.testing.assert_allclose(float(got), want, rtol=RTOL64)  # float64: see RTOL64
 
 
-@pytest.mark.parametrize("ipf", [None, 1, 5, 7, 100])
-def test_chunking_does_not_change_the_loss(setup, ipf):
-    params, x, key = setup
-    ref = J.jit_loss(mlp_apply, params, x, key, sigma=0.5, num_samples=6, images_per_forward=None)
-    got = J.jit_loss(mlp_apply, params, x, key, sigma=0.5, num_samples=6, images_per_forward=ipf)
-    np.testing.assert_allclose(float(got), float(ref), rtol=1e-6)
+def test_chunking_does_not_change_the_loss(setup):
+    """Chunked draws (``lax.map`` with ``batch_size=k``) give the one-forward result, including the
+    remainder path: B = 8 images and N = 25 draws, so 32 images per forward give k = 4 draws per
+    chunk, which does not divide 25 (a last partial chunk of 1 draw); None is one forward of all.
+    Loss and gradient (stop_gradient=False: the backward pass goes through the chunks too) are
+    compared in float64: chunking only regroups the same per-draw computations, and any
+    re-association (the sum over 25 draws, contractions of length <= 12) moves a result by
+    <= 2 gamma_25 sum|terms| ~ 6e-15 of the terms' magnitude (u = 2^-53), far below 1e-12."""
+    params, _, key = setup
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x = jax.random.normal(jax.random.key(11), (8, 2, 2, 3), jnp.float64)
+
+        def value_and_grad(ipf):
+            return jax.jit(lambda p, xx, k: J.jit_value_and_grad(
+                mlp_apply, p, xx, k, sigma=0.5, num_samples=25, stop_gradient=False,
+                images_per_forward=ipf))(params, x, key)
+
+        v_ref, g_ref = value_and_grad(None)
+        scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(g_ref))
+        assert J.draws_per_forward(8, 25, 32) == 4 and 25 % 4
+        v, g = value_and_grad(32)
+        np.testing.assert_allclose(float(v), float(v_ref), rtol=1e-12)
+        chex.assert_trees_all_close(g, g_ref, rtol=1e-12, atol=1e-12 * scale)
 
 
 def test_draws_per_forward():
@@ -87,44 +128,46 @@ def test_draws_per_forward():
 class TestVariants(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_jitted_and_not_agree(self):
-        k = jax.random.split(jax.random.key(1), 3)
-        params = {"w1": jax.random.normal(k[0], (12, 8)), "b1": jnp.zeros(8),
-                  "w2": jax.random.normal(k[1], (8, 3)), "b2": jnp.zeros(3)}
-        x = jax.random.normal(k[2], (4, 2, 2, 3))
+        with jax.enable_x64(True):  # float64: see RTOL64
+            k = jax.random.split(jax.random.key(1), 3)
+            f64 = jnp.float64
+            params = {"w1": jax.random.normal(k[0], (12, 8), f64), "b1": jnp.zeros(8, f64),
+                      "w2": jax.random.normal(k[1], (8, 3), f64), "b2": jnp.zeros(3, f64)}
+            x = jax.random.normal(k[2], (4, 2, 2, 3), f64)
 
-        def f(prm, xx, key):
-            return J.jit_value_and_grad(mlp_apply, prm, xx, key, sigma=0.5, num_samples=3)
+            def f(prm, xx, key):
+                return J.jit_value_and_grad(mlp_apply, prm, xx, key, sigma=0.5, num_samples=3)
 
-        loss, grads = self.variant(f)(params, x, jax.random.key(3))
-        want = loop_reference(params, x, jax.random.key(3), sigma=0.5, n=3)
-        np.testing.assert_allclose(float(loss), want, rtol=1e-5)
-        ref_loss, ref_grads = f(params, x, jax.random.key(3))
-        chex.assert_trees_all_close(grads, ref_grads, rtol=1e-5, atol=1e-6)
+            loss, grads = self.variant(f)(params, x, jax.random.key(3))
+            want = loop_reference(params, x, jax.random.key(3), sigma=0.5, n=3)
+            np.testing.assert_allclose(float(loss), want, rtol=RTOL64)
+            _, ref_grads = f(params, x, jax.random.key(3))
+            close64(grads, ref_grads)
 
 
-def test_value_and_grad_matches_autodiff_of_loss(setup):
-    params, x, key = setup
+def test_value_and_grad_matches_autodiff_of_loss(setup64):
+    params, x, key = setup64  # float64: see RTOL64
     kw = dict(sigma=0.5, num_samples=4)
     v1, g1 = J.jit_value_and_grad(mlp_apply, params, x, key, **kw)
     v2, g2 = jax.value_and_grad(lambda p: J.jit_loss(mlp_apply, p, x, key, **kw))(params)
-    np.testing.assert_allclose(float(v1), float(v2), rtol=1e-6)
-    chex.assert_trees_all_close(g1, g2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(v1), float(v2), rtol=RTOL64)
+    close64(g1, g2)
 
 
-def test_stop_gradient_blocks_the_perturbed_branch(setup):
-    params, x, key = setup
+def test_stop_gradient_blocks_the_perturbed_branch(setup64):
+    params, x, key = setup64  # float64: see RTOL64
     kw = dict(sigma=0.5, num_samples=4)
     k_pert, _ = jax.random.split(key)
     out_t, dx = J.perturbed_outputs(mlp_apply, params, x, k_pert, sigma=0.5, num_samples=4)
     # Gradient of the clean branch alone, with the perturbed outputs as constants.
     g_clean = jax.grad(lambda p: J.loss_from_outputs(mlp_apply(p, x), out_t, dx))(params)
     g_sg = jax.grad(lambda p: J.jit_loss(mlp_apply, p, x, key, stop_gradient=True, **kw))(params)
-    chex.assert_trees_all_close(g_sg, g_clean, rtol=1e-5, atol=1e-7)
+    close64(g_sg, g_clean)
     # Without stop-gradient the perturbed branch contributes, so the gradient differs.
     g_full = jax.grad(lambda p: J.jit_loss(mlp_apply, p, x, key, stop_gradient=False, **kw))(params)
     assert float(optax.tree.norm(jax.tree.map(jnp.subtract, g_full, g_sg))) > 1e-3
     _, g_vg = J.jit_value_and_grad(mlp_apply, params, x, key, stop_gradient=False, **kw)
-    chex.assert_trees_all_close(g_vg, g_full, rtol=1e-5, atol=1e-7)
+    close64(g_vg, g_full)
 
 
 def test_backward_pass_sees_only_clean_images(setup):
@@ -165,22 +208,45 @@ def test_zero_perturbation_contributes_zero(setup):
 def test_clip_to_batch_global_range(setup):
     _, x, key = setup
     xt = J.perturb(key, x, 5.0, clip=True)
-    assert float(xt.min()) >= float(x.min()) - 1e-7 and float(xt.max()) <= float(x.max()) + 1e-7
+    assert float(xt.min()) >= float(x.min()) and float(xt.max()) <= float(x.max())  # clip: exact
     xu = J.perturb(key, x, 5.0, clip=False)
     assert float(xu.max()) > float(x.max())
 
 
 def test_mask_equals_unpadded_batch(setup):
+    """A batch padded with masked rows (100x the first row: far outside the real rows' range, so a
+    leak into the clipping range or the sums would show) gives the unpadded batch's loss and SGD
+    update (the jitted training step; update = -lr * gradient). The real rows get the same draws
+    in both: with partitionable threefry (pinned here) a normal draw of shape (5, ...) starts with
+    the draw of shape (3, ...). Compared in float64, where the two differ only in the association
+    of sums (the masked rows add exact zeros): |err| <= 2 gamma_n sum|terms| with n <= 15 terms,
+    u = 2^-53, i.e. ~3e-15 of the terms' magnitude, far below the 1e-12 used."""
     params, x, key = setup
-    kw = dict(sigma=0.5, num_samples=3)
-    ref = J.jit_loss(mlp_apply, params, x[:3], key, **kw)
-    xp = jnp.concatenate([x[:3], jnp.broadcast_to(x[:1] * 100, (2,) + x.shape[1:])])
-    mask = jnp.array([1.0, 1, 1, 0, 0])
-    got = J.jit_loss(mlp_apply, params, xp, key, mask=mask, **kw)
-    # Different noise shapes give different draws, so compare against the same padded draws.
-    got_ref = loop_reference(params, xp, key, sigma=0.5, n=3, mask=mask)
-    np.testing.assert_allclose(float(got), got_ref, rtol=1e-5)
-    assert np.isfinite(float(ref))
+    with jax.enable_x64(True), jax.threefry_partitionable(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x = jnp.asarray(x, jnp.float64)[:3]
+        xp = jnp.concatenate([x, jnp.broadcast_to(x[:1] * 100, (2,) + x.shape[1:])])
+        mask = jnp.array([1.0, 1, 1, 0, 0])
+        tx = optax.sgd(0.1)
+
+        def run(step, xb, mb):  # (loss, update) of one step; fresh buffers: the step donates
+            fresh = jax.tree.map(jnp.copy, params)
+            new, _, _, loss = step(fresh, tx.init(params), jax.tree.map(jnp.zeros_like, params),
+                                   xb, mb, key)
+            return float(loss), jax.tree.map(jnp.subtract, new, params)
+
+        # "mean": the mask also sets the divisor (3 real rows, not 5)
+        cfg = J.JiTConfig(lr=0.1, sigma=0.5, num_samples=3, reduction="mean")
+        step = J.make_step(mlp_apply, tx, cfg, False, False)
+        v_ref, d_ref = run(step, x, jnp.ones(3))
+        v, d = run(step, xp, mask)
+        np.testing.assert_allclose(v, v_ref, rtol=1e-12)
+        scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(d_ref))
+        chex.assert_trees_all_close(d, d_ref, rtol=1e-12, atol=1e-12 * scale)
+        assert scale > 1e-4  # a real update
+        # Without the mask the padding rows change the result: the comparison can fail.
+        v_all, _ = run(step, xp, jnp.ones(5))
+        assert abs(v_all - v_ref) > 1e-3 * v_ref
 
 
 def test_compiles_once_for_repeated_calls(setup):
@@ -246,21 +312,39 @@ def test_unlearn_leaves_source_and_batchnorm_stats_untouched():
     np.testing.assert_array_equal(new(x), new(x))
 
 
+def _replay(model, xf, cfg, *, train, accumulate):
+    """jit_unlearn's pass replayed with its own step program (``make_step``, plain SGD): the same
+    compiled computation on the same inputs, so the result must match bit for bit."""
+    fn = functionalize(model, train=train)
+    tx = optax.sgd(cfg.lr)
+    step = J.make_step(fn.apply_fn, tx, cfg, train, accumulate)
+    params = jax.tree.map(jnp.copy, fn.params)
+    opt_state, acc = tx.init(params), jax.tree.map(jnp.zeros_like, params)
+    key = jax.random.key(cfg.seed)
+    for s in range(0, len(xf), cfg.batch_size):
+        key, sub = jax.random.split(key)
+        xb = jnp.asarray(xf[s:s + cfg.batch_size])
+        params, opt_state, acc, _ = step(params, opt_state, acc, xb, jnp.ones(len(xb)), sub)
+    return params
+
+
 def test_unlearn_is_one_sgd_step_per_batch():
+    """jit_unlearn = one SGD step of ``make_step`` per batch, with the keys split from the seed in
+    order and an all-ones mask: equal bit for bit to the replay (same program, same inputs; the
+    step's own maths is checked against the formula in float64 by the tests above)."""
     model = BNNet()
-    xf = _forget(4)
+    xf = _forget(8)
     cfg = J.JiTConfig(sigma=0.5, lr=0.05, batch_size=4, num_samples=3, seed=7)
-    new, _ = J.jit_unlearn(model, xf, cfg)
-    fn = functionalize(model)
-    key = jax.random.split(jax.random.key(7))[1]
-    _, g = J.jit_value_and_grad(fn.apply_fn, fn.params, jnp.asarray(xf), key, sigma=0.5,
-                                num_samples=3, mask=jnp.ones(4))
-    want = jax.tree.map(lambda p, gg: p - 0.05 * gg, fn.params, g)
-    chex.assert_trees_all_close(nnx.state(new, nnx.Param), want, rtol=1e-5, atol=1e-6)
+    new, log = J.jit_unlearn(model, xf, cfg)
+    assert log.num_steps == 2
+    chex.assert_trees_all_equal(nnx.state(new, nnx.Param),
+                                _replay(model, xf, cfg, train=False, accumulate=False))
 
 
 def test_reference_quirks_accumulate_gradients():
-    """Authors' code never zeroes .grad: with plain SGD, step k applies g_1 + ... + g_k."""
+    """Authors' code never zeroes .grad: with plain SGD, step k applies g_1 + ... + g_k. The pass
+    is jit_unlearn's accumulating step replayed in train mode with forward keys (bit for bit, as
+    above); that this step applies the running sum is checked in float64 below."""
     model = BNNet()
     xf = _forget(8)
     base = dict(sigma=0.5, lr=0.05, batch_size=4, num_samples=2, seed=3, train_mode=True)
@@ -270,19 +354,28 @@ def test_reference_quirks_accumulate_gradients():
     d_plain = np.asarray(plain.head.bias[...]) - p0
     d_quirk = np.asarray(quirky.head.bias[...]) - p0
     assert not np.allclose(d_plain, d_quirk)
-    # Replay by hand: same keys, train-mode forwards, accumulated gradients.
-    fn = functionalize(model, train=True)
-    key = jax.random.key(3)
-    params, acc = fn.params, None
-    for s in range(2):
-        key, sub = jax.random.split(key)
-        xb = jnp.asarray(xf[s * 4:(s + 1) * 4])
-        _, g = J.jit_value_and_grad(fn.apply_fn, params, xb, sub, sigma=0.5, num_samples=2,
-                                    mask=jnp.ones(4), forward_keys=True)
-        acc = g if acc is None else jax.tree.map(jnp.add, acc, g)
-        params = jax.tree.map(lambda p, gg: p - 0.05 * gg, params, acc)
-    np.testing.assert_allclose(np.asarray(quirky.head.bias[...]),
-                               np.asarray(params["head"]["bias"][...]), rtol=1e-5, atol=1e-6)
+    cfg = J.JiTConfig(**base, reference_quirks=True)
+    chex.assert_trees_all_equal(nnx.state(quirky, nnx.Param),
+                                _replay(model, xf, cfg, train=True, accumulate=True))
+
+
+def test_accumulating_step_applies_the_running_sum(setup64):
+    """make_step(accumulate=True): step k applies lr * (g_1 + ... + g_k), each g_i the gradient at
+    the step's own parameters and key (float64: see RTOL64)."""
+    params, x, key = setup64
+    cfg = J.JiTConfig(sigma=0.5, lr=0.05, num_samples=3)
+    tx = optax.sgd(0.05)
+    step = J.make_step(mlp_apply, tx, cfg, False, True)
+    p, opt_state = jax.tree.map(jnp.copy, params), tx.init(params)
+    acc = jax.tree.map(jnp.zeros_like, params)
+    hand, total = params, jax.tree.map(jnp.zeros_like, params)
+    for k, xb in zip(jax.random.split(key, 2), (x[:3], x[2:]), strict=True):
+        p, opt_state, acc, _ = step(p, opt_state, acc, xb, jnp.ones(len(xb)), k)
+        _, g = J.jit_value_and_grad(mlp_apply, hand, xb, k, sigma=0.5, num_samples=3,
+                                    mask=jnp.ones(len(xb)))
+        total = jax.tree.map(jnp.add, total, g)
+        hand = jax.tree.map(lambda a, t: a - 0.05 * t, hand, total)
+    close64(p, hand)
 
 
 def test_custom_optimizer_and_padding():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jit_jax import metrics as M
-from jit_jax.data import Dataset, forget_class, forget_random
+from jit_jax.data import Dataset, forget_class, forget_random, normalize
 
 
 def test_entropy_matches_definition():
@@ -64,36 +64,66 @@ def _tiny_dataset():
     return Dataset("tiny", x_tr, y_tr, x_te, y_te, ("a", "b", "c"), (0.5,), (0.25,))
 
 
-def test_evaluate_unlearning_follows_the_protocol(monkeypatch):
-    ds = _tiny_dataset()
-    # A fake predictor: right on everything except class 1 in the test set.
-    lookup_train = {ds.x_train[i].tobytes(): ds.y_train[i] for i in range(60)}
-    lookup_test = {ds.x_test[i].tobytes(): ds.y_test[i] for i in range(30)}
+def _fake_predict(ds, split):
+    """A fake predictor, by image: right on every training image (margin 10 on retained samples,
+    1..7 on forget samples), on test images right with margin 0.5 except class 1 (wrong, margin 4).
+    Each set thus has its own entropy profile, so the MIA depends on which set plays which role."""
+    table = {}
+    for i, y in enumerate(ds.y_train):
+        table[ds.x_train[i].tobytes()] = (int(y), 10.0)
+    for j, i in enumerate(split.forget_idx):
+        table[ds.x_train[i].tobytes()] = (int(ds.y_train[i]), 1.0 + j % 7)
+    for i, y in enumerate(ds.y_test):
+        table[ds.x_test[i].tobytes()] = ((y + 1) % 3, 4.0) if y == 1 else (int(y), 0.5)
 
-    def fake_predict(model, x, batch_size=500):
+    def predict(model, x, batch_size=500):
         raw = np.clip(np.rint((x * 0.25 + 0.5) * 255), 0, 255).astype(np.uint8)
         out = np.zeros((len(x), 3))
         for i, img in enumerate(raw):
-            b = img.tobytes()
-            if b in lookup_train:
-                out[i, lookup_train[b]] = 10.0
-            else:
-                y = lookup_test[b]
-                out[i, (y + 1) % 3 if y == 1 else y] = 1.0
+            label, margin = table[img.tobytes()]
+            out[i, label] = margin
         return out
 
-    monkeypatch.setattr(M, "predict", fake_predict)
+    def logits(x_uint8):
+        return predict(None, normalize(x_uint8, ds.mean, ds.std))
+
+    return predict, logits
+
+
+def test_evaluate_unlearning_follows_the_protocol(monkeypatch):
+    ds = _tiny_dataset()
     split = forget_class(ds, 1)
+    fake, logits = _fake_predict(ds, split)
+    monkeypatch.setattr(M, "predict", fake)
     r = M.evaluate_unlearning(object(), ds, split, method="fake")
     assert r.task == "class"
     assert r.retain_acc == 100.0  # test images of classes 0 and 2
     assert r.forget_acc == 0.0  # test images of class 1, all wrong
-    assert r.test_acc == pytest.approx(200 / 3)
-    assert r.mia == 100.0  # training samples are confident (low entropy) -> members
+    # 100 * mean of 30 booleans in float64: the count is exact, the division and the product each
+    # round once, and so does the reference 200 / 3: rel err <= 3 * 2^-53
+    assert r.test_acc == pytest.approx(200 / 3, rel=3 * 2.0**-53, abs=0)
+    # MIA: members = retained training samples, non-members = the whole test set, targets = the
+    # forget training samples (the sets built here by hand, not by evaluation_sets).
+    members = logits(ds.x_train[split.retain_idx])
+    target = logits(ds.x_train[split.forget_idx])
+    want = M.mia_score(members, logits(ds.x_test), target)
+    assert r.mia == want
+    # ... and every wrong non-member set gives another score, so a swap would be caught.
+    wrong = {"train": logits(ds.x_train), "forget_train": target,
+             "retained-class test": logits(ds.x_test[ds.y_test != 1]),
+             "forget-class test": logits(ds.x_test[ds.y_test == 1]), "retain_train": members}
+    for name, nonmembers in wrong.items():
+        assert M.mia_score(members, nonmembers, target) != want, name
+    assert M.mia_score(logits(ds.x_train), logits(ds.x_test), target) != want  # wrong members
+
     split = forget_random(ds, 5, seed=0)
+    fake, logits = _fake_predict(ds, split)
+    monkeypatch.setattr(M, "predict", fake)
     r = M.evaluate_unlearning(object(), ds, split, method="fake")
-    assert r.retain_acc == pytest.approx(200 / 3)  # the full test set
+    assert r.retain_acc == pytest.approx(200 / 3, rel=3 * 2.0**-53, abs=0)  # full test set; as above
     assert r.forget_acc == 100.0  # the forget *training* samples
+    target = logits(ds.x_train[split.forget_idx])
+    assert r.mia == M.mia_score(logits(ds.x_train[split.retain_idx]), logits(ds.x_test), target)
     json.loads(r.to_json())
 
 

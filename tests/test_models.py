@@ -28,6 +28,34 @@ TINY_VIT = dict(patch_size=4, hidden=16, depth=2, heads=2, mlp_dim=32)
 
 _fwd = nnx.jit(lambda model, x: model(x))  # one compile per model structure and mode
 
+# Rounding (float32 unless said otherwise): u = 2^-24, gamma_n = n u / (1 - n u) bounds the relative
+# error of a length-n sum or contraction in any order, relative to the sum of the |terms|.
+U32 = 2.0**-24
+
+
+def _gamma(n, u=U32):
+    return n * u / (1 - n * u)
+
+
+# Comparisons of two formulations of one computation run in float64 (x64 on, state cast): they
+# differ by roundings of u = 2^-53 only, a few hundred deep at most, so 1e-10 (relative to the
+# largest entry) leaves a factor > 1e3 for the conditioning of these small networks.
+RTOL64 = 1e-10
+
+
+def _float64(model):
+    """``model`` with its parameters and batch statistics in float64 (call with x64 on)."""
+    for kind in (nnx.Param, nnx.BatchStat):
+        nnx.update(model, jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                                       nnx.state(model, kind)))
+    return model
+
+
+def _close64(got, want, err_msg=""):
+    want = np.asarray(want)
+    np.testing.assert_allclose(got, want, rtol=RTOL64, atol=RTOL64 * np.abs(want).max(),
+                               err_msg=err_msg)
+
 
 def _x(shape, batch=2, seed=0):
     return jax.random.normal(jax.random.key(seed), (batch, *shape), jnp.float32)
@@ -140,10 +168,18 @@ def test_batchnorm_train_updates_stats_eval_does_not():
     stats1 = stats()
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), stats0, stats1)
     assert all(jax.tree.leaves(changed))
-    # momentum 0.9 (torch 0.1): running mean starts at 0, so it is 0.1 * batch mean
-    np.testing.assert_allclose(
-        first.bn.mean[...], 0.1 * conv_out.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6
-    )
+    # momentum 0.9 (torch 0.1): running mean starts at 0, so it is 0.1 * batch mean. The model's
+    # conv and this one are separate programs: each output within gamma_{27+1} A of exact (A: the
+    # conv of |x| with |kernel|, plus |bias|), each mean of n = 4096 values within gamma_n mean|c|,
+    # then one rounding of the product by 0.1 on each side.
+    absconv = nnx.clone(first.conv)
+    absconv.kernel.set_value(jnp.abs(first.conv.kernel[...]))
+    absconv.bias.set_value(jnp.abs(first.conv.bias[...]))
+    a_mean = np.asarray(absconv(jnp.abs(x))).mean(axis=(0, 1, 2))
+    c_abs = np.abs(np.asarray(conv_out)).mean(axis=(0, 1, 2))
+    want = 0.1 * conv_out.mean(axis=(0, 1, 2))
+    atol = 0.1 * (2 * _gamma(28) * a_mean + 2 * _gamma(4096) * c_abs) + 2 * U32 * np.abs(want)
+    assert np.all(np.abs(np.asarray(first.bn.mean[...]) - np.asarray(want)) <= atol)
     assert first.bn.epsilon == 1e-5 and first.bn.momentum == 0.9
 
     model.eval()
@@ -190,13 +226,19 @@ IM2COL_CASES = [  # (spatial, kernel, stride, pad, check gradients)
 
 
 def test_im2col_equals_plain_conv():
-    """Values and gradients (the JiT step differentiates through these layers)."""
+    """Values and gradients (the JiT step differentiates through these layers), in float64: the
+    two formulations then differ by float64 roundings only (RTOL64)."""
+    with jax.enable_x64(True):
+        _im2col_equals_plain_conv()
+
+
+def _im2col_equals_plain_conv():
     key = jax.random.key(1)
     inputs = []
     for spatial, k, *_ in IM2COL_CASES:
         kx, kk, key = jax.random.split(key, 3)
-        x = jax.random.normal(kx, (3, spatial, spatial + 1, 8))
-        inputs.append((jax.random.normal(kk, (k, k, 8, 5)) / np.sqrt(k * k * 8), x))
+        x = jax.random.normal(kx, (3, spatial, spatial + 1, 8), jnp.float64)
+        inputs.append((jax.random.normal(kk, (k, k, 8, 5), jnp.float64) / np.sqrt(k * k * 8), x))
 
     @jax.jit
     def run(inputs):
@@ -215,24 +257,29 @@ def test_im2col_equals_plain_conv():
     outs = run(inputs)
     for i, case in enumerate(IM2COL_CASES):
         ref, got = outs[2 * i], outs[2 * i + 1]
-        assert got[0].shape == ref[0].shape, case
-        np.testing.assert_allclose(got[0], ref[0], atol=1e-5, rtol=1e-5, err_msg=str(case))
-        for a, b in zip(got[1:], ref[1:], strict=True):
-            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5, err_msg=str(case))
+        assert got[0].shape == ref[0].shape and got[0].dtype == jnp.float64, case
+        for a, b in zip(got, ref, strict=True):
+            _close64(a, b, err_msg=str(case))
 
 
 def test_conv_module_matches_nnx_conv():
-    ours = Conv(6, 4, 3, padding=1, rngs=nnx.Rngs(0))
+    with jax.enable_x64(True):  # float64: see RTOL64
+        _conv_module_matches_nnx_conv()
+
+
+def _conv_module_matches_nnx_conv():
+    ours = _float64(Conv(6, 4, 3, padding=1, rngs=nnx.Rngs(0)))
     ref = nnx.Conv(6, 4, (3, 3), padding="SAME", kernel_init=nnx.initializers.zeros_init(),
                    rngs=nnx.Rngs(0))
     ref.kernel.set_value(ours.kernel[...])
-    ref.bias.set_value(jnp.arange(4.0))
-    ours.bias.set_value(jnp.arange(4.0))
+    ref.bias.set_value(jnp.arange(4.0, dtype=jnp.float64))
+    ours.bias.set_value(jnp.arange(4.0, dtype=jnp.float64))
     assert ours.uses_im2col((4, 4)) and ours.uses_im2col((1, 2)) and not ours.uses_im2col((5, 5))
-    xs = [jax.random.normal(jax.random.key(s), (2, s, s, 6)) for s in (2, 4, 8)]
+    xs = [jax.random.normal(jax.random.key(s), (2, s, s, 6), jnp.float64) for s in (2, 4, 8)]
     got, want = nnx.jit(lambda a, b, xs: ([a(x) for x in xs], [b(x) for x in xs]))(ours, ref, xs)
     for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+        assert g.dtype == jnp.float64
+        _close64(g, w)
 
 
 def _conv_input_shapes(model, x):
@@ -283,8 +330,12 @@ def test_adaptive_avg_pool_matches_torch_rule():
                                    _torch_adaptive_pool_ref(x, 7), atol=1e-6, err_msg=str(size))
     for size in (1, 2, 7):  # the broadcast, general and identity paths of the jnp version
         x = rng.standard_normal((2, size, size, 3)).astype(np.float32)
+        # float32: per axis a length-`size` contraction with weights 1/count (rounded): rel err
+        # <= gamma_{size+1} of sum|w x| <= max|x|, two axes; the reference's float32 window means
+        # (of <= 2 x 2 values) add gamma_4 max|x|
+        atol = (2 * _gamma(size + 1) + _gamma(4)) * np.abs(x).max()
         np.testing.assert_allclose(adaptive_avg_pool(jnp.asarray(x), (7, 7)),
-                                   _torch_adaptive_pool_ref(x, 7), atol=1e-6)
+                                   _torch_adaptive_pool_ref(x, 7), atol=atol)
 
 
 # ---------------------------------------------------------------------------- registry / spec
@@ -450,7 +501,10 @@ def test_vit_npz_roundtrip_and_numpy_reference(tmp_path):
     model.eval()
     x = _x((16, 16, 3), batch=3)
     ref = numpy_vit_forward(ckpt, np.asarray(x), heads=2)
-    np.testing.assert_allclose(_fwd(model, x), ref, atol=1e-4, rtol=1e-4)
+    with jax.enable_x64(True):  # the model in float64 against the float64 reference: RTOL64
+        got = _fwd(_float64(model), jnp.asarray(x, jnp.float64))
+        assert got.dtype == jnp.float64
+        _close64(got, ref)
 
 
 def test_vit_npz_accepts_linen_names_and_big_vision_posemb():
@@ -472,8 +526,11 @@ def test_vit_npz_accepts_linen_names_and_big_vision_posemb():
     linen["cls"] = linen["cls"] + pos[:, :1]
     model = load_vit_npz(create("vit", 10, (16, 16, 3), seed=3, **TINY_VIT), linen)
     model.eval()
-    got = _fwd(model, x)
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    # Bit for bit: every parameter is the same except the CLS row, where the original model adds
+    # pos[0] to cls in float32 and this one holds that same float32 sum (cls + pos[0], computed
+    # above) plus a zero position row (adding 0 is exact): the same program on the same values.
+    np.testing.assert_array_equal(model.pos_embedding[...][:, 0], 0.0)
+    np.testing.assert_array_equal(_fwd(model, x), want)
 
 
 def test_vit_npz_head_and_posemb_resampling():
@@ -490,10 +547,12 @@ def test_vit_npz_head_and_posemb_resampling():
     assert new.shape == (1, 37, 16)
     np.testing.assert_array_equal(new[:, 0], old[:, 0])  # CLS row kept
     g_old, g_new = old[0, 1:].reshape(4, 4, 16), new[0, 1:].reshape(6, 6, 16)
-    # corner-aligned bilinear: new index j sits at old coordinate j * 3/5
-    np.testing.assert_allclose(g_new[0, 0], g_old[0, 0], atol=1e-6)
-    np.testing.assert_allclose(g_new[5, 5], g_old[3, 3], atol=1e-6)
-    np.testing.assert_allclose(g_new[0, 1], 0.4 * g_old[0, 0] + 0.6 * g_old[0, 1], atol=1e-5)
+    # corner-aligned bilinear: new index j sits at old coordinate j * 3/5. scipy interpolates in
+    # float64 (error ~1e-16) and the table is cast back to float32: |err| <= u |value| + 1e-12.
+    g_old = g_old.astype(np.float64)
+    for got, want in ((g_new[0, 0], g_old[0, 0]), (g_new[5, 5], g_old[3, 3]),
+                      (g_new[0, 1], 0.4 * g_old[0, 0] + 0.6 * g_old[0, 1])):
+        assert np.all(np.abs(got - want) <= U32 * np.abs(want) + 1e-12)
     assert _fwd(model, _x((24, 24, 3))).shape == (2, 5)
     with pytest.raises(ValueError, match="pos_embedding.*resize_pos_embedding"):
         load_vit_npz(create("vit", 10, (24, 24, 3), **TINY_VIT), ckpt,

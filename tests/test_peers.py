@@ -15,6 +15,16 @@ from jit_jax.models import ModelSpec
 from jit_jax.train import TrainConfig, cross_entropy, train
 from jit_jax.unlearn import peers
 
+# Rounding. float32: u = 2^-24. Comparisons of a jax formula with a numpy reference run in float64
+# (x64 on, float64 inputs): both then round at u = 2^-53 only, through < 100 operations of these
+# small, well-conditioned formulas (softmax, KL, norms), so they agree far below RTOL64.
+U32 = 2.0**-24
+RTOL64 = 1e-10
+
+
+def _gamma(n, u=U32):
+    return n * u / (1 - n * u)
+
 
 def test_random_wrong_labels_never_the_true_one_and_cover_the_rest():
     y = np.repeat(np.arange(4), 500)
@@ -35,7 +45,8 @@ def test_dampen_is_the_ssd_rule():
     imp_f = {"w": jnp.array([0.5, 4.0, 1.0, 2.0, 3.0])}
     out = peers.dampen(p, imp_d, imp_f, lam=2.0, alpha=1.5)
     # selected where f > 1.5 * d: entries 1, 2, 4; factor min(2 d / f, 1) = 0.5, 0, 2/3
-    np.testing.assert_allclose(out["w"], [1.0, 1.0, 0.0, 4.0, -5.0 * 2 / 3], rtol=1e-6)
+    # float32: lam * d, / f, * p: three roundings, rel err <= gamma_3
+    np.testing.assert_allclose(out["w"], [1.0, 1.0, 0.0, 4.0, -5.0 * 2 / 3], rtol=_gamma(3))
     # zero importance on D and any on D_f: selected at every alpha, and zeroed (as in torch)
     np.testing.assert_allclose(peers.dampen(p, imp_d, imp_f, lam=1.0, alpha=100.0)["w"],
                                [1.0, 2.0, 0.0, 4.0, -5.0])
@@ -48,10 +59,15 @@ def _linear(params, x):
 
 
 def test_importances_equal_a_loop_over_batches():
+    with jax.enable_x64(True):  # float64: see RTOL64
+        _importances_equal_a_loop_over_batches()
+
+
+def _importances_equal_a_loop_over_batches():
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(10, 3)).astype(np.float32)
+    x = rng.normal(size=(10, 3))
     y = rng.integers(0, 4, 10)
-    params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.zeros(4)}
+    params = {"w": jnp.asarray(rng.normal(size=(3, 4))), "b": jnp.zeros(4, jnp.float64)}
     for seed in (None, 3):
         got, _ = peers.importances(_linear, params, x, y, batch_size=4, seed=seed)
         order = np.arange(10) if seed is None else np.random.default_rng(seed).permutation(10)
@@ -62,7 +78,8 @@ def test_importances_equal_a_loop_over_batches():
                 params)
             want = jax.tree.map(lambda a, gg: a + gg ** 2, want, g)
         want = jax.tree.map(lambda a: a / 3, want)
-        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-8)
+        assert got["w"].dtype == jnp.float64
+        chex.assert_trees_all_close(got, want, rtol=RTOL64, atol=0)
 
 
 def test_fgsm_labels_one_signed_step_in_pixel_space():
@@ -79,7 +96,7 @@ def test_fgsm_labels_one_signed_step_in_pixel_space():
     # d CE / d pixel0 has the sign of (p1 - 1{y=1}) * 2 / std: class 0 -> pixel0 goes down
     want = np.array([[0.5, 0.3], [0.12, 0.99]])
     want = np.round(np.clip(want, 0, 1) * 255) / 255
-    np.testing.assert_allclose(adv.reshape(2, 2), want, atol=1e-6)
+    np.testing.assert_allclose(adv.reshape(2, 2), want, rtol=U32)  # float32 k / 255: one rounding
     logits = apply(params, (jnp.asarray(adv) - 0.5) / 0.25)
     np.testing.assert_array_equal(lab, np.argmax(logits, -1))
 
@@ -91,8 +108,10 @@ def test_bad_teacher_loss_is_torch_kl_div_mean():
         pt = np.exp(t / temp) / np.exp(t / temp).sum(1, keepdims=True)
         ls = s / temp - np.log(np.exp(s / temp).sum(1, keepdims=True))
         want = np.sum(pt * (np.log(pt) - ls)) / pt.size  # every element, as reduction="mean"
-        np.testing.assert_allclose(peers.bad_teacher_loss(jnp.asarray(s), jnp.asarray(t), temp),
-                                   want, rtol=1e-5)
+        with jax.enable_x64(True):  # float64: see RTOL64
+            got = peers.bad_teacher_loss(jnp.asarray(s), jnp.asarray(t), temp)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, want, rtol=RTOL64)
 
 
 def test_train_keeps_the_last_partial_batch_when_asked(monkeypatch):
@@ -261,8 +280,10 @@ def test_distill_kl_is_scrubs_distillkl():
     pt = np.exp(t / T) / np.exp(t / T).sum(1, keepdims=True)
     ls = s / T - np.log(np.exp(s / T).sum(1, keepdims=True))
     want = np.sum(pt * (np.log(pt) - ls)) * T ** 2 / 6  # summed, times T^2 / batch
-    np.testing.assert_allclose(peers.distill_kl(jnp.asarray(s), jnp.asarray(t), T), want,
-                               rtol=1e-5)
+    with jax.enable_x64(True):  # float64: see RTOL64
+        got = peers.distill_kl(jnp.asarray(s), jnp.asarray(t), T)
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(got, want, rtol=RTOL64)
 
 
 def test_scrub_passes_and_settings(request_tiny):
@@ -292,26 +313,35 @@ def _torch_attention_nchw(x):
 
 def test_attention_map_is_the_authors_on_nchw_and_tokens():
     rng = np.random.default_rng(0)
-    nchw = rng.normal(size=(3, 5, 4, 6)).astype(np.float32)
-    got = peers.attention_map("conv", jnp.asarray(nchw.transpose(0, 2, 3, 1)))  # NHWC here
-    np.testing.assert_allclose(got, _torch_attention_nchw(nchw), rtol=1e-5)
-    tokens = rng.normal(size=(3, 7, 4)).astype(np.float32)  # (B, T, D): mean over the tokens
-    np.testing.assert_allclose(peers.attention_map("encoder", jnp.asarray(tokens)),
-                               _torch_attention_nchw(tokens), rtol=1e-5)
-    # a dense layer's (B, F) output has a (B, 1) map: always 1, no signal (as in their VGG)
+    nchw = rng.normal(size=(3, 5, 4, 6))
+    tokens = rng.normal(size=(3, 7, 4))  # (B, T, D): mean over the tokens
+    with jax.enable_x64(True):  # float64: see RTOL64
+        got = peers.attention_map("conv", jnp.asarray(nchw.transpose(0, 2, 3, 1)))  # NHWC here
+        got_tokens = peers.attention_map("encoder", jnp.asarray(tokens))
+    assert got.dtype == got_tokens.dtype == jnp.float64
+    np.testing.assert_allclose(got, _torch_attention_nchw(nchw), rtol=RTOL64)
+    np.testing.assert_allclose(got_tokens, _torch_attention_nchw(tokens), rtol=RTOL64)
+    # a dense layer's (B, F) output has a (B, 1) map: always 1, no signal (as in their VGG).
+    # float32 a / sqrt(fl(a^2)) (a: a mean of squares): rel err <= u/2 + u + u < 3u
     flat = peers.attention_map("conv", jnp.asarray(rng.normal(size=(3, 1, 1, 4))))
-    np.testing.assert_allclose(flat, np.ones((3, 1)), rtol=1e-6)
+    np.testing.assert_allclose(flat, np.ones((3, 1)), rtol=3 * U32)
 
 
 def test_gkt_losses_on_the_kept_rows_equal_the_losses_on_the_subset():
+    with jax.enable_x64(True):  # float64 inputs and sums: see RTOL64
+        _gkt_losses_on_the_kept_rows_equal_the_losses_on_the_subset()
+
+
+def _gkt_losses_on_the_kept_rows_equal_the_losses_on_the_subset():
     rng = np.random.default_rng(1)
     s, t = jnp.asarray(rng.normal(size=(6, 4))), jnp.asarray(rng.normal(size=(6, 4)))
     keep = np.array([1, 0, 1, 1, 0, 1], np.float32)
     sub = keep.astype(bool)
+    assert s.dtype == jnp.float64
     np.testing.assert_allclose(peers.gkt_kl(s, t, jnp.ones(6)), peers.bad_teacher_loss(s, t),
-                               rtol=1e-6)  # torch kl_div "mean" over every element
+                               rtol=RTOL64)  # torch kl_div "mean" over every element
     np.testing.assert_allclose(peers.gkt_kl(s, t, jnp.asarray(keep)),
-                               peers.bad_teacher_loss(s[sub], t[sub]), rtol=1e-6)
+                               peers.bad_teacher_loss(s[sub], t[sub]), rtol=RTOL64)
     acts_s = [("conv", jnp.asarray(rng.normal(size=(6, 4, 4, 3)))),
               ("conv", jnp.asarray(rng.normal(size=(6, 2, 2, 5))))]
     acts_t = [(k, a + jnp.asarray(rng.normal(size=a.shape))) for k, a in acts_s]
@@ -319,7 +349,7 @@ def test_gkt_losses_on_the_kept_rows_equal_the_losses_on_the_subset():
                               - _torch_attention_nchw(np.asarray(b)[sub].transpose(0, 3, 1, 2)))
                              ** 2) for (_, a), (_, b) in zip(acts_s, acts_t, strict=True))
     np.testing.assert_allclose(peers.gkt_attention_loss(acts_s, acts_t, jnp.asarray(keep), 5.0),
-                               want, rtol=1e-5)
+                               want, rtol=RTOL64)
     with pytest.raises(ValueError, match="1 student against 2 teacher"):
         peers.gkt_attention_loss(acts_s[:1], acts_t, jnp.asarray(keep), 5.0)
 
@@ -327,10 +357,19 @@ def test_gkt_losses_on_the_kept_rows_equal_the_losses_on_the_subset():
 @pytest.mark.parametrize("size,channels", [(8, 1), (32, 3)])
 def test_generator_makes_images_of_the_data_shape(size, channels):
     g = peers.PseudoImageGenerator(128, size, channels, rngs=nnx.Rngs(0))
-    x = g(jnp.asarray(np.random.default_rng(0).normal(size=(5, 128)), jnp.float32))
+    z = np.random.default_rng(0).normal(size=(5, 128))
+    run = nnx.jit(lambda gen, zz: gen(zz))
+    x = run(g, jnp.asarray(z, jnp.float32))
     assert x.shape == (5, size, size, channels) and bool(jnp.all(jnp.isfinite(x)))
-    # its last BatchNorm uses batch statistics: each channel has mean 0, variance ~1
-    np.testing.assert_allclose(np.asarray(x).mean((0, 1, 2)), 0.0, atol=1e-4)
+    # its last BatchNorm uses batch statistics: each channel has mean 0 (exactly, up to rounding:
+    # checked in float64, where that is ~n u = 5120 * 2^-53 relative; running statistics would
+    # give the pre-normalisation mean, O(0.1))
+    with jax.enable_x64(True):
+        for kind in (nnx.Param, nnx.BatchStat):
+            nnx.update(g, jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), nnx.state(g, kind)))
+        x64 = np.asarray(run(g, jnp.asarray(z)))
+    assert x64.dtype == np.float64
+    np.testing.assert_allclose(x64.mean((0, 1, 2)), 0.0, atol=1e-10 * np.abs(x64).max())
     with pytest.raises(ValueError, match="divisible by 4"):
         peers.PseudoImageGenerator(128, 30, 3, rngs=nnx.Rngs(0))
 
@@ -360,11 +399,18 @@ def test_record_activations_collects_conv_and_encoder_outputs():
             out = cnn(v)
         return out, [t for _, t in a]
 
-    out, acts_traced = traced(x)
-    with record_activations() as eager:
-        cnn(x)
+    # jitted and eager differ only in fusion, i.e. rounding order: compared in float64 (RTOL64)
+    with jax.enable_x64(True):
+        for kind in (nnx.Param, nnx.BatchStat):
+            nnx.update(cnn, jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                                         nnx.state(cnn, kind)))
+        x = jnp.ones((2, 8, 8, 1), jnp.float64)
+        out, acts_traced = traced(x)
+        with record_activations() as eager:
+            cnn(x)
     for a, b in zip(acts_traced, eager, strict=True):
-        np.testing.assert_allclose(a, b[1], rtol=1e-5, atol=1e-6)
+        assert a.dtype == jnp.float64
+        np.testing.assert_allclose(a, b[1], rtol=RTOL64, atol=RTOL64 * np.abs(b[1]).max())
 
 
 def test_reinit_conv_kernels_touches_only_conv_kernels():
@@ -390,13 +436,16 @@ def test_reinit_conv_kernels_touches_only_conv_kernels():
 
 
 def test_torch_onecycle_schedules():
-    lr, mom = peers.torch_onecycle(1000, 0.1)
-    np.testing.assert_allclose(float(lr(0)), 0.1 / 25, rtol=1e-6)
-    np.testing.assert_allclose(float(lr(300)), 0.1, rtol=1e-6)
-    np.testing.assert_allclose(float(lr(1000)), 0.1 / 25 / 1e4, rtol=1e-4)
-    np.testing.assert_allclose([float(mom(0)), float(mom(300)), float(mom(1000))],
-                               [0.95, 0.85, 0.95], rtol=1e-6)
-    assert float(mom(150)) == pytest.approx(0.90, abs=1e-6)  # cosine: half way at half time
+    # Evaluated in float64 (x64): < 10 operations, each within u = 2^-53 of the largest term
+    # (<= 0.95), so |err| < 1e-15 absolute, i.e. 1e-9 relative even for the final 4e-7.
+    with jax.enable_x64(True):
+        lr, mom = peers.torch_onecycle(1000, 0.1)
+        t = lambda i: jnp.asarray(i, jnp.float64)  # noqa: E731
+        got_lr = [float(lr(t(i))) for i in (0, 300, 1000)]
+        got_mom = [float(mom(t(i))) for i in (0, 150, 300, 1000)]
+    np.testing.assert_allclose(got_lr, [0.1 / 25, 0.1, 0.1 / 25 / 1e4], rtol=1e-9)
+    # cosine: half way at half time
+    np.testing.assert_allclose(got_mom, [0.95, 0.90, 0.85, 0.95], rtol=1e-9)
 
 
 def test_gkt_gate_steps_and_scope(request_tiny, request_tiny_cnn):
@@ -460,3 +509,123 @@ def test_gkt_with_batchnorm_updates_the_students_statistics(request_tiny_cnn):
     new = jax.tree.map(np.asarray, nnx.state(out.model, nnx.BatchStat))
     assert any(not np.allclose(a, b) for a, b in
                zip(jax.tree.leaves(new), jax.tree.leaves(stats), strict=True))
+
+
+def test_bdsh_attacks_through_the_requests_preprocess(request_tiny):
+    """BDSH perturbs the stored images and feeds them to the model through ``req.preprocess`` (not
+    the dataset's statistics): with another input map the attacked labels are those of that map."""
+    make, ds = request_tiny
+    base = make(forget_class(ds, "0"))
+    x, y = ds.x_train[base.split.forget_idx], ds.y_train[base.split.forget_idx]
+    fn = functionalize(base.model)
+    step = 51  # epsilon = 51/255 = 0.2: whole pixel levels, so no rounding tie in the attack
+
+    def changed(prep):
+        """Label-change fraction of the step through ``prep``, written out: prep is
+        (u / 255 - m) / s with s > 0, so the pixel gradient has the sign of the input gradient."""
+        g = jax.grad(lambda v: jnp.sum(cross_entropy(fn.apply_fn(fn.params, v), y)))(prep(x))
+        adv = np.clip(x.astype(int) + step * np.sign(np.asarray(g)).astype(int), 0, 255)
+        logits = np.asarray(fn.apply_fn(fn.params, prep(adv.astype(np.uint8))))
+        return np.mean(np.argmax(logits, -1) != y)
+
+    seen = []
+
+    def other(u):  # plain [0, 1] scaling: not the normalisation the model was trained with
+        seen.append(np.array(u))
+        return (u / 255.0).astype(np.float32)
+
+    want_base, want_other = changed(base.preprocess), changed(other)
+    assert want_base == 0 and want_other > 0.2  # the map matters on this problem
+    req = unlearn.Request(base.model, ds, base.split, base.spec, base.train_config,
+                          preprocess=other)
+    seen.clear()
+    assert unlearn.run("bdsh", req, epochs=1, epsilon=step / 255).log["label_changed"] == want_other
+    # called on the attacked images, not only on D_f itself
+    assert any(u.shape == x.shape and not np.array_equal(u, x) for u in seen)
+    assert unlearn.run("bdsh", base, epochs=1, epsilon=step / 255).log["label_changed"] == 0
+    # A map the signed step cannot go through (decreasing in the pixels) is refused, not misused.
+    flipped = unlearn.Request(base.model, ds, base.split, base.spec, base.train_config,
+                              preprocess=lambda u: base.preprocess(255 - u))
+    with pytest.raises(ValueError, match="elementwise preprocess increasing"):
+        unlearn.run("bdsh", flipped, epochs=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Zero-shot methods never read the retained data
+# ------------------------------------------------------------------------------------------------
+class _RetainGuard(np.ndarray):
+    """An array whose rows in ``retain`` must not be read: indexing any of them raises. Arrays
+    derived from it (slices of forget rows, results of operations) are plain arrays."""
+
+    def __new__(cls, a, retain):
+        obj = np.asarray(a).view(cls)
+        obj._retain = frozenset(int(i) for i in retain)
+        return obj
+
+    def __array_finalize__(self, obj):
+        self._retain = None
+
+    def __getitem__(self, key):
+        if self._retain is not None:
+            rows = np.atleast_1d(np.arange(len(self))[key[0] if isinstance(key, tuple) else key])
+            touched = self._retain.intersection(rows.tolist())
+            if touched:
+                raise AssertionError(f"retained rows read: {sorted(touched)[:5]}")
+        out = super().__getitem__(key)
+        return out.view(np.ndarray) if isinstance(out, np.ndarray) else out
+
+
+class _Untouchable:
+    """Stands for the retained indices: any use raises."""
+
+    def _fail(self, *args, **kwargs):
+        raise AssertionError("split.retain_idx was read")
+
+    __len__ = __iter__ = __getitem__ = __array__ = __getattr__ = _fail
+
+
+def _poisoned(req):
+    """``req`` with every sample outside the forget set poisoned: retained training images
+    inverted and relabelled, and guarded (reading one raises), the test set inverted and
+    relabelled, the retained indices unreadable, no training recipe."""
+    ds, split = req.dataset, req.split
+    retain = np.setdiff1d(np.arange(len(ds.y_train)), split.forget_idx)
+    x, y = ds.x_train.copy(), ds.y_train.copy()
+    x[retain], y[retain] = 255 - x[retain], (y[retain] + 1) % ds.num_classes
+    pds = Dataset(ds.name, _RetainGuard(x, retain), _RetainGuard(y, retain), 255 - ds.x_test,
+                  (ds.y_test + 1) % ds.num_classes, ds.class_names, ds.mean, ds.std)
+    psplit = type(split)(split.kind, split.forget_idx, split.retain_idx, split.forget_class,
+                         split.description, split.seed)
+    object.__setattr__(psplit, "retain_idx", _Untouchable())
+    with pytest.raises(AssertionError, match="retained rows"):  # the guard works
+        pds.x_train[retain[:1]]
+    np.testing.assert_array_equal(pds.x_train[split.forget_idx], ds.x_train[split.forget_idx])
+    return unlearn.Request(req.model, pds, psplit, req.spec, None, seed=req.seed,
+                           preprocess=req.preprocess)
+
+
+# small settings; a zero-shot method added to the registry runs with its defaults until listed here
+ZERO_SHOT_OPTIONS = {"jit": {"num_samples": 2}, "bdsh": {"epochs": 1},
+                     "emmn": {"epochs": 1, "forget_steps": 2, "retain_steps": 2},
+                     "gkt": {"pseudo_batches": 2, "batch_size": 8}}
+ZERO_SHOT_SLOW = {"gkt"}  # ~40 s on 2 CPU cores (two runs, its steps compiled for each)
+ZERO_SHOT = [pytest.param(name, marks=[pytest.mark.slow] if name in ZERO_SHOT_SLOW else [])
+             for name, m in unlearn.METHODS.items() if m.zero_shot]
+
+
+@pytest.mark.parametrize("name", ZERO_SHOT)
+def test_zero_shot_methods_never_read_the_retained_data(request_tiny, request_tiny_cnn, name):
+    make, ds = request_tiny_cnn if name == "gkt" else request_tiny
+    req = make(forget_class(ds, "1"))
+    opts = ZERO_SHOT_OPTIONS.get(name, {})
+    clean = unlearn.run(name, req, **opts)
+    poisoned = unlearn.run(name, _poisoned(req), **opts)
+    chex.assert_trees_all_equal(_params(poisoned.model), _params(clean.model))
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(_params(clean.model)),
+                                              jax.tree.leaves(_params(req.model)), strict=True))
+
+
+def test_the_poisoned_request_catches_a_method_that_reads_the_retained_data(request_tiny):
+    make, ds = request_tiny
+    with pytest.raises(AssertionError, match="retain"):
+        unlearn.run("fntn", _poisoned(make(forget_class(ds, "1"))), epochs=1)

@@ -70,29 +70,46 @@ def test_linear_logit_has_no_jit_signal():
     depend on the draws (hence the sigmoid output in Figure 3)."""
     from jit_jax.unlearn.jit import jit_loss
 
-    params = toys.init_logistic(1.7, -0.3)
-    x = jnp.array([[0.2], [1.5]])
-    for seed in range(3):
-        loss = jit_loss(toys.logistic_logits, params, x, jax.random.key(seed), sigma=0.5,
-                        num_samples=8, clip=False)
-        np.testing.assert_allclose(loss, 2 * 1.7, rtol=1e-5)
+    # float64: each ratio |w (x - x~) + e| / |x - x~|, e the rounding of the logits (<= 4u of
+    # |w x| + |b| ~ 3), so rel err <= 12u / (1.7 |x - x~|), < 1e-12 unless a draw has
+    # |x - x~| < 1e-3 (none of these 48): 1e-10 asserted
+    with jax.enable_x64(True):
+        params = {"w": jnp.asarray(1.7, jnp.float64), "b": jnp.asarray(-0.3, jnp.float64)}
+        x = jnp.array([[0.2], [1.5]], jnp.float64)
+        for seed in range(3):
+            loss = jit_loss(toys.logistic_logits, params, x, jax.random.key(seed), sigma=0.5,
+                            num_samples=8, clip=False)
+            assert loss.dtype == jnp.float64
+            np.testing.assert_allclose(loss, 2 * 1.7, rtol=1e-10)
 
 
 def test_leave_one_out_vmap_equals_loop():
+    # In float64 (x64 on, data and parameters cast): the three routes (vmapped with 0/1 weights,
+    # a subset, a weighted loop) are the same 100 full-batch steps up to the order of the sums
+    # (zero-weight terms add exact zeros), u = 2^-53; gradient descent at lr 0.01 on this smooth
+    # loss does not blow such differences up beyond ~1e-13: 1e-10 asserted.
+    with jax.enable_x64(True):
+        _leave_one_out_vmap_equals_loop()
+
+
+def _leave_one_out_vmap_equals_loop():
     x, y = toys.two_moons(40, noise=0.2, seed=3)
+    x = x.astype(np.float64)
     f = toys.mlp_fn("tanh")
-    init = toys.init_mlp(jax.random.key(1), (2, 8, 8, 2))
+    init = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                        toys.init_mlp(jax.random.key(1), (2, 8, 8, 2)))
     idx = np.array([0, 7, 21])
     kw = dict(steps=100, lr=0.01, weight_decay=1e-4)
     stacked = toys.leave_one_out(f, init, x, y, idx, **kw)
     for k, i in enumerate(idx):
         keep = np.arange(len(y)) != i
         subset = toys.train_full_batch(f, init, x[keep], y[keep], **kw)
-        weighted = toys.train_full_batch(f, init, x, y, weights=keep.astype(np.float32), **kw)
+        weighted = toys.train_full_batch(f, init, x, y, weights=keep.astype(np.float64), **kw)
         for a, b, c in zip(jax.tree.leaves(toys.stack_index(stacked, k)), jax.tree.leaves(subset),
                            jax.tree.leaves(weighted), strict=True):
-            np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+            assert a.dtype == np.float64
+            np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.fixture(scope="module")
@@ -131,15 +148,20 @@ def test_jit_update_one_step_is_sgd_on_the_loss():
     from jit_jax.unlearn.jit import jit_value_and_grad
 
     f = toys.mlp_fn("tanh")
-    params = toys.init_mlp(jax.random.key(0), (2, 4, 2))
-    x = jnp.array([[0.3, -0.2]])
-    key = jax.random.key(5)
-    new = toys.jit_update(f, params, x, key, sigma=0.3, lr=0.1, num_samples=4, steps=1)
-    _, g = jit_value_and_grad(f, params, x, jax.random.split(key, 1)[0], sigma=0.3,
-                              num_samples=4, clip=False, images_per_forward=None)
+    # float64 (x64 on, parameters cast): the jitted update and this one differ by rounding order
+    # only, u = 2^-53 through < 100 operations: 1e-10 asserted
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                              toys.init_mlp(jax.random.key(0), (2, 4, 2)))
+        x = jnp.array([[0.3, -0.2]], jnp.float64)
+        key = jax.random.key(5)
+        new = toys.jit_update(f, params, x, key, sigma=0.3, lr=0.1, num_samples=4, steps=1)
+        _, g = jit_value_and_grad(f, params, x, jax.random.split(key, 1)[0], sigma=0.3,
+                                  num_samples=4, clip=False, images_per_forward=None)
     for a, p, gg in zip(jax.tree.leaves(new), jax.tree.leaves(params), jax.tree.leaves(g),
                         strict=True):
-        np.testing.assert_allclose(a, p - 0.1 * gg, rtol=1e-5, atol=1e-6)
+        assert a.dtype == np.float64
+        np.testing.assert_allclose(a, np.asarray(p) - 0.1 * np.asarray(gg), rtol=1e-10, atol=1e-10)
 
 
 def test_select_boundary_loss_picks_the_best_validation_score():

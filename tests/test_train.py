@@ -2,6 +2,7 @@
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -46,6 +47,8 @@ def test_other_recipes_run(tiny_images, kw):
 
 
 def test_schedules():
+    # float32 schedules: a few operations each (a division, a cosine, a product, a sum), so
+    # rel err <= ~gamma_8 = 5e-7 of the largest term; the tolerances below are far above that
     one = make_schedule(TrainConfig(lr=0.1, schedule="onecycle"), 100)
     assert one(0) == pytest.approx(0.1 / 25, rel=1e-4)
     assert max(float(one(i)) for i in range(100)) == pytest.approx(0.1, rel=1e-3)
@@ -76,12 +79,43 @@ def test_bad_inputs(tiny_images):
         TrainConfig.from_dict({"epoch": 3})
 
 
+class _BNNet(nnx.Module):
+    """Linear -> BatchNorm -> relu -> Linear on flattened 8x8x1 images (flax layers promote their
+    inputs, so the model runs in float64 once its state is)."""
+
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.fc1, self.bn, self.fc2 = (nnx.Linear(64, 16, rngs=rngs), nnx.BatchNorm(16, rngs=rngs),
+                                       nnx.Linear(16, 3, rngs=rngs))
+
+    def __call__(self, x):
+        return self.fc2(nnx.relu(self.bn(self.fc1(x.reshape(x.shape[0], -1)))))
+
+
 def test_predict_restores_mode_and_pads(tiny_images):
     x, _, _, _ = _data(tiny_images)
     m = ModelSpec("resnet18", 3, (8, 8, 1), {"width": 4}).build(0)
     m.train()
-    a = predict(m, x[:7], batch_size=4)
-    b = predict(m, x[:7], batch_size=7)
-    assert a.shape == (7, 3)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert predict(m, x[:7], batch_size=4).shape == (7, 3)
     assert not m.stem_bn.use_running_average  # train mode restored
+    # Batches of 4 (one padded) and of 7 are different programs: the same per-sample maths, sums
+    # possibly in another order. Compared in float64 (x64 on, state cast; the float32 inputs are
+    # promoted): rounding u = 2^-53 through < 100 operations, far below 1e-10.
+    net = _BNNet()
+    net.bn.mean.set_value(jnp.linspace(-0.5, 0.5, 16))  # non-trivial running statistics
+    net.bn.var.set_value(jnp.linspace(0.5, 2.0, 16))
+    net.train()
+    with jax.enable_x64(True):
+        for kind in (nnx.Param, nnx.BatchStat):
+            nnx.update(net, jax.tree.map(lambda v: jnp.asarray(v, jnp.float64),
+                                         nnx.state(net, kind)))
+        a = predict(net, x[:7], batch_size=4)
+        b = predict(net, x[:7], batch_size=7)
+    assert a.shape == (7, 3) and a.dtype == np.float64
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
+    assert not net.bn.use_running_average  # train mode restored
+    # predict ran in eval mode (running statistics): sample 0 alone, eval mode, by hand
+    net.eval()
+    with jax.enable_x64(True):
+        c = np.asarray(net(jnp.asarray(x[:1], jnp.float64)))
+    np.testing.assert_allclose(a[:1], c, rtol=1e-10, atol=1e-10 * np.abs(c).max())
