@@ -268,6 +268,7 @@ def test_two_processes_match_one(tmp_path):
     print(json.dumps(report))  # worst: the largest |difference| / tolerance over the parameters
 
 
+@pytest.mark.slow  # ~30-45 s; the library path is covered by test_two_processes_match_one
 def test_cli_distributed_train_and_unlearn(tmp_path):
     """``jit-jax train/unlearn --distributed`` on 2 CPU processes of 1 device: both train (the
     training state saved collectively), process 0 alone writes, and its checkpoint restores here."""

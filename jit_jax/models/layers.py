@@ -11,18 +11,74 @@ last two convolutions at 32x32 input are exactly that case, and the im2col form 
 13x faster (``reference/perf-jit-step.md``; here a VGG11-BN forward+backward at batch 32 went
 from 7.6 s to 0.38 s). Above 4x4 XLA's own convolution is as fast or faster, so it is used there.
 The choice is made from static shapes at trace time, so it costs nothing at run time.
+
+Convolution gradients on the CPU (:func:`conv`, used by :class:`Conv`)
+--------------------------------------------------------------------------
+XLA:CPU computes a convolution's *weight* gradient (dw) up to 10-20x slower than its forward pass
+(a 3x3 64->64 convolution at 32x32, batch 128: 12x; 1x1 stride-2 shortcuts: 10x; 1.5x on 8x8
+maps), while a matrix product of the same size runs near the full matmul rate. :func:`conv`
+therefore runs, on the CPU backend, :func:`conv_custom`: XLA's convolution for the forward pass,
+with a custom differentiation rule in which dw is computed as matrix products:
+
+    dw[i, j] = sum over output pixels of x_shifted(i, j)^T dy,   i.e.   dw = patches^T @ dy
+
+where the rows of the patch matrix are the N*H_out*W_out output pixels and its K = kh*kw*C_in
+columns the (tap, channel) pairs: the im2col matrix (a 1x1 kernel needs no copy beyond the
+stride's subsampling). Measured details (``experiments/bench_conv.py``, ``docs/performance.md``):
+
+- It is done a chunk of images at a time (``lax.scan``; about :data:`DW_CHUNK_BYTES` of patches,
+  1024-4096 output pixels, per chunk), so the 9x-larger patch matrix of a 3x3 kernel is built one
+  cache-sized piece at a time and never stored whole. The whole-batch im2col was 1.2-4x slower.
+- Below 128 input channels the chunk's patches are built transposed, (K, rows), from the
+  channel-major input (:func:`_patches_t`): the copies are then long contiguous runs instead of
+  C_in-wide slivers, and ``(K, rows) @ (rows, C_out)`` is the orientation XLA:CPU hands to its fast
+  matmul library (YNNPACK). From 128 channels on, the pixel-major patches (rows, K) are cheaper to
+  build and XLA's generic dot with both operands contracted on their leading axis is faster.
+
+How the rule is defined. ``jax.custom_vjp`` would give the backward pass directly, and it allows
+forward-over-reverse (``jvp`` of ``grad``, ``jax.hessian``, as in the curvature analysis), but
+not forward mode through the convolution itself (``jax.jvp`` or ``jax.jacfwd`` of a model raise).
+So :func:`conv_custom` is a ``jax.custom_jvp``, which supports every mode, and whose tangent is
+written as two maps, linear in the tangents:
+
+    d conv(x, w) = conv(dx, w)  +  conv_w(x, dw)
+
+``conv(dx, w)`` is XLA's convolution, so reverse mode transposes it into XLA's own input gradient
+(about as fast as the forward here, slower at stride 2). ``conv_w(x, dw)`` is the same convolution written as the chunked
+product ``patches @ dw`` (the weight tangent as its matrix operand); JAX derives the backward pass
+by transposing it, which gives exactly the chunked ``patches^T @ dy`` products above (each
+chunk's patches rebuilt from ``x`` in the backward scan: the body is rematerialised with
+``jax.checkpoint``, so only ``x`` is kept, as for XLA's rule). Every part is a plain JAX op, so the
+rule composes with ``jit``, ``vmap``, ``grad`` of ``grad``, ``jvp`` of ``grad``, ``jax.hessian``
+and ``jvp`` itself; tangents that are symbolically zero (e.g. differentiating with respect to the
+input only) skip their term. The primal inside the rule calls :func:`conv_custom` again, so the
+next order's derivative of the primal uses this rule too; the extra second-order terms (through
+the tangent maps) use XLA's rules: correct, not tuned.
+
+Selection: :func:`conv` uses the custom rule when the implementation setting is ``"custom"``, or
+``"auto"`` (the default) and JAX's default backend is the CPU; ``"xla"``, and ``"auto"`` on an
+accelerator (whose convolution libraries have their own weight-gradient kernels; not measured
+here), use ``lax.conv_general_dilated`` as it is. The setting comes from the environment variable ``JIT_JAX_CONV=xla|custom|auto``, then
+:func:`set_conv_impl`, and inside a ``with conv_impl("xla"):`` block from the block. It is read
+when a function is *traced*: an already-compiled ``jax.jit`` function keeps the implementation it
+was traced with. The forward values are XLA's in both implementations; gradients agree to float32
+rounding (the summation order differs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import os
 from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jit_jax.models import initializers as init
 
@@ -114,6 +170,235 @@ def conv_im2col(x, kernel, strides, padding):
     return jnp.dot(patches, k.reshape(len(taps) * cin, cout))
 
 
+# ---------------------------------------------------------------------------- implementation switch
+
+CONV_IMPLS = ("auto", "xla", "custom")
+CONV_ENV = "JIT_JAX_CONV"
+"""Environment variable giving the default convolution implementation (``xla|custom|auto``)."""
+
+
+def _check_impl(impl: str, where: str) -> str:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"{where}: convolution implementation must be one of {CONV_IMPLS}, "
+                         f"got {impl!r}")
+    return impl
+
+
+_DEFAULT_IMPL: str | None = None  # set_conv_impl's value; None: the environment variable
+_IMPL_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "jit_jax_conv_impl", default=None)
+
+
+def set_conv_impl(impl: str | None) -> None:
+    """Set the process-wide convolution implementation, ``"auto"``, ``"xla"`` or ``"custom"``
+    (``None``: back to ``$JIT_JAX_CONV``, else ``"auto"``). Read when functions are traced."""
+    global _DEFAULT_IMPL
+    _DEFAULT_IMPL = None if impl is None else _check_impl(impl, "set_conv_impl")
+
+
+def get_conv_impl() -> str:
+    """The setting in force: the innermost :func:`conv_impl` block, else :func:`set_conv_impl`'s
+    value, else ``$JIT_JAX_CONV``, else ``"auto"``."""
+    impl = _IMPL_OVERRIDE.get()
+    if impl is None:
+        impl = _DEFAULT_IMPL
+    if impl is None:
+        impl = _check_impl(os.environ.get(CONV_ENV, "auto").strip().lower() or "auto",
+                           f"${CONV_ENV}")
+    return impl
+
+
+def resolve_conv_impl(impl: str | None = None) -> str:
+    """``"xla"`` or ``"custom"``: what :func:`conv` uses now (``"auto"``: custom on the CPU)."""
+    impl = get_conv_impl() if impl is None else _check_impl(impl, "resolve_conv_impl")
+    if impl == "auto":
+        return "custom" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+@contextlib.contextmanager
+def conv_impl(impl: str) -> Iterator[None]:
+    """Use ``impl`` (``"auto"``, ``"xla"`` or ``"custom"``) for the convolutions traced inside the
+    block. Blocks nest; the setting is per thread/context (a ``contextvars`` variable)."""
+    token = _IMPL_OVERRIDE.set(_check_impl(impl, "conv_impl"))
+    try:
+        yield
+    finally:
+        _IMPL_OVERRIDE.reset(token)
+
+
+# ---------------------------------------------------------------------------- custom-rule conv
+
+DW_CHUNK_BYTES = 2 << 20
+"""Target size of one chunk of the patch matrix in the weight gradient (about the L2 cache)."""
+DW_CHUNK_ROWS: int | None = None
+"""Output pixels (patch-matrix rows) per weight-gradient chunk; ``None``: ``DW_CHUNK_BYTES`` of
+patches, kept between 1024 and 4096 rows (measured best on the CIFAR ResNet18 and VGG11 shapes)."""
+DW_INTERLEAVE: bool | None = None
+"""Interleave the weight-gradient chunks (chunk b = images b, b + g, ...) so that a batch sharded
+over devices stays local; ``None``: when the process has more than one device. Contiguous chunks
+are 5-15% faster on one device (2.5x on 1x1 stride-2 layers), but with a batch-sharded
+(data-parallel) step they made every device all-gather the batch (seen in the compiled step on 4
+host devices; the interleaved step has no all-gather; its speed there was not measured)."""
+
+
+def _normalise(x, kernel, strides, padding):
+    """Static (strides, padding) as hashable tuples, and the output spatial size."""
+    strides = _pair(strides, "strides")
+    kh, kw = kernel.shape[:2]
+    if isinstance(padding, str):
+        if padding.upper() == "SAME":  # XLA/flax 'SAME': out = ceil(in / stride), extra pad at the end
+            pads = []
+            for size, k, s in zip(x.shape[1:3], (kh, kw), strides, strict=True):
+                total = max((-(-size // s) - 1) * s + k - size, 0)
+                pads.append((total // 2, total - total // 2))
+            padding = tuple(pads)
+        else:
+            padding = _padding(padding, (kh, kw))
+    else:
+        padding = _padding(padding, (kh, kw))
+    padding = tuple(tuple(int(v) for v in p) for p in padding)
+    if x.ndim != 4 or kernel.ndim != 4:
+        raise ValueError(f"conv expects NHWC x and HWIO kernel, got {x.shape} and {kernel.shape}")
+    if x.shape[3] != kernel.shape[2]:
+        raise ValueError(f"input has {x.shape[3]} channels, the kernel expects {kernel.shape[2]}")
+    out = tuple((size + lo + hi - k) // s + 1 for size, k, s, (lo, hi)
+                in zip(x.shape[1:3], (kh, kw), strides, padding, strict=True))
+    if min(out) <= 0:
+        raise ValueError(f"input {x.shape[1:3]} is too small for a {kh}x{kw} kernel with "
+                         f"{padding=}")
+    return strides, padding, out
+
+
+def _batch_chunk(n: int, rows_per_image: int, k: int, itemsize: int = 4) -> int:
+    """Images per weight-gradient chunk: the largest divisor of ``n`` whose chunk has at most the
+    target number of output rows (:data:`DW_CHUNK_ROWS`, read at trace time), and at least 1.
+    ``k`` is the patch-matrix width kh*kw*C_in."""
+    target = DW_CHUNK_ROWS
+    if target is None:
+        target = min(max(DW_CHUNK_BYTES // (k * itemsize), 1024), 4096)
+    limit = max(1, target // max(rows_per_image, 1))
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _taps(xp, axes, kh, kw, strides, out):
+    """The kh*kw shifted (strided) views of the padded array ``xp``; ``axes`` = its (H, W) axes."""
+    (sh, sw), (ho, wo) = strides, out
+    views = []
+    for i in range(kh):
+        for j in range(kw):
+            idx = [slice(None)] * xp.ndim
+            idx[axes[0]] = slice(i, i + sh * (ho - 1) + 1, sh)
+            idx[axes[1]] = slice(j, j + sw * (wo - 1) + 1, sw)
+            views.append(xp[tuple(idx)])
+    return views
+
+
+def _patches(x, kh, kw, strides, padding, out):
+    """im2col, (N*Ho*Wo, kh*kw*C): row = output pixel, column = (tap i, tap j, channel)."""
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    views = _taps(xp, (1, 2), kh, kw, strides, out)
+    p = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+    return p.reshape(-1, kh * kw * x.shape[3])
+
+
+def _patches_t(x, kh, kw, strides, padding, out):
+    """The transposed im2col, (kh*kw*C, N*Ho*Wo), built from the channel-major input (cheaper
+    than :func:`_patches` when C is small: long contiguous runs instead of C-wide slivers)."""
+    xt = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)), ((0, 0), (0, 0), *padding))
+    views = _taps(xt, (2, 3), kh, kw, strides, out)
+    p = views[0] if len(views) == 1 else jnp.concatenate(views, axis=0)
+    return p.reshape(kh * kw * x.shape[3], -1)
+
+
+def _channel_major(cin: int, kh: int, kw: int) -> bool:
+    """Which patch layout the weight gradient uses: channel-major below 128 input channels, where
+    the pixel-major patches are built from narrow C_in-wide pieces (measured with
+    ``experiments/bench_conv.py --layout``: up to 2x faster there, most with 3 input channels,
+    about even at 16; 1.1-1.2x slower than pixel-major from 128 channels on)."""
+    del kh, kw
+    return cin < 128
+
+
+def _conv_w_linear(x, w_t, strides, padding, out):
+    """conv(x, w_t) as a map linear in the kernel ``w_t``: chunked patch-matrix products.
+
+    Written so that JAX's transpose of it (the weight gradient) is, per chunk of images,
+    ``patches^T @ dy`` (see the module docstring)."""
+    kh, kw, cin, cout = w_t.shape
+    n, h, w, _ = x.shape
+    ho, wo = out
+    k = kh * kw * cin
+    chunk = _batch_chunk(n, ho * wo, k, x.dtype.itemsize)
+    channel_major = _channel_major(cin, kh, kw)
+
+    @jax.checkpoint  # keep x, not its patches, for the backward pass
+    def one(wmat, xc):  # (k, cout), (c, h, w, cin) -> (c*ho*wo, cout)
+        if channel_major:  # (k, rows)^T @ wmat: transposed, (k, rows) @ (rows, cout)
+            pt = _patches_t(xc, kh, kw, strides, padding, out)
+            return lax.dot_general(pt, wmat, (((0,), (0,)), ((), ())))
+        return _patches(xc, kh, kw, strides, padding, out) @ wmat
+
+    wmat = w_t.reshape(k, cout)
+    if chunk == n:
+        return one(wmat, x).reshape(n, ho, wo, cout)
+    g = n // chunk
+    interleave = DW_INTERLEAVE if DW_INTERLEAVE is not None else jax.device_count() > 1
+    if not interleave:
+        _, y = lax.scan(lambda c, xc: (c, one(wmat, xc)), None, x.reshape(g, chunk, h, w, cin))
+        return y.reshape(n, ho, wo, cout)
+    # Chunk b holds images b, b + g, b + 2g, ...: with the batch split across devices (data
+    # parallel), every chunk is then spread over all of them, and each device works on its own
+    # images (with contiguous chunks every device all-gathers the batch).
+    xr = x.reshape(chunk, g, h, w, cin)
+
+    def body(carry, b):
+        return carry, one(wmat, lax.dynamic_index_in_dim(xr, b, axis=1, keepdims=False))
+
+    _, y = lax.scan(body, None, jnp.arange(g))  # (g, chunk*ho*wo, cout)
+    y = y.reshape(g, chunk, ho, wo, cout)
+    return jnp.swapaxes(y, 0, 1).reshape(n, ho, wo, cout)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_custom(x, kernel, strides, padding):
+    return conv_general(x, kernel, strides, padding)
+
+
+@functools.partial(_conv_custom.defjvp, symbolic_zeros=True)
+def _conv_custom_jvp(strides, padding, primals, tangents):
+    x, kernel = primals
+    x_t, kernel_t = tangents
+    y = _conv_custom(x, kernel, strides, padding)
+    out = y.shape[1:3]
+    t = None
+    if not isinstance(x_t, SymbolicZero):
+        t = conv_general(x_t, kernel, strides, padding)  # reverse mode: XLA's input gradient
+    if not isinstance(kernel_t, SymbolicZero):
+        u = _conv_w_linear(x, kernel_t, strides, padding, out)
+        t = u if t is None else t + u
+    if t is None:
+        t = jnp.zeros_like(y)
+    return y, t
+
+
+def conv_custom(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0))):
+    """XLA's convolution (NHWC x HWIO -> NHWC) with the custom differentiation rule of the module
+    docstring (weight gradient as chunked matrix products), on any backend. ``padding``: explicit
+    pairs, an int, "VALID" or "SAME" (XLA's meaning)."""
+    strides, padding, _ = _normalise(x, kernel, strides, padding)
+    return _conv_custom(x, kernel, strides, padding)
+
+
+def conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), *, impl: str | None = None):
+    """The convolution every model uses: :func:`conv_custom` or :func:`conv_general` (XLA's
+    rule), by ``impl`` or, when ``None``, by the current setting (:func:`conv_impl`)."""
+    if resolve_conv_impl(impl) == "custom":
+        return conv_custom(x, kernel, strides, padding)
+    strides, padding, _ = _normalise(x, kernel, strides, padding)
+    return conv_general(x, kernel, strides, padding)
+
+
 _RECORDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("jit_jax_activations",
                                                                      default=None)
 
@@ -188,7 +473,7 @@ class Conv(nnx.Module):
         if self.uses_im2col(x.shape[1:3]):
             y = conv_im2col(x, kernel, self.strides, self.padding)
         else:
-            y = conv_general(x, kernel, self.strides, self.padding)
+            y = conv(x, kernel, self.strides, self.padding)
         if self.bias is not None:
             y = y + self.bias[...]
         return record("conv", y)
