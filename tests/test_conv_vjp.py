@@ -383,11 +383,12 @@ def test_patch_embedding_is_a_strided_conv():
 # ---------------------------------------------------------------------------- model zoo
 
 TINY_VIT = dict(patch_size=4, hidden=16, depth=1, heads=2, mlp_dim=32)
-ZOO = [("cnn", (8, 8, 3), {}), ("resnet18", (16, 16, 3), {"width": 4}),
+ZOO = [("cnn", (8, 8, 3), {}),
+       pytest.param("resnet18", (16, 16, 3), {"width": 4}, marks=pytest.mark.slow),  # ~11 s
        ("vgg11", (32, 32, 3), {"width": 4}), ("vit", (16, 16, 3), TINY_VIT)]
 
 
-@pytest.mark.parametrize("name,shape,opts", ZOO, ids=[z[0] for z in ZOO])
+@pytest.mark.parametrize("name,shape,opts", ZOO, ids=["cnn", "resnet18", "vgg11", "vit"])
 def test_model_zoo_gradients(name, shape, opts, monkeypatch):
     """Training-mode loss gradients with both implementations.
 

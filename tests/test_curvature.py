@@ -414,7 +414,9 @@ def cnn_batch():
 
 @pytest.mark.parametrize(
     "method,batch_size,hvp_batch_size,top_eig",
-    [("hessian", 2, None, None), ("hvp", None, 12, "lanczos"), ("hutchinson", None, 16, "power")],
+    [("hessian", 2, None, None),
+     pytest.param("hvp", None, 12, "lanczos", marks=pytest.mark.slow),  # ~8 s each
+     pytest.param("hutchinson", None, 16, "power", marks=pytest.mark.slow)],
 )
 def test_curvature_stats_equals_loop(cnn_batch, method, batch_size, hvp_batch_size, top_eig):
     with jax.enable_x64(True):

@@ -341,6 +341,7 @@ def test_unlearn_is_one_sgd_step_per_batch():
                                 _replay(model, xf, cfg, train=False, accumulate=False))
 
 
+@pytest.mark.slow  # ~14 s; test_accumulating_step_applies_the_running_sum is the fast one
 def test_reference_quirks_accumulate_gradients():
     """Authors' code never zeroes .grad: with plain SGD, step k applies g_1 + ... + g_k. The pass
     is jit_unlearn's accumulating step replayed in train mode with forward keys (bit for bit, as

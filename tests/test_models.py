@@ -225,6 +225,7 @@ IM2COL_CASES = [  # (spatial, kernel, stride, pad, check gradients)
 ]
 
 
+@pytest.mark.slow  # ~20 s; the small-map path vs XLA is also in tests/test_conv_vjp.py
 def test_im2col_equals_plain_conv():
     """Values and gradients (the JiT step differentiates through these layers), in float64: the
     two formulations then differ by float64 roundings only (RTOL64)."""

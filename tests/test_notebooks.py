@@ -7,7 +7,14 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+# curvature and boundary_2d take 25-45 s each; their maths is tested in test_curvature/test_toys,
+# and they run with -m slow. quickstart and sigmoid stay in the default suite.
+_SLOW_NOTEBOOKS = {"curvature.ipynb", "boundary_2d.ipynb"}
+_PARAMS = [pytest.param(p, marks=pytest.mark.slow) if p.name in _SLOW_NOTEBOOKS else p
+           for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", _PARAMS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

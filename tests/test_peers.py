@@ -167,7 +167,7 @@ PEER_OPTIONS = {"gkt": {"pseudo_batches": 3, "batch_size": 16}}  # its 17,000 st
 
 
 @pytest.mark.parametrize("name", ["fntn", "amn", "ssd", "bt", "bdsh", "unsir", "emmn", "scrub",
-                                  "gkt"])
+                                  pytest.param("gkt", marks=pytest.mark.slow)])  # gkt: ~14 s
 def test_each_peer_runs_through_the_registry(request_tiny, request_tiny_cnn, name):
     make, ds = request_tiny_cnn if name == "gkt" else request_tiny
     req = make(forget_class(ds, "1"))

@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SCRIPT = textwrap.dedent(r"""
     import jax, jax.numpy as jnp, numpy as np, optax, chex
     from flax import nnx
@@ -155,6 +157,7 @@ SCRIPT = textwrap.dedent(r"""
 """)
 
 
+@pytest.mark.slow  # ~35 s; tests/test_distributed.py runs JiT on a 4-device mesh in the suite
 def test_data_parallel_jit_matches_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
