@@ -191,8 +191,9 @@ def test_batchnorm_train_updates_stats_eval_does_not():
 
 @pytest.mark.parametrize(
     "name,shape,opts",
-    [("vgg11_torchvision", (32, 32, 3), {"width": 4}), ("vit", (16, 16, 3), {**TINY_VIT,
-                                                                             "dropout": 0.2})],
+    [("vgg11_torchvision", (32, 32, 3), {"width": 4}),
+     pytest.param("vit", (16, 16, 3), {**TINY_VIT, "dropout": 0.2},
+                  marks=pytest.mark.slow)],  # ~6 s; the VGG case keeps the behaviour
 )
 def test_dropout_train_random_eval_deterministic(name, shape, opts):
     model = create(name, 10, shape, **opts)

@@ -38,7 +38,8 @@ def test_train_learns_and_is_deterministic(tiny_images):
 
 @pytest.mark.parametrize("kw", [dict(optimizer="sgd", lr=0.05, schedule="cosine",
                                      augment="crop_flip"),
-                                dict(optimizer="adamw", schedule="constant", augment="crop")])
+                                pytest.param(dict(optimizer="adamw", schedule="constant",
+                                                  augment="crop"), marks=pytest.mark.slow)])
 def test_other_recipes_run(tiny_images, kw):
     x, y, _, _ = _data(tiny_images)
     m = ModelSpec("resnet18", 3, (8, 8, 1), {"width": 4}).build(0)
