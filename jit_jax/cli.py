@@ -168,15 +168,13 @@ def cmd_train(args) -> int:
         from jit_jax.data import holdout
 
         ds, _ = holdout(ds, args.holdout, seed=0)
-    from jit_jax.models import option_types as model_option_types
-
     model_name, auto_opts = args.model, {}
     if model_name == "auto":
         model_name, auto_opts, why = recipes.default_model(len(ds.x_train), ds.image_shape)
         print(f"--model auto: {model_name} {auto_opts or ''}({why}; `jit-jax models` lists the "
               "others)", flush=True)
     model_opts = {**auto_opts,
-                  **parse_options(args.model_opt, "model", model_option_types(model_name))}
+                  **parse_options(args.model_opt, "model", _model_types(model_name))}
     if args.width is not None:
         model_opts["width"] = args.width
     spec = ModelSpec(model_name, ds.num_classes, ds.image_shape, model_opts)

@@ -148,7 +148,7 @@ def sanity_warnings(result: UnlearnResult, original: UnlearnResult, num_classes:
     """
     out = []
     m = result.method
-    if m in ("bsln",):
+    if m == "bsln":
         return out
     tune = (" (JiT: raise --set lr=... in ~2x steps or --set sigma=..., or --set passes=N; "
             "`jit-jax tune` searches them on a validation split)" if m == "jit" else

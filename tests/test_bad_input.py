@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 import pytest
+from npz_helpers import npz_arrays, write_npz
 from PIL import Image
 
 from jit_jax import checkpoint
@@ -23,21 +24,6 @@ from jit_jax.models import ModelSpec
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _arrays(n_train=6, n_test=3, shape=(4, 4, 1), k=3):
-    rng = np.random.default_rng(0)
-    return dict(
-        x_train=rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
-        y_train=np.arange(n_train) % k,
-        x_test=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
-        y_test=np.arange(n_test) % k,
-    )
-
-
-def _npz(path, **arrays):
-    np.savez(path, **arrays)
-    return path
-
-
 def _cli_fails(argv, out, capsys, *patterns):
     """``jit-jax argv`` returns 2, prints every pattern (regex) on stderr, and writes no ``out``."""
     capsys.readouterr()
@@ -71,13 +57,13 @@ def _folder(root, spec):
 
 # -- 1. corrupt, truncated or ill-formed .npz ---------------------------------------------------
 def test_npz_truncated_and_not_a_zip(tmp_path, capsys):
-    good = _npz(tmp_path / "good.npz", **_arrays())
+    good = write_npz(tmp_path / "good.npz", **npz_arrays())
     data = good.read_bytes()
     cases = {"truncated.npz": data[: len(data) // 2], "empty.npz": b"",
              "text.npz": b"x_train,y_train\n1,2\n"}
     # damaged inside a compressed member: zlib, not zipfile, complains
     compressed = tmp_path / "c.npz"
-    np.savez_compressed(compressed, **_arrays())
+    np.savez_compressed(compressed, **npz_arrays())
     flipped = bytearray(compressed.read_bytes())
     for i in range(200, 260):
         flipped[i] ^= 0xFF
@@ -93,7 +79,7 @@ def test_npz_truncated_and_not_a_zip(tmp_path, capsys):
 
 
 def test_npz_schema_errors(tmp_path, capsys):
-    a = _arrays()
+    a = npz_arrays()
     cases = [
         ({"x_train": a["x_train"], "y_train": a["y_train"]},
          r"missing required key\(s\) x_test, y_test; the file has x_train, y_train; required: "
@@ -115,7 +101,7 @@ def test_npz_schema_errors(tmp_path, capsys):
         ({**a, "class_names": np.array(["a", "b", "a"])}, "class_names names a class twice: 'a'"),
     ]
     for i, (arrays, pattern) in enumerate(cases):
-        p = _npz(tmp_path / f"bad{i}.npz", **arrays)
+        p = write_npz(tmp_path / f"bad{i}.npz", **arrays)
         with pytest.raises(ValueError, match=rf"bad{i}\.npz: {pattern}"):
             load_dataset(f"npz:{p}")
     _train_fails(f"npz:{tmp_path / 'bad0.npz'}", tmp_path, capsys, "missing required key",
@@ -126,7 +112,7 @@ def test_npz_schema_errors(tmp_path, capsys):
 
 # -- 3. labels out of range, non-integer labels -------------------------------------------------
 def test_npz_labels_out_of_range_or_not_integers(tmp_path, capsys):
-    a = _arrays()
+    a = npz_arrays()
     names = np.array(["cat", "dog", "emu"])
     cases = [
         ({**a, "class_names": names, "y_train": np.array([0, 1, 2, 3, 0, 1])},
@@ -149,7 +135,7 @@ def test_npz_labels_out_of_range_or_not_integers(tmp_path, capsys):
          "y_train_coarse contains label 1, out of range for 1 class names: accepted 0..0"),
     ]
     for i, (arrays, pattern) in enumerate(cases):
-        p = _npz(tmp_path / f"lab{i}.npz", **arrays)
+        p = write_npz(tmp_path / f"lab{i}.npz", **arrays)
         with pytest.raises(ValueError, match=rf"lab{i}\.npz: {pattern}"):
             load_dataset(f"npz:{p}")
     _train_fails(f"npz:{tmp_path / 'lab0.npz'}", tmp_path, capsys,
@@ -241,7 +227,7 @@ def test_folder_conversion_options_travel_with_the_checkpoint(tmp_path, capsys):
 def saved_cnn(tmp_path):
     spec = ModelSpec("cnn", 3, (4, 4, 1), {"width": 4})
     path = checkpoint.save(tmp_path / "ckpt", spec.build(0), spec, {
-        "dataset": {"spec": f"npz:{_npz(tmp_path / 'd.npz', **_arrays())}"}, "seed": 0})
+        "dataset": {"spec": f"npz:{write_npz(tmp_path / 'd.npz', **npz_arrays())}"}, "seed": 0})
     return path
 
 
@@ -290,7 +276,7 @@ def test_checkpoint_spec_mismatch_names_arrays_and_shapes(saved_cnn, tmp_path, c
 
 # -- 5. forget requests that cannot be served ---------------------------------------------------
 def _three_names_two_used():
-    a = _arrays(12, 6, k=2)  # labels 0 and 1 only; class 2 ("emu") has no samples
+    a = npz_arrays(12, 6, k=2)  # labels 0 and 1 only; class 2 ("emu") has no samples
     return Dataset("zoo", a["x_train"], a["y_train"].astype(np.int32), a["x_test"],
                    a["y_test"].astype(np.int32), ("cat", "dog", "emu"), (0.5,), (0.2,))
 
@@ -339,8 +325,8 @@ def test_forget_requests(tmp_path):
 
 
 def test_forget_requests_cli(tmp_path, capsys):
-    a = _arrays(12, 6, k=2)
-    data = _npz(tmp_path / "zoo.npz", **a, class_names=np.array(["cat", "dog", "emu"]))
+    a = npz_arrays(12, 6, k=2)
+    data = write_npz(tmp_path / "zoo.npz", **a, class_names=np.array(["cat", "dog", "emu"]))
     spec = ModelSpec("mlp", 3, (4, 4, 1), {})
     ckpt = checkpoint.save(tmp_path / "ckpt", spec.build(0), spec,
                            {"dataset": {"spec": f"npz:{data}"}, "seed": 0})

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from npz_helpers import npz_arrays, write_npz
 
 from jit_jax.data import (
     CIFAR10_NAMES,
@@ -45,23 +46,8 @@ REAL_SUBSET = Path(__file__).parents[2] / "shared/data/cifar10_subset_10k_2k.npz
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _arrays(n_train, n_test, shape, k, seed=0):
-    rng = np.random.default_rng(seed)
-    return dict(
-        x_train=rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
-        y_train=np.arange(n_train) % k,
-        x_test=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
-        y_test=np.arange(n_test) % k,
-    )
-
-
-def _write_npz(path, **arrays):
-    np.savez(path, **arrays)
-    return str(path)
-
-
 def _toy(n_train=40, n_test=20, names=CIFAR10_NAMES, shape=(4, 4, 3)) -> Dataset:
-    a = _arrays(n_train, n_test, shape, len(names))
+    a = npz_arrays(n_train, n_test, shape, len(names))
     return Dataset(
         name="toy",
         x_train=a["x_train"],
@@ -169,8 +155,8 @@ def test_cifar100_superclasses_match_the_paper():
     [((8, 8, 1), (8, 8, 1)), ((64, 64, 1), (64, 64)), ((224, 224, 3), (224, 224, 3))],
 )
 def test_npz_shapes(tmp_path, shape, stored):
-    a = _arrays(6, 4, stored, 3)
-    p = _write_npz(tmp_path / "d.npz", **a, src_train=np.array(["a"] * 6), idx_train=np.arange(6))
+    a = npz_arrays(6, 4, stored, 3)
+    p = write_npz(tmp_path / "d.npz", **a, src_train=np.array(["a"] * 6), idx_train=np.arange(6))
     ds = load_dataset(f"npz:{p}")
     assert ds.image_shape == shape and ds.name == "d"
     assert ds.class_names == ("0", "1", "2")
@@ -179,8 +165,8 @@ def test_npz_shapes(tmp_path, shape, stored):
 
 
 def test_npz_optional_keys(tmp_path):
-    a = _arrays(8, 4, (4, 4, 3), 4)
-    p = _write_npz(
+    a = npz_arrays(8, 4, (4, 4, 3), 4)
+    p = write_npz(
         tmp_path / "d.npz",
         **a,
         class_names=np.array(["a", "b", "c", "d"]),
@@ -199,7 +185,7 @@ def test_npz_optional_keys(tmp_path):
 
 
 def test_npz_errors(tmp_path):
-    a = _arrays(6, 4, (4, 4, 3), 3)
+    a = npz_arrays(6, 4, (4, 4, 3), 3)
     with pytest.raises(FileNotFoundError, match="nope.npz"):
         load_dataset(f"npz:{tmp_path / 'nope.npz'}")
     bad = tmp_path / "corrupt.npz"
@@ -210,29 +196,29 @@ def test_npz_errors(tmp_path):
     np.save(npy, a["x_train"])
     with pytest.raises(ValueError, match="not a readable .npz"):
         load_dataset(f"npz:{npy}")
-    p = _write_npz(tmp_path / "nokey.npz", x_train=a["x_train"], y_train=a["y_train"])
+    p = write_npz(tmp_path / "nokey.npz", x_train=a["x_train"], y_train=a["y_train"])
     with pytest.raises(ValueError, match="missing required key.*x_test, y_test"):
         load_dataset(f"npz:{p}")
-    p = _write_npz(tmp_path / "float.npz", **{**a, "x_train": a["x_train"] / 255.0})
+    p = write_npz(tmp_path / "float.npz", **{**a, "x_train": a["x_train"] / 255.0})
     with pytest.raises(ValueError, match="x_train has dtype float64; accepted: uint8"):
         load_dataset(f"npz:{p}")
-    p = _write_npz(tmp_path / "range.npz", **a, class_names=np.array(["a", "b"]))
+    p = write_npz(tmp_path / "range.npz", **a, class_names=np.array(["a", "b"]))
     with pytest.raises(ValueError, match="label 2, out of range.*accepted 0..1"):
         load_dataset(f"npz:{p}")
-    p = _write_npz(tmp_path / "neg.npz", **{**a, "y_test": -a["y_test"] - 1})
+    p = write_npz(tmp_path / "neg.npz", **{**a, "y_test": -a["y_test"] - 1})
     with pytest.raises(ValueError, match="y_test contains label -"):
         load_dataset(f"npz:{p}")
-    p = _write_npz(tmp_path / "len.npz", **{**a, "y_train": a["y_train"][:3]})
+    p = write_npz(tmp_path / "len.npz", **{**a, "y_train": a["y_train"][:3]})
     with pytest.raises(ValueError, match=r"y_train has shape \(3,\); expected \(6,\)"):
         load_dataset(f"npz:{p}")
     nchw = {k: np.zeros((len(a[k]), 3, 8, 8), np.uint8) for k in ("x_train", "x_test")}
-    p = _write_npz(tmp_path / "nchw.npz", **{**a, **nchw})
+    p = write_npz(tmp_path / "nchw.npz", **{**a, **nchw})
     with pytest.raises(ValueError, match="looks like NCHW"):
         load_dataset(f"npz:{p}")
-    p = _write_npz(tmp_path / "obj.npz", **a, class_names=np.array(["a", 1, None], dtype=object))
+    p = write_npz(tmp_path / "obj.npz", **a, class_names=np.array(["a", 1, None], dtype=object))
     with pytest.raises(ValueError, match="not a readable .npz"):
         load_dataset(f"npz:{p}")
-    p = _write_npz(tmp_path / "ok.npz", **a)
+    p = write_npz(tmp_path / "ok.npz", **a)
     with pytest.raises(ValueError, match="target='coarse' needs"):
         load_dataset(f"npz:{p}", target="coarse")
 
