@@ -9,7 +9,9 @@ convolution functions instrumented), three jitted functions are timed per implem
 ``fwd`` (the convolution), ``dx`` (``jax.vjp`` with respect to the input only) and ``dw`` (with
 respect to the kernel only). "xla" is ``lax.conv_general_dilated`` with XLA's own differentiation
 rule; "ours" is what :class:`jit_jax.models.layers.Conv` runs on the CPU: the custom rule
-(``layers.conv_custom``) or, for maps of at most 4x4, the im2col matmul (``path`` column). The
+(``layers.conv_custom``; ``--ours``: ``auto``, the library's default, is oneDNN's forward pass with
+the custom rule when oneDNN is available, ``custom`` keeps XLA's forward pass) or, for maps of at
+most 4x4, the im2col matmul (``path`` column). The
 rate is the nominal ``2 * N * H_out * W_out * kh * kw * C_in * C_out`` FLOPs over the time, for
 all three passes. A 2048^2 float32 matmul is timed first and last as a calibration of the
 machine's state.
@@ -44,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jit_jax import models  # noqa: E402
 from jit_jax.functional import functionalize  # noqa: E402
-from jit_jax.models import layers  # noqa: E402
+from jit_jax.models import layers, onednn  # noqa: E402
 from jit_jax.train import cross_entropy  # noqa: E402
 
 # name -> (registry model, options, input shape (H, W, C), default batch)
@@ -109,6 +111,11 @@ def _flops(x_shape, k_shape, strides, padding) -> float:
     return 2.0 * n * ho * wo * kh * kw * cin * cout
 
 
+OURS = "auto"
+"""The implementation timed as "ours" (``--ours``): a :data:`jit_jax.models.layers.CONV_IMPLS`
+value other than "xla"."""
+
+
 def make_fns(x_shape, k_shape, strides, padding, path):
     """{impl: {pass: jitted fn(x, w, dy)}} for one shape."""
     def plain(x, w):
@@ -119,7 +126,7 @@ def make_fns(x_shape, k_shape, strides, padding, path):
             return layers.conv_im2col(x, w, strides, padding)
     else:
         def ours(x, w):
-            return layers.conv(x, w, strides, padding, impl="custom")
+            return layers.conv(x, w, strides, padding, impl=OURS)
 
     fns = {}
     for impl, f in (("xla", plain), ("ours", ours)):
@@ -193,7 +200,7 @@ def make_train_step(model_name: str, batch: int):
 
     args = (fn.params, tx.init(fn.params), x, y)
     compiled = {}
-    for impl, setting in (("xla", "xla"), ("ours", "custom")):
+    for impl, setting in (("xla", "xla"), ("ours", OURS)):
         with layers.conv_impl(setting):  # read while tracing: each compiled step keeps its rule
             t = time.perf_counter()
             compiled[impl] = jax.jit(new_step()).lower(*args).compile()
@@ -262,8 +269,12 @@ def main(argv=None):
                    help="override layers.DW_CHUNK_ROWS (output pixels per dw chunk), for tuning")
     p.add_argument("--layout", choices=["auto", "pixel-major", "channel-major"], default="auto",
                    help="force the dw patch layout, for tuning (default: the library's rule)")
+    p.add_argument("--ours", choices=["auto", "custom", "onednn"], default="auto",
+                   help="the implementation timed as 'ours' (auto: the library's default)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = p.parse_args(argv)
+    global OURS
+    OURS = args.ours
 
     if args.chunk_rows is not None:
         layers.DW_CHUNK_ROWS = args.chunk_rows
@@ -273,12 +284,14 @@ def main(argv=None):
 
     result = dict(jax=jax.__version__, backend=jax.default_backend(),
                   devices=[str(d) for d in jax.devices()], chunk_rows=layers.DW_CHUNK_ROWS,
-                  layout=args.layout, repeats=args.repeats)
+                  layout=args.layout, repeats=args.repeats, ours=OURS,
+                  ours_resolved=layers.resolve_conv_impl(OURS), onednn=onednn.status())
     cal = matmul_gflops()
     result["matmul_gflops_before"] = cal
     print(f"calibration: 2048^2 float32 matmul {cal:.1f} GFLOP/s "
           f"(jax {jax.__version__}, {jax.default_backend()}, DW_CHUNK_ROWS={layers.DW_CHUNK_ROWS},"
-          f" layout {args.layout})", flush=True)
+          f" layout {args.layout}; ours = {OURS} -> {layers.resolve_conv_impl(OURS)}; oneDNN: "
+          f"{onednn.status()})", flush=True)
 
     if not args.no_shapes:
         shapes: dict = {}

@@ -23,7 +23,9 @@ Variants, timed round-robin so that machine drift hits them alike (medians, with
   threads;
 - ``authors_eval_t2`` / ``authors_eval_t1``: the model in eval mode (BatchNorm running statistics,
   as jit-jax's default), with 2 and 1 torch threads;
-- ``jitjax``: jit-jax's default step (eval mode).
+- ``jitjax``: jit-jax's default step (eval mode), with the default convolution ("auto": on the
+  CPU, oneDNN's forward pass when it is available, see ``jit_jax/models/onednn.py``);
+  ``--conv-impls custom onednn`` times several implementations side by side (suffixed names).
 With ``--device cuda`` the authors' step runs on the GPU (train and eval mode, no thread variants)
 and jit-jax on JAX's default backend; every torch step ends with ``torch.cuda.synchronize()``.
 A 2048^2 float32 JAX matmul is timed before and after each batch size as a calibration of the
@@ -52,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_jit_step import make_step, matmul_gflops  # noqa: E402
 
 from jit_jax.functional import functionalize  # noqa: E402
-from jit_jax.models import ModelSpec  # noqa: E402
+from jit_jax.models import ModelSpec, layers, onednn  # noqa: E402
 
 UNUSED_BY_THE_STEP = ["torchvision", "torchvision.datasets", "torchvision.models",
                       "torchvision.transforms", "wandb", "matplotlib", "matplotlib.pyplot",
@@ -187,6 +189,10 @@ def main(argv=None):
     p.add_argument("--jax-variants", nargs="+", default=["chunked"],
                    choices=["chunked", "one_forward"],
                    help="jit-jax step structures to time (bench_jit_step.py)")
+    p.add_argument("--conv-impls", nargs="+", default=["auto"],
+                   choices=["auto", "xla", "custom", "onednn"],
+                   help="jit-jax convolution implementations to time (jit_jax.models.layers; "
+                        "auto: oneDNN's forward on the CPU when available)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="torch device of the authors' step (jit-jax uses JAX's default backend); "
                         "on cuda the thread variants are skipped")
@@ -199,7 +205,9 @@ def main(argv=None):
     fn = functionalize(spec.build(0))
     print(f"torch {torch.__version__} on {args.device} (default threads "
           f"{torch.get_num_threads()}), jax {jax.__version__} {jax.devices()[0].device_kind}; jit-jax {ours} {spec.num_params():,} "
-          f"params; N={args.num_samples}, sigma={args.sigma}, lr={args.lr}", flush=True)
+          f"params; N={args.num_samples}, sigma={args.sigma}, lr={args.lr}; convolutions: "
+          f"{', '.join(f'{i} -> {layers.resolve_conv_impl(i)}' for i in args.conv_impls)} "
+          f"(oneDNN: {onednn.status()})", flush=True)
     rows = []
     for b in args.batch:
         cal0 = matmul_gflops()
@@ -217,10 +225,12 @@ def main(argv=None):
         as_run = torch_variants[0][0]
         xj = jnp.asarray(x)
         compile_s = []
-        for jv in args.jax_variants:
+        for jv, impl in [(jv, impl) for jv in args.jax_variants for impl in args.conv_impls]:
             jstep, tx = make_step(fn, jv, args.sigma, args.num_samples)
             t = time.perf_counter()
-            jstep = jstep.lower(fn.params, tx.init(fn.params), xj, jax.random.key(0)).compile()
+            with layers.conv_impl(impl):
+                jstep = jstep.lower(fn.params, tx.init(fn.params), xj,
+                                    jax.random.key(0)).compile()
             compile_s.append(time.perf_counter() - t)
             state = (fn.params, tx.init(fn.params))
 
@@ -229,6 +239,8 @@ def main(argv=None):
                 jax.block_until_ready(jstep(*state, xj, jax.random.key(r[0])))
 
             name = "jitjax" if jv == "chunked" else f"jitjax_{jv}"
+            if len(args.conv_impls) > 1 or impl != "auto":
+                name += f"_{layers.resolve_conv_impl(impl)}"
             variants[name] = (run_jax, None)
         print(f"B={b}: authors' {args.model} {n_params:,} params; jit-jax compile "
               f"{', '.join(f'{c:.1f}' for c in compile_s)}s (apart)", flush=True)

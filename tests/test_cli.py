@@ -105,7 +105,7 @@ def test_demo(tmp_path, capsys):
     assert {r["method"] for r in payload["runs"]} == {"bsln", "rtrn", "jit"}
     assert (tmp_path / "demo" / "results.md").exists()
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 2  # no overwrite
-    _check_readme_quickstart_table(out)
+    _check_readme_quickstart_table(out, payload)
 
 
 def _cells(table: str) -> dict[str, list[str]]:
@@ -113,37 +113,43 @@ def _cells(table: str) -> dict[str, list[str]]:
     return {r[0].strip(): [c.strip() for c in r[1:]] for r in rows}
 
 
-def _check_readme_quickstart_table(printed: str):
-    """The README's quickstart table is what `jit-jax demo` prints, to its rounding.
+def _check_readme_quickstart_table(printed: str, payload: dict):
+    """The README's quickstart table comes from the demo as the code runs it now.
 
-    Each mean may differ from the README by one flipped prediction in one of the 3 seeds (another
-    CPU's float rounding may flip one): 100 / (3 n) points for a column scored on n samples, plus
-    the table's rounding (0.05); the retrain distance sums the D_r, D_f and MIA bounds. The runtime
-    column is the machine's, not compared. A stale table (the one this test was written against
-    differed by 2.7 in BSLN's D_f, 1.1 in RTRN's MIA, 1.7 in JiT's distance) fails."""
+    Not compared: the numbers themselves. Training is chaotic in the float rounding, and the
+    rounding of XLA's CPU kernels depends on the CPU: on the machine of 2026-12-02 this same code,
+    with the same packages, trained an original model with BSLN D_f 100.0 and MIA 88.4 where the
+    machine that wrote the table got 97.3 and 90.4 (one and three of 37 and 146 samples), so no
+    bound can be derived for them. What is compared instead:
+    - the setup: dataset, forget request, model, training recipe and seeds of a fresh run equal
+      those recorded with the table (``docs/results/demo.json``): a change of any default that
+      the demo uses makes the table stale and fails here;
+    - the README's claims about it, on the fresh run: the same rows and zero-shot column, JiT
+      forgets the class (D_f <= 5) at a cost of at most 5 points of D_r against BSLN, and is
+      nearer to RTRN than the untouched model by a factor of 5 or more.
+    """
     import re
     from pathlib import Path
 
-    from jit_jax.data import load_dataset, parse_forget
-    from jit_jax.data.splits import evaluation_sets
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
     block = re.search(r"<!-- table: docs/results/demo.md -->\n(.*?)<!-- /table -->", readme, re.S)
     assert block, "README has no quickstart table block"
-    ds = load_dataset("digits")
-    sets = evaluation_sets(ds, parse_forget(ds, "class:3"))
-    tol = {k: 100.0 / (3 * len(sets[s].y)) + 0.05 for k, s in
-           [("D_r", "retain"), ("D_f", "forget"), ("test", "test"), ("MIA", "forget_train")]}
-    tol["dist"] = tol["D_r"] + tol["D_f"] + tol["MIA"]
+    recorded = json.loads((root / "docs" / "results" / "demo.json").read_text())
+    ctx, rec = payload["context"], recorded["context"]
+    for key in ("dataset", "forget", "model", "train_config", "seeds"):
+        assert ctx[key] == rec[key], (f"the demo's {key} changed: rerun python "
+                                      "experiments/readme_tables.py --run-demo", ctx[key], rec[key])
     got = _cells(printed[printed.index("| Method |"):].split("\n\n")[0] + "\n")
     want = _cells(block.group(1))
     assert got.keys() == want.keys()
     for method in want:
-        for col, g, w in zip(["D_r", "D_f", "test", "MIA", "dist"], got[method], want[method],
-                             strict=False):
-            gm, wm = float(g.split("±")[0]), float(w.split("±")[0])
-            assert abs(gm - wm) <= tol[col], (method, col, g, w, tol[col])
         assert got[method][-1] == want[method][-1]  # zero-shot
+    mean = {m: [float(c.split("±")[0]) for c in cells[:5]] for m, cells in got.items()}
+    d_r, d_f, dist = 0, 1, 4
+    assert mean["jit"][d_f] <= 5.0, mean["jit"]
+    assert mean["bsln"][d_r] - mean["jit"][d_r] <= 5.0, (mean["bsln"], mean["jit"])
+    assert mean["jit"][dist] * 5 <= mean["bsln"][dist], (mean["bsln"], mean["jit"])
 
 
 def test_readme_tables_are_current():

@@ -26,7 +26,7 @@ from flax import nnx
 
 from jit_jax import models
 from jit_jax.functional import functionalize
-from jit_jax.models import layers
+from jit_jax.models import layers, onednn
 from jit_jax.models.layers import conv_custom, conv_general
 from jit_jax.models.vit import PatchEmbedding
 from jit_jax.train import cross_entropy
@@ -288,7 +288,10 @@ def test_switch_selects_the_rule(monkeypatch):
     layers.set_conv_impl(None)
     assert layers.get_conv_impl() == "auto"
     on_cpu = jax.default_backend() == "cpu"
-    assert layers.resolve_conv_impl() == ("custom" if on_cpu else "xla")
+    # auto on the CPU: the custom rule, with oneDNN's forward pass when it is there (one device)
+    auto = ("onednn" if jax.device_count() == 1 and onednn.available() else "custom") \
+        if on_cpu else "xla"
+    assert layers.resolve_conv_impl() == auto
     assert _uses_custom_rule(f, x, kernel) == on_cpu  # auto: the custom rule on the CPU only
     with layers.conv_impl("xla"):
         assert layers.resolve_conv_impl() == "xla"
@@ -302,7 +305,7 @@ def test_switch_selects_the_rule(monkeypatch):
         layers.set_conv_impl("custom")  # beats the environment
         assert _uses_custom_rule(f, x, kernel)
         with layers.conv_impl("auto"):  # beats both
-            assert layers.resolve_conv_impl() == "custom"
+            assert layers.resolve_conv_impl() == auto
     finally:
         layers.set_conv_impl(None)
     monkeypatch.setenv(layers.CONV_ENV, "cudnn")

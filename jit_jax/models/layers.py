@@ -55,14 +55,23 @@ input only) skip their term. The primal inside the rule calls :func:`conv_custom
 next order's derivative of the primal uses this rule too; the extra second-order terms (through
 the tangent maps) use XLA's rules: correct, not tuned.
 
-Selection: :func:`conv` uses the custom rule when the implementation setting is ``"custom"``, or
-``"auto"`` (the default) and JAX's default backend is the CPU; ``"xla"``, and ``"auto"`` on an
-accelerator (whose convolution libraries have their own weight-gradient kernels; not measured
-here), use ``lax.conv_general_dilated`` as it is. The setting comes from the environment variable ``JIT_JAX_CONV=xla|custom|auto``, then
+The forward pass through oneDNN. XLA:CPU's forward convolution itself runs at about half of the
+machine's matmul rate on the CIFAR shapes, which is what JiT's N noisy forwards spend their time
+on. With ``"onednn"`` the rule's primal (the forward value only; derivatives are unchanged) is
+oneDNN's direct convolution, called through an XLA FFI custom call that is built on first use
+(:mod:`jit_jax.models.onednn`); float32 only, other dtypes keep XLA's.
+
+Selection: :func:`conv` uses the custom rule when the implementation setting is ``"custom"``
+(XLA's forward) or ``"onednn"`` (oneDNN's forward; an error when it is not available), or
+``"auto"`` (the default) and JAX's default backend is the CPU: then with oneDNN's forward when it
+is available and the process has one device (a custom call has no sharding rule, so a
+batch-sharded step keeps XLA's forward). ``"xla"``, and ``"auto"`` on an accelerator (whose
+convolution libraries have their own weight-gradient kernels; not measured here), use
+``lax.conv_general_dilated`` as it is. The setting comes from the environment variable ``JIT_JAX_CONV=xla|custom|onednn|auto``, then
 :func:`set_conv_impl`, and inside a ``with conv_impl("xla"):`` block from the block. It is read
 when a function is *traced*: an already-compiled ``jax.jit`` function keeps the implementation it
-was traced with. The forward values are XLA's in both implementations; gradients agree to float32
-rounding (the summation order differs).
+was traced with. The forward values are XLA's with ``"custom"`` and agree with them to float32
+rounding with ``"onednn"``; gradients agree to float32 rounding (the summation order differs).
 """
 
 from __future__ import annotations
@@ -81,6 +90,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jit_jax.models import initializers as init
+from jit_jax.models import onednn
 
 IM2COL_MAX_SPATIAL = 4
 """Default spatial size at or below which :class:`Conv` uses the im2col form."""
@@ -172,9 +182,10 @@ def conv_im2col(x, kernel, strides, padding):
 
 # ---------------------------------------------------------------------------- implementation switch
 
-CONV_IMPLS = ("auto", "xla", "custom")
+CONV_IMPLS = ("auto", "xla", "custom", "onednn")
 CONV_ENV = "JIT_JAX_CONV"
-"""Environment variable giving the default convolution implementation (``xla|custom|auto``)."""
+"""Environment variable giving the default convolution implementation
+(``xla|custom|onednn|auto``)."""
 
 
 def _check_impl(impl: str, where: str) -> str:
@@ -209,10 +220,22 @@ def get_conv_impl() -> str:
 
 
 def resolve_conv_impl(impl: str | None = None) -> str:
-    """``"xla"`` or ``"custom"``: what :func:`conv` uses now (``"auto"``: custom on the CPU)."""
+    """``"xla"``, ``"custom"`` or ``"onednn"``: what :func:`conv` uses now. ``"auto"``: on the
+    CPU backend the custom rule, with oneDNN's forward pass when it is available
+    (:func:`jit_jax.models.onednn.available`) and the process has one device; XLA's rule on
+    accelerators. ``"onednn"`` raises when oneDNN is not available."""
     impl = get_conv_impl() if impl is None else _check_impl(impl, "resolve_conv_impl")
     if impl == "auto":
-        return "custom" if jax.default_backend() == "cpu" else "xla"
+        if jax.default_backend() != "cpu":
+            return "xla"
+        # A custom call has no sharding rule: with several devices (a batch-sharded step) XLA
+        # could gather its operands, so "auto" keeps XLA's forward there.
+        if jax.device_count() == 1 and onednn.available():
+            return "onednn"
+        return "custom"
+    if impl == "onednn" and not onednn.available():
+        raise RuntimeError(f"convolution implementation 'onednn' is not available: "
+                           f"{onednn.status()}")
     return impl
 
 
@@ -360,16 +383,23 @@ def _conv_w_linear(x, w_t, strides, padding, out):
     return jnp.swapaxes(y, 0, 1).reshape(n, ho, wo, cout)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _conv_custom(x, kernel, strides, padding):
+def _forward(x, kernel, strides, padding, forward):
+    """The primal convolution: XLA's, or oneDNN's for float32 when ``forward == "onednn"``."""
+    if forward == "onednn" and x.dtype == jnp.float32 and kernel.dtype == jnp.float32:
+        return onednn.conv_forward(x, kernel, strides, padding)
     return conv_general(x, kernel, strides, padding)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _conv_custom(x, kernel, strides, padding, forward="xla"):
+    return _forward(x, kernel, strides, padding, forward)
+
+
 @functools.partial(_conv_custom.defjvp, symbolic_zeros=True)
-def _conv_custom_jvp(strides, padding, primals, tangents):
+def _conv_custom_jvp(strides, padding, forward, primals, tangents):
     x, kernel = primals
     x_t, kernel_t = tangents
-    y = _conv_custom(x, kernel, strides, padding)
+    y = _conv_custom(x, kernel, strides, padding, forward)
     out = y.shape[1:3]
     t = None
     if not isinstance(x_t, SymbolicZero):
@@ -382,19 +412,25 @@ def _conv_custom_jvp(strides, padding, primals, tangents):
     return y, t
 
 
-def conv_custom(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0))):
-    """XLA's convolution (NHWC x HWIO -> NHWC) with the custom differentiation rule of the module
+def conv_custom(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), forward: str = "xla"):
+    """The convolution (NHWC x HWIO -> NHWC) with the custom differentiation rule of the module
     docstring (weight gradient as chunked matrix products), on any backend. ``padding``: explicit
-    pairs, an int, "VALID" or "SAME" (XLA's meaning)."""
+    pairs, an int, "VALID" or "SAME" (XLA's meaning). ``forward``: ``"xla"``, or ``"onednn"`` for
+    oneDNN's forward pass (CPU, float32; :mod:`jit_jax.models.onednn`)."""
+    if forward not in ("xla", "onednn"):
+        raise ValueError(f"forward must be 'xla' or 'onednn', got {forward!r}")
     strides, padding, _ = _normalise(x, kernel, strides, padding)
-    return _conv_custom(x, kernel, strides, padding)
+    return _conv_custom(x, kernel, strides, padding, forward)
 
 
 def conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), *, impl: str | None = None):
-    """The convolution every model uses: :func:`conv_custom` or :func:`conv_general` (XLA's
-    rule), by ``impl`` or, when ``None``, by the current setting (:func:`conv_impl`)."""
-    if resolve_conv_impl(impl) == "custom":
-        return conv_custom(x, kernel, strides, padding)
+    """The convolution every model uses: :func:`conv_custom` (with oneDNN's forward pass for
+    ``"onednn"``) or :func:`conv_general` (XLA's rule), by ``impl`` or, when ``None``, by the
+    current setting (:func:`conv_impl`)."""
+    resolved = resolve_conv_impl(impl)
+    if resolved in ("custom", "onednn"):
+        return conv_custom(x, kernel, strides, padding,
+                           forward="onednn" if resolved == "onednn" else "xla")
     strides, padding, _ = _normalise(x, kernel, strides, padding)
     return conv_general(x, kernel, strides, padding)
 
