@@ -174,6 +174,53 @@ def authors_stepper(resnet18, lipschitz_cls, sigma, lr, n, x_nchw, *, train: boo
     return step, n_params
 
 
+class _JaxSteps:
+    """jit-jax's step variants for one batch, in this process: ``names``, ``compile_s``,
+    ``run(name) -> seconds``."""
+
+    def __init__(self, model, batch, variants, conv_impls, sigma, n):
+        spec = ModelSpec(model, 100, (32, 32, 3), {})
+        fn = functionalize(spec.build(0))
+        x = np.random.default_rng(0).normal(size=(batch, 32, 32, 3)).clip(-1.9, 2.0)
+        xj = jnp.asarray(x.astype(np.float32))
+        self.steps, self.compile_s, self.names = {}, [], []
+        for jv, impl in [(jv, impl) for jv in variants for impl in conv_impls]:
+            jstep, tx = make_step(fn, jv, sigma, n)
+            t = time.perf_counter()
+            with layers.conv_impl(impl):
+                jstep = jstep.lower(fn.params, tx.init(fn.params), xj,
+                                    jax.random.key(0)).compile()
+            self.compile_s.append(time.perf_counter() - t)
+            name = "jitjax" if jv == "chunked" else f"jitjax_{jv}"
+            if len(conv_impls) > 1 or impl != "auto":
+                name += f"_{layers.resolve_conv_impl(impl)}"
+            self.steps[name] = (jstep, (fn.params, tx.init(fn.params)), xj)
+            self.names.append(name)
+        self.calls = 0
+
+    def run(self, name) -> float:
+        jstep, state, xj = self.steps[name]
+        self.calls += 1
+        t = time.perf_counter()
+        jax.block_until_ready(jstep(*state, xj, jax.random.key(self.calls)))
+        return time.perf_counter() - t
+
+
+def _jax_worker(conn):
+    """The jit-jax side in its own process: a loop of (command, args) messages."""
+    steps = None
+    while True:
+        cmd, args = conn.recv()
+        if cmd == "setup":
+            steps = _JaxSteps(*args)
+            conn.send((steps.names, steps.compile_s, onednn.status()))
+        elif cmd == "run":
+            conn.send(steps.run(args))
+        else:
+            conn.close()
+            return
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--authors-src", type=Path, required=True,
@@ -196,18 +243,27 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="torch device of the authors' step (jit-jax uses JAX's default backend); "
                         "on cuda the thread variants are skipped")
+    p.add_argument("--same-process", action="store_true",
+                   help="run jit-jax in this process too (by default it runs in a process of its "
+                        "own: with oneDNN loaded beside torch, torch's step ran 2-3x slower here)")
     args = p.parse_args(argv)
     import torch
+
+    worker = conn = None
+    if not args.same_process:
+        import multiprocessing as mp
+
+        conn, child = mp.get_context("spawn").Pipe()
+        worker = mp.get_context("spawn").Process(target=_jax_worker, args=(child,), daemon=True)
+        worker.start()
 
     resnet18, lipschitz_cls = load_authors(args.authors_src.expanduser().resolve(), args.model)
     ours = "resnet18" if args.model == "resnet18" else "vgg11_torchvision"
     spec = ModelSpec(ours, 100, (32, 32, 3), {})
-    fn = functionalize(spec.build(0))
     print(f"torch {torch.__version__} on {args.device} (default threads "
           f"{torch.get_num_threads()}), jax {jax.__version__} {jax.devices()[0].device_kind}; jit-jax {ours} {spec.num_params():,} "
           f"params; N={args.num_samples}, sigma={args.sigma}, lr={args.lr}; convolutions: "
-          f"{', '.join(f'{i} -> {layers.resolve_conv_impl(i)}' for i in args.conv_impls)} "
-          f"(oneDNN: {onednn.status()})", flush=True)
+          f"{', '.join(args.conv_impls)}", flush=True)
     rows = []
     for b in args.batch:
         cal0 = matmul_gflops()
@@ -223,27 +279,22 @@ def main(argv=None):
                                              device=args.device)
             variants[name] = (step, threads)
         as_run = torch_variants[0][0]
-        xj = jnp.asarray(x)
-        compile_s = []
-        for jv, impl in [(jv, impl) for jv in args.jax_variants for impl in args.conv_impls]:
-            jstep, tx = make_step(fn, jv, args.sigma, args.num_samples)
-            t = time.perf_counter()
-            with layers.conv_impl(impl):
-                jstep = jstep.lower(fn.params, tx.init(fn.params), xj,
-                                    jax.random.key(0)).compile()
-            compile_s.append(time.perf_counter() - t)
-            state = (fn.params, tx.init(fn.params))
-
-            def run_jax(jstep=jstep, state=state, xj=xj, r=[0]):  # noqa: B006 - a key counter
-                r[0] += 1
-                jax.block_until_ready(jstep(*state, xj, jax.random.key(r[0])))
-
-            name = "jitjax" if jv == "chunked" else f"jitjax_{jv}"
-            if len(args.conv_impls) > 1 or impl != "auto":
-                name += f"_{layers.resolve_conv_impl(impl)}"
-            variants[name] = (run_jax, None)
+        setup = (ours, b, args.jax_variants, args.conv_impls, args.sigma, args.num_samples)
+        if worker is not None:
+            conn.send(("setup", setup))
+            names, compile_s, status = conn.recv()
+            for name in names:
+                variants[name] = (lambda name=name: conn.send(("run", name)) or conn.recv(),
+                                  None)
+        else:
+            local = _JaxSteps(*setup)
+            names, compile_s, status = local.names, local.compile_s, onednn.status()
+            for name in names:
+                variants[name] = (lambda name=name, local=local: local.run(name), None)
         print(f"B={b}: authors' {args.model} {n_params:,} params; jit-jax compile "
               f"{', '.join(f'{c:.1f}' for c in compile_s)}s (apart)", flush=True)
+        print(f"  jit-jax's process: {'its own' if worker else 'this one'}; oneDNN there: "
+              f"{status}", flush=True)
         for fn_, threads in variants.values():  # warm-up
             if threads:
                 torch.set_num_threads(threads)
@@ -254,8 +305,9 @@ def main(argv=None):
                 if threads:
                     torch.set_num_threads(threads)
                 t = time.perf_counter()
-                fn_()
-                times[k].append(time.perf_counter() - t)
+                took = fn_()
+                # jit-jax's steps report the time measured in their own process
+                times[k].append(took if k.startswith("jitjax") else time.perf_counter() - t)
         cal1 = matmul_gflops()
         med = {k: float(np.median(v)) for k, v in times.items()}
         best_torch = min(v for k, v in med.items() if k.startswith("authors"))
@@ -265,6 +317,9 @@ def main(argv=None):
                   f"  best torch/this x{best_torch / v:5.2f}  all {np.round(times[k], 3).tolist()}",
                   flush=True)
         rows.append({"batch": b, "median_s": med, "times": times, "matmul_gflops": [cal0, cal1]})
+    if worker is not None:
+        conn.send(("stop", None))
+        worker.join(timeout=30)
     return rows
 
 
