@@ -345,18 +345,28 @@ def cmd_unlearn(args) -> int:
                           if "train_config" in meta else None,
                           seed=args.seed, preprocess=prep, progress=not args.no_progress)
     options = parse_options(args.set, "method", unlearn.option_types(args.method))
+    if args.paper:  # the authors' run for this task and model; --set still overrides
+        from jit_jax.unlearn import paper
+
+        options = {**paper.options(split.kind, spec.name, args.method), **options}
     res = unlearn.run(args.method, req, **options, **mesh_opt, **state_opt)
-    extra = {"options": options, "source": str(args.checkpoint)}
+    extra = {"options": options, "source": str(args.checkpoint), "paper_setting": args.paper}
     if mesh_opt:
         extra["devices"] = mesh_opt["mesh"].size
     result = evaluate_unlearning(res.model, ds, split, method=args.method, runtime=res.runtime,
                                  compile_time=res.compile_time, zero_shot=res.zero_shot,
                                  seed=args.seed, preprocess=prep, extra=extra)
     if args.rtrn:
-        rmodel, _, _ = load_run(args.rtrn, validation=args.validation)
+        rmodel, rmeta, _ = load_run(args.rtrn, validation=args.validation)
         rres = evaluate_unlearning(rmodel, ds, split, method="rtrn", preprocess=prep)
         result.retrain_distance = retrain_distance(result, rres)
         result.extra["rtrn"] = rres.to_dict()
+        rseed = rmeta.get("result", {}).get("seed")
+        result.extra["rtrn_seed"] = rseed
+        if rseed is not None and rseed != args.seed:
+            print(f"warning: the --rtrn model was retrained with seed {rseed}, this run uses "
+                  f"--seed {args.seed}; the protocol compares each seed with the RTRN of the same "
+                  f"seed (docs/protocol.md)", file=sys.stderr)
     if args.method != "bsln":
         from jit_jax.metrics import sanity_warnings
 
@@ -610,6 +620,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--out", required=True, help="new checkpoint directory")
     u.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="method options, e.g. --set sigma=1.0 --set lr=3e-3 --set batch_size=32")
+    u.add_argument("--paper", action="store_true",
+                   help="the authors' setting for this task and model instead of the project's "
+                   "defaults (JiT: their sigma/lr/batch, gradients accumulated over the pass, "
+                   "train mode; sub-class SSD/SCRUB/FNTN: batch 64, ...; jit_jax/unlearn/paper.py, "
+                   "docs/protocol.md); --set still overrides")
     u.add_argument("--rtrn", help="a retrained checkpoint: adds the retrain distance")
     u.add_argument("--devices", metavar="N|all",
                    help="data-parallel: split each batch (forget batch for jit, training batch for "

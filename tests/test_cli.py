@@ -1,6 +1,7 @@
 """The jit-jax command end to end on digits (tiny epochs), and its errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +48,57 @@ def test_unlearn_jit_and_rtrn(run_dir, tmp_path, capsys):
                  "class:3", "--out", str(tmp_path / "bdsh"), "--set", "epochs=1"]) == 0
     res = json.loads((tmp_path / "bdsh" / "result.json").read_text())
     assert res["method"] == "bdsh" and res["zero_shot"] and res["extra"]["options"] == {"epochs": 1}
+
+
+def test_unlearn_paper_setting(run_dir, tmp_path):
+    """--paper: the authors' JiT run for the task and model (the MLP gets their CNN row); --set
+    still overrides."""
+    out = tmp_path / "jit-paper"
+    assert main(["unlearn", "--checkpoint", str(run_dir), "--method", "jit", "--forget",
+                 "class:3", "--out", str(out), "--paper", "--set", "num_samples=4",
+                 "--no-progress"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["extra"]["paper_setting"] is True
+    assert res["extra"]["options"] == {"sigma": 0.5, "lr": 3e-4, "batch_size": 128,
+                                       "reference_quirks": True, "num_samples": 4}
+
+
+def test_each_seed_against_the_rtrn_of_its_seed(run_dir, tmp_path, capsys):
+    """experiments/cifar_forget.py pairs every seed with the RTRN retrained with that seed, and
+    `jit-jax unlearn --rtrn` warns when the seeds differ."""
+    import importlib.util
+
+    rtrn = {}
+    for seed in (0, 1):
+        rtrn[seed] = tmp_path / f"rtrn-s{seed}"
+        assert main(["unlearn", "--checkpoint", str(run_dir), "--method", "rtrn", "--forget",
+                     "class:3", "--seed", str(seed), "--out", str(rtrn[seed]), "--set", "epochs=1",
+                     "--no-progress"]) == 0
+    path = Path(__file__).resolve().parents[1] / "experiments" / "cifar_forget.py"
+    spec = importlib.util.spec_from_file_location("cifar_forget", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "res.json"
+    mod.main(["--checkpoint", str(run_dir), "--rtrn", str(rtrn[1]), str(rtrn[0]), "--forget",
+              "class:3", "--seeds", "0", "1", "--set", "num_samples=2", "--out", str(out)])
+    runs = json.loads(out.read_text())["runs"]
+    by = {(r["method"], r["seed"]): r for r in runs}
+    assert set(by) == {(m, s) for m in ("bsln", "rtrn", "jit") for s in (0, 1)}
+    r0, r1 = by[("rtrn", 0)], by[("rtrn", 1)]
+    assert (r0["retain_acc"], r0["mia"]) != (r1["retain_acc"], r1["mia"])  # two different models
+    for seed, ref in ((0, r0), (1, r1)):
+        assert by[("rtrn", seed)]["retrain_distance"] == 0
+        b = by[("bsln", seed)]
+        want = sum(abs(b[k] - ref[k]) for k in ("retain_acc", "forget_acc", "mia"))
+        assert b["retrain_distance"] == pytest.approx(want, abs=1e-9)
+    with pytest.raises(SystemExit):  # seed 2 has no RTRN of its own
+        mod.main(["--checkpoint", str(run_dir), "--rtrn", str(rtrn[0]), str(rtrn[1]),
+                  "--forget", "class:3", "--seeds", "0", "2"])
+    capsys.readouterr()
+    assert main(["unlearn", "--checkpoint", str(run_dir), "--method", "bsln", "--forget",
+                 "class:3", "--seed", "0", "--out", str(tmp_path / "b"), "--rtrn",
+                 str(rtrn[1])]) == 0
+    assert "retrained with seed 1, this run uses --seed 0" in capsys.readouterr().err
 
 
 def test_errors(run_dir, tmp_path, capsys):

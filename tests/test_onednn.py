@@ -121,6 +121,7 @@ def test_environment_switch_off():
     code = ("from jit_jax.models import onednn, layers; "
             "print(onednn.available(), '|', onednn.status(), '|', layers.resolve_conv_impl())")
     env = {**os.environ, onednn.ENV_SWITCH: "0", "JAX_PLATFORMS": "cpu"}
+    env.pop(layers.CONV_ENV, None)  # the default setting, whatever this process runs with
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

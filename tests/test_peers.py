@@ -187,7 +187,8 @@ def test_ssd_forgets_a_class_and_alpha_controls_selection(request_tiny):
     make, ds = request_tiny
     req = make(forget_class(ds, "2"))
     out = unlearn.run("ssd", req)  # the authors' full-class setting, lambda = alpha = 1
-    assert out.log["config"] == {"lam": 1.0, "alpha": 1.0, "batch_size": 128}
+    assert out.log["config"] == {"lam": 1.0, "alpha": 1.0, "batch_size": 128,
+                                 "full_order": "shuffled"}
     assert 0 < out.log["selected"] < out.log["num_params"]
     # selective: the forget class loses confidence, the retained classes keep theirs
     fn = functionalize(out.model)
@@ -201,6 +202,35 @@ def test_ssd_forgets_a_class_and_alpha_controls_selection(request_tiny):
     assert unlearn.run("ssd", make(forget_random(ds, 5, 0))).log["config"]["lam"] == 4.0
     with pytest.raises(ValueError, match="lam > 0"):
         unlearn.run("ssd", req, lam=0.0)
+
+
+def test_ssd_full_order_retain_then_forget(request_tiny, monkeypatch):
+    """The authors' sub-class loader: the importances on D come from D_r in order, then D_f,
+    unshuffled (whatever the seed); the default shuffles with the request's seed."""
+    make, ds = request_tiny
+    req = make(forget_class(ds, "1"))
+    seen = []
+    real = peers.importances
+
+    def spy(apply_fn, params, x, y, *, batch_size=128, seed=None):
+        seen.append((np.asarray(y), seed))
+        return real(apply_fn, params, x, y, batch_size=batch_size, seed=seed)
+
+    monkeypatch.setattr(peers, "importances", spy)
+    out = unlearn.run("ssd", req, full_order="retain_then_forget", batch_size=8)
+    assert out.log["config"]["full_order"] == "retain_then_forget"
+    (y_f, seed_f), (y_d, seed_d) = seen
+    split = req.split
+    want = np.concatenate([ds.y_train[split.retain_idx], ds.y_train[split.forget_idx]])
+    np.testing.assert_array_equal(y_d, want)
+    assert seed_d is None and seed_f is None
+    seen.clear()
+    unlearn.run("ssd", req, batch_size=8)
+    (_, _), (y_d, seed_d) = seen
+    np.testing.assert_array_equal(y_d, ds.y_train)  # dataset order, shuffled inside with the seed
+    assert seed_d == req.seed
+    with pytest.raises(ValueError, match="full_order 'sorted'; accepted"):
+        unlearn.run("ssd", req, full_order="sorted")
 
 
 def test_bdsh_relabels_with_the_attacked_prediction(request_tiny):

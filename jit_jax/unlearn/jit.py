@@ -277,17 +277,19 @@ PRESETS: dict[tuple[str, str], JiTConfig] = {
 
 
 def preset(task: str, model: str) -> JiTConfig:
-    """The preset for ``task`` in {class, subclass, random} and a model name (family match)."""
-    fam = model
-    if model.startswith("vit"):
-        fam = "vit"
-    for key in [(task, model), (task, fam), (task, "*")]:
-        if key in PRESETS:
-            return PRESETS[key]
+    """The preset for ``task`` in {class, subclass, random} and a model name (family match).
+
+    The authors set JiT only for ViT and their VGG; every other model (ResNet18, the VGG variants,
+    the small CNNs, the MLP) gets their VGG row *of the same task* (sub-class and random: sigma
+    0.01, batch 64 / 128), not the full-class one."""
     tasks = sorted({t for t, _ in PRESETS})
     if task not in tasks:
         raise ValueError(f"unknown task {task!r}; accepted: {tasks}")
-    return JiTConfig()
+    fam = "vit" if model.startswith("vit") else "vgg11_torchvision"
+    for key in [(task, model), (task, fam)]:
+        if key in PRESETS:
+            return PRESETS[key]
+    raise AssertionError(f"PRESETS has no row for {(task, fam)}")  # every task has both families
 
 
 # ------------------------------------------------------------------------------------------------

@@ -182,9 +182,19 @@ def dampen(params, imp_full, imp_forget, *, lam: float, alpha: float):
     return jax.tree.map(one, params, imp_full, imp_forget)
 
 
+SSD_FULL_ORDERS = ("shuffled", "retain_then_forget")
+
+
 def ssd(req: Request, *, lam: float | None = None, alpha: float | None = None,
-        batch_size: int = 128) -> MethodOutput:
-    """SSD with the authors' (lambda, alpha) for the task unless given."""
+        batch_size: int = 128, full_order: str = "shuffled") -> MethodOutput:
+    """SSD with the authors' (lambda, alpha) for the task unless given.
+
+    ``full_order``: the batches of the importances on the whole training set D, ``"shuffled"``
+    (a seeded shuffle, the authors' full-class and random runs) or ``"retain_then_forget"``
+    (unshuffled: D_r in dataset order, then D_f; their sub-class loader, where a batch then holds
+    nearly one class, which changes the importances)."""
+    if full_order not in SSD_FULL_ORDERS:
+        raise ValueError(f"SSD full_order {full_order!r}; accepted: {list(SSD_FULL_ORDERS)}")
     from jit_jax.unlearn import MethodOutput
 
     fam = "vit" if req.spec.name.startswith("vit") else "*"
@@ -197,21 +207,26 @@ def ssd(req: Request, *, lam: float | None = None, alpha: float | None = None,
     fn = functionalize(req.model)  # eval mode, as the authors' code
     # inputs prepared before the clock starts, as for every other method (fixed tensors)
     x_f, y_f = req.inputs(split.forget_idx), ds.train_targets[split.forget_idx]
-    x_d, y_d = req.inputs(np.arange(len(ds.train_targets))), ds.train_targets
+    if full_order == "retain_then_forget":
+        order_d = np.concatenate([split.retain_idx, split.forget_idx])
+    else:
+        order_d = np.arange(len(ds.train_targets))
+    x_d, y_d = req.inputs(order_d), ds.train_targets[order_d]
     t0 = time.perf_counter()
     damp = jax.jit(dampen, static_argnames=("lam", "alpha")).lower(
         fn.params, fn.params, fn.params, lam=lam, alpha=alpha).compile()
     c0 = time.perf_counter() - t0
     imp_f, c1 = importances(fn.apply_fn, fn.params, x_f, y_f, batch_size=batch_size)
     imp_d, c2 = importances(fn.apply_fn, fn.params, x_d, y_d, batch_size=batch_size,
-                            seed=req.seed)
+                            seed=None if full_order == "retain_then_forget" else req.seed)
     params = jax.block_until_ready(damp(fn.params, imp_d, imp_f))
     wall = time.perf_counter() - t0 - c0
     selected = sum(int(jnp.sum(f > alpha * o)) for f, o in
                    zip(jax.tree.leaves(imp_f), jax.tree.leaves(imp_d), strict=True))
     total = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(fn.params))
     return MethodOutput(rebuild(fn, params), wall - c1 - c2, c0 + c1 + c2, False,
-                        {"config": {"lam": lam, "alpha": alpha, "batch_size": batch_size},
+                        {"config": {"lam": lam, "alpha": alpha, "batch_size": batch_size,
+                                    "full_order": full_order},
                          "selected": selected, "num_params": total})
 
 
