@@ -296,11 +296,35 @@ def test_unsir_and_emmn_settings_and_scope(request_tiny):
     assert unlearn.run("unsir", req, images_per_round=32).log["n_noise"] == 80 * 32
     e = unlearn.run("emmn", req, epochs=1)
     assert e.zero_shot and e.log["n_noise"] == 80 * 3  # one noise image per class per round
-    for name in ("unsir", "emmn"):
-        with pytest.raises(ValueError, match=f"{name} is a full-class method"):
-            unlearn.run(name, make(forget_random(ds, 5, 0)))
+    with pytest.raises(ValueError, match="unsir runs full-class or sub-class forgetting"):
+        unlearn.run("unsir", make(forget_random(ds, 5, 0)))
+    with pytest.raises(ValueError, match="emmn is a full-class method"):
+        unlearn.run("emmn", make(forget_random(ds, 5, 0)))
     with pytest.raises(ValueError, match="images_per_round=0"):
         unlearn.run("emmn", req, images_per_round=0)
+
+
+def test_unsir_subclass_is_the_authors_variant(tiny_images):
+    """Sub-class: noise labelled with the forgotten fine class's super-class, 250 steps; the
+    retained samples are the first ones of every other fine class, with super-class labels."""
+    from jit_jax.data import forget_subclass, group_classes
+
+    (x_tr, y_tr), (x_te, y_te) = tiny_images
+    ds = group_classes(Dataset("tiny", x_tr, y_tr, x_te, y_te, ["a", "b", "c"], (0.3,), (0.3,)),
+                       {"ab": ["a", "b"], "c": ["c"]}, target="coarse")
+    spec = ModelSpec("mlp", 2, ds.image_shape, {"hidden": 16, "depth": 1})
+    cfg = TrainConfig(epochs=3, batch_size=16, optimizer="adam", lr=1e-2, augment="none")
+    model = spec.build(0)
+    prep = lambda u: ((u / 255.0 - 0.3) / 0.3).astype(np.float32)  # noqa: E731
+    train(model, prep(x_tr), ds.train_targets, cfg, progress=False)
+    req = unlearn.Request(model, ds, forget_subclass(ds, "b"), spec, cfg, seed=0,
+                          preprocess=prep)
+    out = unlearn.run("unsir", req, samples_per_class=7)
+    assert out.log["config"]["noise_steps"] == 250 and out.log["noise_label"] == 0  # "ab"
+    assert out.log["n_retain_used"] == 14  # 7 of "a" and 7 of "c", none of "b"
+    assert unlearn.run("unsir", req, noise_steps=3).log["config"]["noise_steps"] == 3
+    with pytest.raises(ValueError, match="noise_steps=0"):
+        unlearn.run("unsir", req, noise_steps=0)
 
 
 def test_distill_kl_is_scrubs_distillkl():

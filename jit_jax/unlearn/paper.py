@@ -19,8 +19,8 @@ authors' run (empty when our defaults already do); :func:`jit_config` the JiT co
 ``docs/protocol.md`` lists which switches each table uses.
 
 Not ported yet (said where it matters): BT's incompetent teacher for ViT (an ImageNet-pretrained
-backbone with a random head) and UNSIR's sub-class variant (250 noise steps, labelled with the
-super-class).
+backbone with a random head). UNSIR's sub-class variant (250 noise steps, labelled with the
+super-class) is what ``unsir`` runs on a sub-class request.
 """
 
 from __future__ import annotations

@@ -1,0 +1,138 @@
+"""Shared pieces of the paper configs: the config record, the paper's numbers, tiny data.
+
+A config (``experiments/paper/<name>.py``) has ``get_config(scale)`` returning a :class:`Config`
+for ``scale`` in :data:`SCALES`:
+
+- ``paper``: the paper's setting (full data, the authors' model and training length);
+- ``cpu``: the CPU twin (a smaller width, a class-balanced subset, fewer epochs), sized to run on
+  2 cores in at most 45 minutes;
+- ``tiny``: a few generated images and width-4 models, for the smoke test (seconds).
+
+The paper's numbers come from ``paper_tables.csv`` here (every row of the paper's Tables 1-4:
+Foster et al., "An Information Theoretic Approach to Machine Unlearning", TMLR 2025), carried as
+data.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+SCALES = ("tiny", "cpu", "paper")
+HERE = Path(__file__).resolve().parent
+#: the paper's method tags -> this project's method names
+METHOD_NAMES = {"BSLN": "bsln", "RTRN": "rtrn", "FNTN": "fntn", "AMN": "amn", "SSD": "ssd",
+                "BT": "bt", "UNSIR": "unsir", "EMMN": "emmn", "SCRUB": "scrub", "BDSH": "bdsh",
+                "GKT": "gkt", "OURS": "jit"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str  # the config module's name
+    table: str  # the paper's (sub-)table key in paper_tables.csv, e.g. "table2b"
+    scale: str
+    task: str  # class | subclass | random
+    forget: str  # the forget request, e.g. "class:rocket"
+    dataset: str  # a dataset spec ("npz:{data}" takes --data), or "tiny:<kind>"
+    model: str
+    model_opts: dict = dataclasses.field(default_factory=dict)
+    data_opts: dict = dataclasses.field(default_factory=dict)  # jit-jax train --data-opt
+    load_opts: dict = dataclasses.field(default_factory=dict)  # reading a folder: image_size, ...
+    train: dict = dataclasses.field(default_factory=dict)  # jit-jax train flags (epochs, lr, ...)
+    per_class: int | None = None  # class-balanced subset: training images per class
+    test_per_class: int | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] | None = None  # None: the table's methods (paper_tables.csv)
+    paper_setting: bool = True  # the authors' method settings (jit-jax unlearn --paper)
+
+    def replace(self, **kw) -> Config:
+        return dataclasses.replace(self, **kw)
+
+    def method_list(self) -> list[str]:
+        if self.methods is not None:
+            return list(self.methods)
+        rows = paper_rows(self.table)
+        order = list(METHOD_NAMES.values())
+        return sorted(rows, key=order.index)
+
+
+def paper_rows(table: str) -> dict[str, dict]:
+    """``{method: row}`` of the paper's sub-table ``table`` (floats for the numbers)."""
+    out = {}
+    with open(HERE / "paper_tables.csv") as f:
+        for row in csv.DictReader(f):
+            if row["table"] != table:
+                continue
+            rec = dict(row)
+            for k in ("retain_acc", "retain_acc_sd", "forget_acc", "forget_acc_sd", "mia",
+                      "mia_sd"):
+                rec[k] = float(row[k])
+            out[METHOD_NAMES[row["method"]]] = rec
+    if not out:
+        raise ValueError(f"no rows for {table!r} in paper_tables.csv")
+    return out
+
+
+def tiny_dataset(kind: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """A generated stand-in with the structure a paper task needs (npz arrays): 4 fine classes of
+    8x8 RGB images (class = which quadrant is bright), 24 training and 8 test images each, named so
+    that the paper's forget requests resolve: ``rocket`` among them, and for ``cifar20`` two
+    super-classes (``vehicles 2`` holds rocket)."""
+    rng = np.random.default_rng(seed)
+    names = np.array(["apple", "rocket", "tractor", "whale"])
+
+    def make(per_class):
+        y = np.repeat(np.arange(4), per_class)
+        x = rng.integers(0, 60, (len(y), 8, 8, 3)).astype(np.uint8)
+        for i, c in enumerate(y):
+            r, s = divmod(int(c), 2)
+            x[i, r * 4:(r + 1) * 4, s * 4:(s + 1) * 4] += 150
+        return x, y.astype(np.int64)
+
+    x_tr, y_tr = make(24)
+    x_te, y_te = make(8)
+    arrays = dict(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, class_names=names)
+    if kind == "cifar20":
+        coarse = np.array([0, 1, 1, 0])  # apple, whale: "other"; rocket, tractor: "vehicles 2"
+        arrays.update(coarse_names=np.array(["other", "vehicles 2"]),
+                      y_train_coarse=coarse[y_tr], y_test_coarse=coarse[y_te])
+    return arrays
+
+
+def balanced_subset(arrays: dict, per_class: int | None, test_per_class: int | None,
+                    seed: int = 0) -> dict:
+    """The first ``per_class`` training (``test_per_class`` test) images of every fine class after
+    a seeded shuffle; None keeps the split whole."""
+    rng = np.random.default_rng(seed)
+    out = dict(arrays)
+    for split, k in (("train", per_class), ("test", test_per_class)):
+        if k is None:
+            continue
+        y = arrays[f"y_{split}"]
+        idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:k]
+                                      for c in np.unique(y)]))
+        for key in (f"x_{split}", f"y_{split}", f"y_{split}_coarse"):
+            if key in arrays:
+                out[key] = arrays[key][idx]
+    return out
+
+
+def make(scale: str, *, name: str, table: str, task: str, forget: str, dataset: str,
+         tiny_kind: str, paper: dict, cpu: dict, tiny: dict | None = None) -> Config:
+    """The config at ``scale``: the shared fields, then the scale's own (model, data, training).
+    The tiny scale uses generated data (:func:`tiny_dataset`), one seed and the cnn at width 4
+    unless ``tiny`` says otherwise."""
+    if scale not in SCALES:
+        raise ValueError(f"scale {scale!r}; accepted: {list(SCALES)}")
+    base = dict(name=name, table=table, scale=scale, task=task, forget=forget, dataset=dataset)
+    if scale == "tiny":
+        fields = dict(dataset=f"tiny:{tiny_kind}", model="cnn", model_opts={"width": 4},
+                      train=dict(epochs=2, batch_size=16, optimizer="adam", lr=3e-3,
+                                 schedule="constant", augment="none"), seeds=(0,))
+        fields.update(tiny or {})
+    else:
+        fields = dict(paper if scale == "paper" else cpu)
+    return Config(**{**base, **fields})

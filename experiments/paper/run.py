@@ -1,0 +1,197 @@
+"""Run one paper config: the original model, a retrained model per seed, every method of the
+table over the seeds, and a result page with the paper's numbers beside ours.
+
+    python experiments/paper/run.py table2_vgg --scale cpu --data runs/data/cifar100.npz \
+        --out runs/paper/table2-vgg
+    python experiments/paper/run.py table1_faces --scale tiny --out /tmp/t1   # seconds
+
+Every step goes through the ``jit-jax`` command, and every step's output is a checkpoint folder
+under ``--out`` (``original/``, ``rtrn-s<seed>/``, ``<method>-s<seed>/``) holding its
+``result.json``. A finished step is never recomputed, so the runner resumes where it stopped and
+a twin can run in parts (``--seeds``, ``--methods``). Each method is scored against the RTRN of
+its own seed. With the config's ``paper_setting`` the methods run with the authors' settings
+(``jit-jax unlearn --paper``; ``docs/protocol.md``).
+
+Writes ``results.json`` (every run and the summary) and ``results.md``: per method, mean ± sd over
+the seeds of D_r, D_f and MIA, the paper's numbers in the adjacent columns, and the retrain
+distance (|D_r - RTRN| + |D_f - RTRN| + |MIA - RTRN| against the same seed's RTRN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+
+from common import SCALES, Config, balanced_subset, paper_rows, tiny_dataset  # noqa: E402
+
+from jit_jax.cli import main as cli_main  # noqa: E402
+
+COLUMNS = (("retain_acc", "D_r"), ("forget_acc", "D_f"), ("mia", "MIA"))
+
+
+def load_config(name: str, scale: str = "cpu") -> Config:
+    if scale not in SCALES:
+        raise ValueError(f"scale {scale!r}; accepted: {list(SCALES)}")
+    if not (HERE / f"{name}.py").is_file() or name in ("common", "run"):
+        known = sorted(p.stem for p in HERE.glob("*.py") if p.stem not in ("common", "run"))
+        raise ValueError(f"unknown config {name!r}; accepted: {known}")
+    return importlib.import_module(name).get_config(scale)
+
+
+def _cli(argv: list[str]) -> None:
+    rc = cli_main(argv)
+    if rc != 0:
+        raise RuntimeError(f"jit-jax {' '.join(argv)} failed with exit code {rc}")
+
+
+def prepare_data(cfg: Config, out: Path, data: Path | None) -> Path:
+    """The config's data as ``OUT/data.npz`` (a class-balanced subset, or generated for tiny)."""
+    path = out / "data.npz"
+    if path.exists():
+        return path
+    if cfg.dataset.startswith("tiny:"):
+        arrays = tiny_dataset(cfg.dataset.split(":", 1)[1])
+    elif cfg.dataset.startswith("folder:"):
+        from jit_jax.data import load_dataset
+
+        if data is None:
+            raise ValueError(f"config {cfg.name} at scale {cfg.scale} needs --data (a folder "
+                             "with one sub-folder of images per class)")
+        ds = load_dataset(f"folder:{data}", **cfg.load_opts)
+        arrays = dict(x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
+                      y_test=ds.y_test, class_names=np.array(ds.class_names))
+    else:
+        if data is None:
+            raise ValueError(f"config {cfg.name} at scale {cfg.scale} needs --data ({cfg.dataset})")
+        with np.load(data, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if not k.startswith(("src_", "idx_"))}
+    arrays = balanced_subset(arrays, cfg.per_class, cfg.test_per_class)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "data.tmp.npz"
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def _opts(flag: str, opts: dict) -> list[str]:
+    return [a for k, v in opts.items() for a in (flag, f"{k}={v}")]
+
+
+def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods=None,
+        log=print) -> dict:
+    out = Path(out).absolute()
+    npz = prepare_data(cfg, out, data)
+    orig = out / "original"
+    t0 = time.perf_counter()
+    if not (orig / "metadata.json").exists():
+        log(f"[{cfg.name}] training the original ({cfg.model})")
+        _cli(["train", "--dataset", f"npz:{npz}", "--model", cfg.model, "--out", str(orig),
+              "--no-progress", *_opts("--model-opt", cfg.model_opts),
+              *_opts("--data-opt", cfg.data_opts),
+              *[a for k, v in cfg.train.items() for a in (f"--{k.replace('_', '-')}", str(v))]])
+    seeds = list(cfg.seeds if seeds is None else seeds)
+    methods = [m for m in (cfg.method_list() if methods is None else methods) if m != "rtrn"]
+    for seed in seeds:
+        rtrn = out / f"rtrn-s{seed}"
+        if not (rtrn / "result.json").exists():
+            log(f"[{cfg.name}] seed {seed}: rtrn")
+            _cli(["unlearn", "--checkpoint", str(orig), "--method", "rtrn", "--forget",
+                  cfg.forget, "--seed", str(seed), "--out", str(rtrn), "--no-progress"])
+        for m in methods:
+            d = out / f"{m}-s{seed}"
+            if (d / "result.json").exists():
+                continue
+            log(f"[{cfg.name}] seed {seed}: {m}")
+            _cli(["unlearn", "--checkpoint", str(orig), "--method", m, "--forget", cfg.forget,
+                  "--seed", str(seed), "--rtrn", str(rtrn), "--out", str(d), "--no-progress",
+                  *(["--paper"] if cfg.paper_setting else [])])
+    summary = summarise(cfg, out, seeds, ["rtrn", *methods])
+    summary["wall_time_s"] = time.perf_counter() - t0
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(cfg, summary))
+    return summary
+
+
+def summarise(cfg: Config, out: Path, seeds, methods) -> dict:
+    try:
+        paper = paper_rows(cfg.table)
+    except ValueError:
+        paper = {}
+    runs, rows = [], []
+    for m in methods:
+        per_seed = []
+        for seed in seeds:
+            res = json.loads((out / f"{m}-s{seed}" / "result.json").read_text())
+            if m == "rtrn":
+                res["retrain_distance"] = 0.0
+            per_seed.append(res)
+            runs.append({"method": m, "seed": seed, **{k: res.get(k) for k in (
+                "retain_acc", "forget_acc", "test_acc", "mia", "retrain_distance", "runtime",
+                "compile_time")}})
+        row = {"method": m, "n": len(per_seed)}
+        for key in ("retain_acc", "forget_acc", "mia", "retrain_distance"):
+            vals = [r[key] for r in per_seed]
+            row[key] = statistics.fmean(vals)
+            row[key + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        row["runtime_median"] = statistics.median(r["runtime"] or 0.0 for r in per_seed)
+        row["zero_shot"] = bool(per_seed[0].get("zero_shot"))
+        if m in paper:
+            row["paper"] = {k: paper[m][k] for k in ("retain_acc", "retain_acc_sd",
+                                                      "forget_acc", "forget_acc_sd", "mia",
+                                                      "mia_sd")}
+        rows.append(row)
+    return {"config": {k: v for k, v in vars(cfg).items()}, "seeds": seeds, "rows": rows,
+            "runs": runs}
+
+
+def markdown(cfg: Config, summary: dict) -> str:
+    head = ["Method"]
+    for _, label in COLUMNS:
+        head += [label, f"{label} (paper)"]
+    head += ["Retrain dist.", "Runtime (s, median)", "Zero-shot"]
+    lines = [f"# {cfg.name} ({cfg.table}, scale {cfg.scale})", "",
+             f"Forget {cfg.forget}; model {cfg.model} {cfg.model_opts}; seeds {summary['seeds']}; "
+             f"method settings: {'the authors (--paper)' if cfg.paper_setting else 'defaults'}.",
+             "Paper: Foster et al., TMLR 2025 (numbers from experiments/paper/paper_tables.csv).",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["rows"]:
+        cells = [r["method"]]
+        for key, _ in COLUMNS:
+            cells.append(f"{r[key]:.1f} ± {r[key + '_sd']:.1f}")
+            p = r.get("paper")
+            cells.append(f"{p[key]:.1f} ± {p[key + '_sd']:.1f}" if p else "")
+        cells += [f"{r['retrain_distance']:.1f} ± {r['retrain_distance_sd']:.1f}",
+                  f"{r['runtime_median']:.2f}", "yes" if r["zero_shot"] else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="a config module in experiments/paper (e.g. table2_vgg)")
+    p.add_argument("--scale", default="cpu", choices=SCALES)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path, help="the dataset .npz the config reads (cpu/paper)")
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--methods", nargs="+")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.scale)
+    summary = run(cfg, args.out, data=args.data, seeds=args.seeds, methods=args.methods)
+    print(markdown(cfg, summary))
+    print(f"wrote {args.out / 'results.md'} ({summary['wall_time_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

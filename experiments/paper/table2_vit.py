@@ -1,0 +1,27 @@
+"""Table 2 (a), CIFAR-100, full-class forgetting of "rocket", ViT, every method of the table,
+3 seeds.
+
+Paper scale: ViT-B/16 from the official ImageNet-21k weights (``--vit-weights`` through the
+existing loader is not wired into the runner yet), fine-tuned 8 epochs at 224x224. CPU twin: a
+small ViT trained from scratch at 32x32 on 100 / 50 images per class (no pretrained weights can be
+downloaded here). Measured result: not run yet.
+"""
+
+from common import make
+
+
+def get_config(scale: str = "cpu"):
+    return make(
+        scale, name="table2_vit", table="table2a", task="class", forget="class:rocket",
+        dataset="npz:{data}", tiny_kind="cifar100",
+        paper=dict(model="vit_b16", data_opts={}, train=dict(epochs=8, batch_size=64, lr=0.1,
+                                                               optimizer="sgd",
+                                                               schedule="onecycle")),
+        cpu=dict(model="vit", model_opts={"patch_size": 4, "hidden": 128, "depth": 4,
+                                          "heads": 4, "mlp_dim": 256},
+                 per_class=100, test_per_class=50,
+                 train=dict(epochs=30, batch_size=64, lr=1e-3, optimizer="adam",
+                            schedule="onecycle", augment="crop_flip")),
+        tiny=dict(model="vit", model_opts={"patch_size": 4, "hidden": 8, "depth": 1, "heads": 2,
+                                           "mlp_dim": 16}),
+    )

@@ -1,0 +1,26 @@
+"""Table 3 (a), CIFAR-20 (CIFAR-100 scored on its 20 super-classes), sub-class forgetting of
+"rocket" (in "vehicles 2"), the authors' "VGG16" (their code builds torchvision's vgg11 under that
+name), every method of the table, 3 seeds.
+
+    python experiments/paper/run.py table3_vgg --scale cpu --data runs/data/cifar100.npz \
+        --out runs/paper/table3-vgg
+
+CPU twin: 100 / 50 images per fine class, width 16, 30 epochs. Measured result: not run yet.
+"""
+
+from common import make
+
+
+def get_config(scale: str = "cpu"):
+    return make(
+        scale, name="table3_vgg", table="table3a", task="subclass", forget="subclass:rocket",
+        dataset="npz:{data}", tiny_kind="cifar20",
+        paper=dict(model="vgg11_torchvision", data_opts={"target": "coarse"},
+                   train=dict(epochs=50, batch_size=64, lr=0.1, optimizer="sgd",
+                              schedule="onecycle", augment="crop_flip")),
+        cpu=dict(model="vgg11_torchvision", model_opts={"width": 16}, data_opts={"target": "coarse"},
+                 per_class=100, test_per_class=50,
+                 train=dict(epochs=30, batch_size=64, lr=0.05, optimizer="sgd",
+                            schedule="onecycle", augment="crop_flip")),
+        tiny=dict(data_opts={"target": "coarse"}),
+    )

@@ -1,0 +1,25 @@
+"""Table 3 (b), CIFAR-20, sub-class forgetting of "rocket", ViT, every method of the table,
+3 seeds. Paper scale: ViT-B/16 (pretrained weights needed, not wired into the runner yet), 9
+epochs. CPU twin: a small ViT from scratch at 32x32, 100 / 50 images per fine class. Measured
+result: not run yet.
+"""
+
+from common import make
+
+SMALL_VIT = {"patch_size": 4, "hidden": 128, "depth": 4, "heads": 4, "mlp_dim": 256}
+
+
+def get_config(scale: str = "cpu"):
+    return make(
+        scale, name="table3_vit", table="table3b", task="subclass", forget="subclass:rocket",
+        dataset="npz:{data}", tiny_kind="cifar20",
+        paper=dict(model="vit_b16", data_opts={"target": "coarse"},
+                   train=dict(epochs=9, batch_size=64, lr=0.1, optimizer="sgd",
+                              schedule="onecycle")),
+        cpu=dict(model="vit", model_opts=SMALL_VIT, data_opts={"target": "coarse"},
+                 per_class=100, test_per_class=50,
+                 train=dict(epochs=30, batch_size=64, lr=1e-3, optimizer="adam",
+                            schedule="onecycle", augment="crop_flip")),
+        tiny=dict(model="vit", model_opts={"patch_size": 4, "hidden": 8, "depth": 1, "heads": 2,
+                                           "mlp_dim": 16}, data_opts={"target": "coarse"}),
+    )
