@@ -84,12 +84,9 @@ def main(argv=None):
                 f"seeds {sorted(k for k in rtrn_by_seed if k is not None)})")
     bres = evaluate_unlearning(model, ds, split, method="bsln", runtime=0.0, preprocess=prep)
     results = []
-    rtrn_of = {}  # id(result) -> the RTRN result of its seed
     for seed in args.seeds:
         rres = rtrn_by_seed[seed][1]
-        for r in (dataclasses.replace(bres, seed=seed), dataclasses.replace(rres, seed=seed)):
-            results.append(r)
-            rtrn_of[id(r)] = rres
+        results += [dataclasses.replace(bres, seed=seed), dataclasses.replace(rres, seed=seed)]
         req = unlearn.Request(model, ds, split, spec, None, seed=seed, preprocess=prep)
         out = unlearn.run("jit", req, **opts)
         r = evaluate_unlearning(out.model, ds, split, method="jit", runtime=out.runtime,
@@ -97,7 +94,6 @@ def main(argv=None):
                                 preprocess=prep, extra={"options": opts,
                                                         "config": out.log["config"]})
         results.append(r)
-        rtrn_of[id(r)] = rres
         print(f"seed {seed}: D_r {r.retain_acc:.1f} D_f {r.forget_acc:.1f} MIA {r.mia:.1f} "
               f"runtime {out.runtime:.1f}s (compile {out.compile_time:.1f}s)", flush=True)
         for m in args.peers if args.peer_seeds is None or seed in args.peer_seeds else ():
@@ -108,12 +104,11 @@ def main(argv=None):
                                     seed=seed, preprocess=prep)
             r.retrain_distance = retrain_distance(r, rres)
             results.append(r)
-            rtrn_of[id(r)] = rres
             print(f"seed {seed} {m}: D_r {r.retain_acc:.1f} D_f {r.forget_acc:.1f} "
                   f"MIA {r.mia:.1f} dist {r.retrain_distance:.1f} runtime {out.runtime:.1f}s "
                   f"(compile {out.compile_time:.1f}s)", flush=True)
     for r in results:  # each against the RTRN of its own seed
-        r.retrain_distance = retrain_distance(r, rtrn_of[id(r)])
+        r.retrain_distance = retrain_distance(r, rtrn_by_seed[r.seed][1])
     table = markdown_table(results)
     print(f"{ds.name}, {spec.name} {spec.kwargs}, forget {split.description} "
           f"({split.n_forget} samples), JiT {opts}\n{table}")

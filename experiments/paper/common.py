@@ -120,6 +120,15 @@ def balanced_subset(arrays: dict, per_class: int | None, test_per_class: int | N
     return out
 
 
+#: the CPU twins' recipes and models, one place for every table
+CPU_VGG_TRAIN = dict(epochs=30, batch_size=64, lr=0.05, optimizer="sgd", schedule="onecycle",
+                     augment="crop_flip")
+CPU_VIT_TRAIN = dict(epochs=30, batch_size=64, lr=1e-3, optimizer="adam", schedule="onecycle",
+                     augment="crop_flip")
+SMALL_VIT = {"patch_size": 4, "hidden": 128, "depth": 4, "heads": 4, "mlp_dim": 256}
+TINY_VIT = {"patch_size": 4, "hidden": 8, "depth": 1, "heads": 2, "mlp_dim": 16}
+
+
 def make(scale: str, *, name: str, table: str, task: str, forget: str, dataset: str,
          tiny_kind: str, paper: dict, cpu: dict, tiny: dict | None = None) -> Config:
     """The config at ``scale``: the shared fields, then the scale's own (model, data, training).

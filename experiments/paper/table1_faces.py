@@ -13,7 +13,7 @@ RTRN scores D_r 100.
 Measured result: not run (no data).
 """
 
-from common import make
+from common import CPU_VGG_TRAIN, make
 
 LOAD = {"image_size": (32, 32), "test_fraction": 0.0}
 
@@ -26,6 +26,5 @@ def get_config(scale: str = "cpu"):
                    train=dict(epochs=250, batch_size=64, lr=0.1, optimizer="sgd",
                               schedule="onecycle", augment="crop_flip")),
         cpu=dict(model="vgg11_torchvision", model_opts={"width": 16}, load_opts=LOAD,
-                 train=dict(epochs=30, batch_size=64, lr=0.05, optimizer="sgd",
-                            schedule="onecycle", augment="crop_flip")),
+                 train=CPU_VGG_TRAIN),
     )

@@ -11,7 +11,7 @@ torchvision layout at width 16 (its convolutions; the head as the authors'), 30 
 Measured result: not run yet.
 """
 
-from common import make
+from common import CPU_VGG_TRAIN, make
 
 
 def get_config(scale: str = "cpu"):
@@ -22,7 +22,5 @@ def get_config(scale: str = "cpu"):
                                                          optimizer="sgd", schedule="onecycle",
                                                          augment="crop_flip")),
         cpu=dict(model="vgg11_torchvision", model_opts={"width": 16}, per_class=100,
-                 test_per_class=50, train=dict(epochs=30, batch_size=64, lr=0.05,
-                                               optimizer="sgd", schedule="onecycle",
-                                               augment="crop_flip")),
+                 test_per_class=50, train=CPU_VGG_TRAIN),
     )

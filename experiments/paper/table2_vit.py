@@ -7,7 +7,7 @@ small ViT trained from scratch at 32x32 on 100 / 50 images per class (no pretrai
 downloaded here). Measured result: not run yet.
 """
 
-from common import make
+from common import CPU_VIT_TRAIN, SMALL_VIT, TINY_VIT, make
 
 
 def get_config(scale: str = "cpu"):
@@ -17,11 +17,8 @@ def get_config(scale: str = "cpu"):
         paper=dict(model="vit_b16", data_opts={}, train=dict(epochs=8, batch_size=64, lr=0.1,
                                                                optimizer="sgd",
                                                                schedule="onecycle")),
-        cpu=dict(model="vit", model_opts={"patch_size": 4, "hidden": 128, "depth": 4,
-                                          "heads": 4, "mlp_dim": 256},
+        cpu=dict(model="vit", model_opts=SMALL_VIT,
                  per_class=100, test_per_class=50,
-                 train=dict(epochs=30, batch_size=64, lr=1e-3, optimizer="adam",
-                            schedule="onecycle", augment="crop_flip")),
-        tiny=dict(model="vit", model_opts={"patch_size": 4, "hidden": 8, "depth": 1, "heads": 2,
-                                           "mlp_dim": 16}),
+                 train=CPU_VIT_TRAIN),
+        tiny=dict(model="vit", model_opts=TINY_VIT),
     )

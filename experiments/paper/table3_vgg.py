@@ -8,7 +8,7 @@ name), every method of the table, 3 seeds.
 CPU twin: 100 / 50 images per fine class, width 16, 30 epochs. Measured result: not run yet.
 """
 
-from common import make
+from common import CPU_VGG_TRAIN, make
 
 
 def get_config(scale: str = "cpu"):
@@ -20,7 +20,6 @@ def get_config(scale: str = "cpu"):
                               schedule="onecycle", augment="crop_flip")),
         cpu=dict(model="vgg11_torchvision", model_opts={"width": 16}, data_opts={"target": "coarse"},
                  per_class=100, test_per_class=50,
-                 train=dict(epochs=30, batch_size=64, lr=0.05, optimizer="sgd",
-                            schedule="onecycle", augment="crop_flip")),
+                 train=CPU_VGG_TRAIN),
         tiny=dict(data_opts={"target": "coarse"}),
     )

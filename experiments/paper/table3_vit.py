@@ -4,9 +4,7 @@ epochs. CPU twin: a small ViT from scratch at 32x32, 100 / 50 images per fine cl
 result: not run yet.
 """
 
-from common import make
-
-SMALL_VIT = {"patch_size": 4, "hidden": 128, "depth": 4, "heads": 4, "mlp_dim": 256}
+from common import CPU_VIT_TRAIN, SMALL_VIT, TINY_VIT, make
 
 
 def get_config(scale: str = "cpu"):
@@ -18,8 +16,6 @@ def get_config(scale: str = "cpu"):
                               schedule="onecycle")),
         cpu=dict(model="vit", model_opts=SMALL_VIT, data_opts={"target": "coarse"},
                  per_class=100, test_per_class=50,
-                 train=dict(epochs=30, batch_size=64, lr=1e-3, optimizer="adam",
-                            schedule="onecycle", augment="crop_flip")),
-        tiny=dict(model="vit", model_opts={"patch_size": 4, "hidden": 8, "depth": 1, "heads": 2,
-                                           "mlp_dim": 16}, data_opts={"target": "coarse"}),
+                 train=CPU_VIT_TRAIN),
+        tiny=dict(model="vit", model_opts=TINY_VIT, data_opts={"target": "coarse"}),
     )

@@ -15,7 +15,7 @@ RTRN: SSD 6.8, SCRUB 8.7, BSLN 9.2, BDSH 9.2, AMN 9.3, BT 9.7, JiT 12.1, FNTN 12
 original is too weak for a comparison with the paper; a longer or wider twin is the next step.
 """
 
-from common import make
+from common import CPU_VGG_TRAIN, make
 
 
 def get_config(scale: str = "cpu"):
@@ -26,7 +26,6 @@ def get_config(scale: str = "cpu"):
                                                          optimizer="sgd", schedule="onecycle",
                                                          augment="crop_flip")),
         cpu=dict(model="vgg11_torchvision", model_opts={"width": 16},
-                 train=dict(epochs=20, batch_size=64, lr=0.05, optimizer="sgd",
-                            schedule="onecycle", augment="crop_flip")),
+                 train={**CPU_VGG_TRAIN, "epochs": 20}),
         tiny=dict(forget="random:5"),
     )

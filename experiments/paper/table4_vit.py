@@ -4,9 +4,7 @@ into the runner yet), 8 epochs. CPU twin: a small ViT from scratch on the shared
 subset. Measured result: not run yet.
 """
 
-from common import make
-
-SMALL_VIT = {"patch_size": 4, "hidden": 128, "depth": 4, "heads": 4, "mlp_dim": 256}
+from common import CPU_VIT_TRAIN, SMALL_VIT, TINY_VIT, make
 
 
 def get_config(scale: str = "cpu"):
@@ -16,9 +14,7 @@ def get_config(scale: str = "cpu"):
         paper=dict(model="vit_b16", train=dict(epochs=8, batch_size=64, lr=0.1,
                                                 optimizer="sgd", schedule="onecycle")),
         cpu=dict(model="vit", model_opts=SMALL_VIT,
-                 train=dict(epochs=30, batch_size=64, lr=1e-3, optimizer="adam",
-                            schedule="onecycle", augment="crop_flip")),
+                 train=CPU_VIT_TRAIN),
         tiny=dict(forget="random:5", model="vit",
-                  model_opts={"patch_size": 4, "hidden": 8, "depth": 1, "heads": 2,
-                              "mlp_dim": 16}),
+                  model_opts=TINY_VIT),
     )

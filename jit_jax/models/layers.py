@@ -201,8 +201,8 @@ _IMPL_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 
 def set_conv_impl(impl: str | None) -> None:
-    """Set the process-wide convolution implementation, ``"auto"``, ``"xla"`` or ``"custom"``
-    (``None``: back to ``$JIT_JAX_CONV``, else ``"auto"``). Read when functions are traced."""
+    """Set the process-wide convolution implementation, one of :data:`CONV_IMPLS` (``None``: back
+    to ``$JIT_JAX_CONV``, else ``"auto"``). Read when functions are traced."""
     global _DEFAULT_IMPL
     _DEFAULT_IMPL = None if impl is None else _check_impl(impl, "set_conv_impl")
 
@@ -241,8 +241,8 @@ def resolve_conv_impl(impl: str | None = None) -> str:
 
 @contextlib.contextmanager
 def conv_impl(impl: str) -> Iterator[None]:
-    """Use ``impl`` (``"auto"``, ``"xla"`` or ``"custom"``) for the convolutions traced inside the
-    block. Blocks nest; the setting is per thread/context (a ``contextvars`` variable)."""
+    """Use ``impl`` (one of :data:`CONV_IMPLS`) for the convolutions traced inside the block.
+    Blocks nest; the setting is per thread/context (a ``contextvars`` variable)."""
     token = _IMPL_OVERRIDE.set(_check_impl(impl, "conv_impl"))
     try:
         yield

@@ -169,9 +169,10 @@ def _conv_fn(strides, padding):
     def _rule(axis_size, in_batched, x, w):
         x_b, w_b = in_batched
         if w_b:  # a kernel per mapped element: XLA's convolution, vmapped
-            out = jax.vmap(lambda a, b: jax.lax.conv_general_dilated(
-                a, b, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")),
-                in_axes=(0 if x_b else None, 0))(x, w)
+            from jit_jax.models.layers import conv_general  # (layers imports this module)
+
+            out = jax.vmap(lambda a, b: conv_general(a, b, strides, padding),
+                           in_axes=(0 if x_b else None, 0))(x, w)
             return out, True
         y = f(x.reshape((axis_size * x.shape[1],) + x.shape[2:]), w)  # fold into the image axis
         return y.reshape((axis_size, x.shape[1]) + y.shape[1:]), True

@@ -84,18 +84,14 @@ ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     dnnl::memory src_m(pd.src_desc(), Engine(), const_cast<float*>(x.typed_data()));
     dnnl::memory dst_m(pd.dst_desc(), Engine(), y->typed_data());
     dnnl::memory w_user(prim->user_weights, Engine(), const_cast<float*>(w.typed_data()));
-    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DST, dst_m}};
-    if (pd.weights_desc() != prim->user_weights) {
-      dnnl::memory w_blocked(pd.weights_desc(), Engine());
-      dnnl::reorder(w_user, w_blocked).execute(stream, w_user, w_blocked);
-      args[DNNL_ARG_WEIGHTS] = w_blocked;
-      prim->conv.execute(stream, args);
-      stream.wait();
-    } else {
-      args[DNNL_ARG_WEIGHTS] = w_user;
-      prim->conv.execute(stream, args);
-      stream.wait();
+    dnnl::memory weights = w_user;
+    if (pd.weights_desc() != prim->user_weights) {  // into oneDNN's preferred (blocked) layout
+      weights = dnnl::memory(pd.weights_desc(), Engine());
+      dnnl::reorder(w_user, weights).execute(stream, w_user, weights);
     }
+    prim->conv.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, weights},
+                                {DNNL_ARG_DST, dst_m}});
+    stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("jit_jax dnnl conv: oneDNN error: ") + e.what());
   }

@@ -25,7 +25,7 @@ super-class) is what ``unsir`` runs on a sub-class request.
 
 from __future__ import annotations
 
-from jit_jax.unlearn.jit import JiTConfig
+from jit_jax.unlearn.jit import JiTConfig, preset
 
 TASKS = ("class", "subclass", "random")
 
@@ -37,18 +37,6 @@ TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "table2": ("class", "cifar100", ("vgg11_torchvision", "vit_b16")),
     "table3": ("subclass", "cifar20", ("vgg11_torchvision", "vit_b16")),
     "table4": ("random", "cifar10", ("vgg11_torchvision", "vit_b16")),
-}
-
-#: (task, family) -> JiT as the authors' ``*_main.py`` sets it (sigma, lr, forget batch).
-#: "cnn" is their VGG row, which this project also uses for any other CNN (ResNet18 included):
-#: their code has no setting for other models (a NameError there).
-JIT: dict[tuple[str, str], tuple[float, float, int]] = {
-    ("class", "vit"): (0.8, 1.5, 128),
-    ("class", "cnn"): (0.5, 3e-4, 128),
-    ("subclass", "vit"): (1.5, 0.5, 64),
-    ("subclass", "cnn"): (0.01, 3e-4, 64),
-    ("random", "vit"): (0.5, 0.1, 128),
-    ("random", "cnn"): (0.01, 3e-4, 128),
 }
 
 #: (task, family) -> {method: options} where the authors' run differs from our defaults.
@@ -75,11 +63,12 @@ def _check_task(task: str) -> None:
 
 
 def jit_config(task: str, model: str) -> JiTConfig:
-    """JiT as the authors run it for ``task`` and ``model``: their sigma, lr and forget batch, with
-    gradients accumulated over the pass and the model in train mode (``reference_quirks``)."""
+    """JiT as the authors run it for ``task`` and ``model``: their sigma, lr and forget batch (the
+    preset, :func:`jit_jax.unlearn.jit.preset`: their ViT row, or their VGG row for every other
+    model, since their code sets no other), with gradients accumulated over the pass and the model
+    in train mode (``reference_quirks``)."""
     _check_task(task)
-    sigma, lr, batch = JIT[(task, family(model))]
-    return JiTConfig(sigma=sigma, lr=lr, batch_size=batch, reference_quirks=True)
+    return preset(task, model).replace(reference_quirks=True)
 
 
 def options(task: str, model: str, method: str) -> dict:
