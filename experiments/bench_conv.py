@@ -8,10 +8,11 @@ For every distinct convolution shape of the chosen models (found by tracing the 
 convolution functions instrumented), three jitted functions are timed per implementation:
 ``fwd`` (the convolution), ``dx`` (``jax.vjp`` with respect to the input only) and ``dw`` (with
 respect to the kernel only). "xla" is ``lax.conv_general_dilated`` with XLA's own differentiation
-rule; "ours" is what :class:`jit_jax.models.layers.Conv` runs on the CPU: the custom rule
-(``layers.conv_custom``; ``--ours``: ``auto``, the library's default, is oneDNN's forward pass with
-the custom rule when oneDNN is available, ``custom`` keeps XLA's forward pass) or, for maps of at
-most 4x4, the im2col matmul (``path`` column). The
+rule; "ours" is what :class:`jit_jax.models.layers.Conv` runs on the CPU (``path`` column): with
+``--ours auto`` (the library's default) or ``onednn``, oneDNN's forward, input-gradient and
+kernel-gradient convolutions when oneDNN is available (``layers.conv_onednn``), on maps of every
+size; with ``custom``, the custom rule (``layers.conv_custom``: XLA's forward and input gradient,
+the chunked-matmul kernel gradient) and, for maps of at most 4x4, the im2col matmul. The
 rate is the nominal ``2 * N * H_out * W_out * kh * kw * C_in * C_out`` FLOPs over the time, for
 all three passes. A 2048^2 float32 matmul is timed first and last as a calibration of the
 machine's state.
@@ -78,7 +79,8 @@ def _recording(shapes: list):
     real_conv, real_im2col = layers.conv, layers.conv_im2col
 
     def conv(x, kernel, strides, padding, **kw):
-        shapes.append((x.shape, kernel.shape, tuple(strides), padding, "custom rule"))
+        path = "oneDNN" if layers.resolve_conv_impl(kw.get("impl")) == "onednn" else "custom rule"
+        shapes.append((x.shape, kernel.shape, tuple(strides), padding, path))
         return real_conv(x, kernel, strides, padding, **kw)
 
     def im2col(x, kernel, strides, padding):
@@ -97,7 +99,7 @@ def conv_shapes(model_name: str, batch: int) -> list[tuple]:
     model = models.ModelSpec(name, 10, shape, tuple(opts.items())).abstract()
     model.train()
     found: list = []
-    with _recording(found):
+    with layers.conv_impl(OURS), _recording(found):
         nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((batch, *shape), jnp.float32))
     return found
 

@@ -73,10 +73,43 @@ def _stand_in(name: str) -> types.ModuleType:
     return mod
 
 
+def _vgg11_torchvision_layout():
+    """torchvision's ``vgg11()`` architecture (configuration "A": 3x3 convolutions with ReLU,
+    64-M-128-M-256-256-M-512-512-M-512-512-M, adaptive 7x7 average pooling, 25088-4096-4096-1000
+    classifier with ReLU and dropout 0.5), built from torch.nn for when torchvision cannot be
+    imported (PyPI's torchvision does not load beside the CPU build of torch 2.13). Same layers,
+    shapes and FLOPs, so the same step cost; the weights' initial values do not matter here."""
+    import torch
+    import torch.nn as nn
+
+    layers_, c = [], 3
+    for v in (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"):
+        if v == "M":
+            layers_.append(nn.MaxPool2d(2, 2))
+        else:
+            layers_ += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+            c = v
+
+    class VGG(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(*layers_)
+            self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+            self.classifier = nn.Sequential(
+                nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(0.5),
+                nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(4096, 1000))
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+    return VGG()
+
+
 def load_authors(src: Path, model: str = "resnet18"):
     """(model constructor, Lipschitz class) from the authors' ``src`` folder: ``resnet18`` is their
     CIFAR ``resnet.resnet18()``; ``vgg11`` is their ``models.VGG16`` class, which holds
-    torchvision's vgg11 plus a 1000 -> 100 layer (needs torchvision and transformers installed)."""
+    torchvision's vgg11 plus a 1000 -> 100 layer (with torchvision's own ``vgg11`` when it can be
+    imported, else :func:`_vgg11_torchvision_layout`; transformers is stood in when missing)."""
     for f in ("lipschitz.py", "resnet.py"):
         if not (src / f).is_file():
             raise SystemExit(f"error: --authors-src {src} has no {f}; pass the 'src' folder of "
@@ -110,6 +143,11 @@ def load_authors(src: Path, model: str = "resnet18"):
     sys.modules["torchvision.transforms.v2"] = v2
     if "torchvision.transforms" in added:
         sys.modules["torchvision.transforms"].v2 = v2
+    if model == "vgg11" and "torchvision.models" in added:
+        tv_models = sys.modules["torchvision.models"]
+        tv_models.vgg11 = _vgg11_torchvision_layout
+        print("torchvision cannot be imported: the authors' VGG16 class gets vgg11 rebuilt from "
+              "torch.nn in torchvision's layout")
     models_stub = types.ModuleType("models")
     models_stub.ViT = type("ViT", (), {})  # only used in an isinstance check
     sys.modules["models"] = models_stub

@@ -269,7 +269,9 @@ def _uses_custom_rule(fn, *args) -> bool:
 
     def walk(jp):
         for eqn in jp.eqns:
-            if eqn.primitive.name.startswith("custom_jvp_call"):
+            # the custom rule, or the oneDNN convolution (the CPU's own rules, both)
+            if eqn.primitive.name.startswith("custom_jvp_call") or \
+                    eqn.primitive.name == onednn.forward_p.name:
                 return True
             if any(walk(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
                 return True
@@ -288,7 +290,7 @@ def test_switch_selects_the_rule(monkeypatch):
     layers.set_conv_impl(None)
     assert layers.get_conv_impl() == "auto"
     on_cpu = jax.default_backend() == "cpu"
-    # auto on the CPU: the custom rule, with oneDNN's forward pass when it is there (one device)
+    # auto on the CPU: oneDNN when it is there (one device), else the custom rule
     auto = ("onednn" if jax.device_count() == 1 and onednn.available() else "custom") \
         if on_cpu else "xla"
     assert layers.resolve_conv_impl() == auto
@@ -336,7 +338,12 @@ def test_conv_module_uses_the_switch():
         assert _uses_custom_rule(apply, state, x)
     with layers.conv_impl("xla"):
         assert not _uses_custom_rule(apply, state, x)
-    assert not _uses_custom_rule(apply, state, jnp.ones((2, 4, 4, 3)))  # im2col path: a matmul
+    small = jnp.ones((2, 4, 4, 3))
+    with layers.conv_impl("custom"):
+        assert conv.uses_im2col((4, 4)) and not _uses_custom_rule(apply, state, small)  # a matmul
+    if onednn.available():  # oneDNN is fast on small maps too: no im2col form
+        with layers.conv_impl("onednn"):
+            assert not conv.uses_im2col((4, 4)) and _uses_custom_rule(apply, state, small)
 
 
 @pytest.mark.parametrize("name,shape,opts", [
@@ -423,7 +430,8 @@ def test_model_zoo_gradients(name, shape, opts, monkeypatch):
         finally:
             monkeypatch.setattr(layers, "conv", real_conv)
 
-    jax.eval_shape(loss, fn.params, None)  # trace only: fills meta
+    with layers.conv_impl("xla"):  # (which layers reach layers.conv depends on the setting)
+        jax.eval_shape(loss, fn.params, None)  # trace only: fills meta
     probes = [jnp.zeros(m[2]) for m in meta]
 
     def run(params, probes):

@@ -1,15 +1,16 @@
-"""oneDNN's forward convolution (``jit_jax.models.onednn``, ``layers.conv_custom(forward="onednn")``)
-against XLA's.
+"""The oneDNN convolution (``jit_jax.models.onednn``, ``layers.conv_onednn``) against XLA's.
 
-Forward values: both compute each output as a float32 sum of K = kh*kw*C_in products plus the
-bias, in different orders, so they differ by at most ``2 * gamma_(K+1) * S`` elementwise, S being
-the same sums over absolute values (``test_conv_vjp._bound``). Gradients: the rule's derivative
-maps do not read the forward values (a convolution is linear in each argument), so dx and dkernel
-must be bit-identical to the custom rule's with XLA's forward pass.
+Its forward pass, input gradient and kernel gradient are three oneDNN calls, made JAX primitives
+whose derivatives (jvp and transpose) are each other. Values: each output of every map is a
+float32 sum of the same products as XLA's, in another order, so the two differ by at most
+``2 * gamma_K * S`` elementwise (``test_conv_vjp._bound``: K the contraction length, S the same
+sums over absolute values). Higher-order derivatives (grad of grad, jvp, Hessians) are checked on
+small-integer data, where float32 arithmetic is exact in any order: they must equal XLA's exactly.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -18,21 +19,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_conv_vjp import CASES, _assert_within, _bound, _case_arrays, _conv_args, _with_bias
+from test_conv_vjp import (CASES, HIGHER, _assert_within, _bound, _case_arrays, _conv_args,
+                           _int_data, _with_bias)
 
 from jit_jax.models import layers, onednn
 
 pytestmark = pytest.mark.skipif(not onednn.available(),
                                 reason=f"oneDNN convolution not available: {onednn.status()}")
 
+PRIMS = (onednn.forward_p, onednn.data_p, onednn.weights_p)
+
 
 def _onednn_conv(x, kernel, strides, padding):
-    return layers.conv_custom(x, kernel, strides, padding, forward="onednn")
+    return layers.conv_onednn(x, kernel, strides, padding)
 
 
-def test_forward_matches_xla_and_gradients_are_the_rules():
-    """Every layer configuration of the models, under jit: values within the float32 bound of
-    XLA's, gradients equal to the custom rule's (XLA's forward) bit for bit."""
+def _prims_in(fn, *args) -> set[str]:
+    names = set()
+
+    def walk(jp):
+        for eqn in jp.eqns:
+            names.add(eqn.primitive.name)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return names
+
+
+def test_values_and_gradients_match_xla():
+    """Every layer configuration of the models, under jit: y, dx, dkernel and dbias within the
+    float32 bound of XLA's; the gradient program runs the three oneDNN maps and no XLA conv."""
     data = [_case_arrays(c, i) for i, c in enumerate(CASES)]
 
     @jax.jit
@@ -41,7 +58,7 @@ def test_forward_matches_xla_and_gradients_are_the_rules():
         for case, (x, kernel, bias) in zip(CASES, data, strict=True):
             strides, pad = _conv_args(case)
             per_impl = []
-            for conv in (layers.conv_custom, _onednn_conv):
+            for conv in (functools.partial(layers.conv, impl="xla"), _onednn_conv):
                 y, vjp = jax.vjp(_with_bias(conv, strides, pad), x, kernel, bias)
                 dy = jnp.cos(3.0 * per_impl[0][0]) if per_impl else jnp.cos(3.0 * y)
                 per_impl.append((y, *vjp(dy)))
@@ -50,38 +67,112 @@ def test_forward_matches_xla_and_gradients_are_the_rules():
         return outs
 
     for case, (ref, got, bounds) in zip(CASES, run(data), strict=True):
-        assert got[0].shape == ref[0].shape, case[0]
-        _assert_within(got[0], ref[0], bounds[0], f"{case[0]} y")
-        for name, i in (("dx", 1), ("dkernel", 2), ("dbias", 3)):
-            np.testing.assert_array_equal(got[i], ref[i], err_msg=f"{case[0]} {name}")
+        for name, i in (("y", 0), ("dx", 1), ("dkernel", 2), ("dbias", 3)):
+            assert got[i].shape == ref[i].shape, (case[0], name)
+            _assert_within(got[i], ref[i], bounds[i], f"{case[0]} {name}")
 
-
-def test_vmap_folds_the_mapped_axis():
-    """Only the input mapped (JiT's noisy draws): one call over all images; nested vmaps too;
-    input and kernel both mapped: XLA's convolution per element (values within the bound)."""
     (case,) = [c for c in CASES if c[0] == "3x3 s2 p1"]
-    x, kernel, _ = _case_arrays(case, 0)
-    strides, pad = _conv_args(case)
-    pads = layers._normalise(x, kernel, strides, pad)[1]
+    x, kernel, bias = data[CASES.index(case)]
+    names = _prims_in(jax.grad(lambda a, k: jnp.sum(_onednn_conv(a, k, (2, 2), 1) ** 2), (0, 1)),
+                      x, kernel)
+    assert {p.name for p in PRIMS} <= names and "conv_general_dilated" not in names, names
+
+
+@pytest.mark.parametrize("name,strides,pad,k", HIGHER, ids=[h[0] for h in HIGHER])
+def test_higher_order_exact(name, strides, pad, k):
+    """grad of grad (both ways), jvp in each argument, jvp of grad (curvature's HVP), linearize,
+    on integer data: exactly XLA's numbers."""
+    x, kernel = _int_data(0, (6, 4, 5, 4), (k, k, 4, 3))
+    xt, kt = _int_data(1, x.shape, kernel.shape)
+
+    def results(conv):
+        def loss(x, w):
+            return 0.5 * jnp.sum(conv(x, w, strides, pad) ** 2)
+
+        def grad_x_sq(x, w):  # an input-gradient penalty
+            return jnp.sum(jax.grad(loss, 0)(x, w) ** 2)
+
+        def grad_w_sq(x, w):
+            return jnp.sum(jax.grad(loss, 1)(x, w) ** 2)
+
+        return dict(
+            grad=jax.grad(loss, (0, 1))(x, kernel),
+            grad_of_grad_x=jax.grad(grad_x_sq, (0, 1))(x, kernel),
+            grad_of_grad_w=jax.grad(grad_w_sq, (0, 1))(x, kernel),
+            jvp=jax.jvp(lambda a, b: conv(a, b, strides, pad), (x, kernel), (xt, kt)),
+            hvp_x=jax.jvp(jax.grad(loss, 0), (x, kernel), (xt, jnp.zeros_like(kernel))),
+            hvp_w=jax.jvp(lambda b: jax.grad(loss, 1)(x, b), (kernel,), (kt,)),
+            linearize=jax.linearize(lambda a: jax.grad(loss, 0)(a, kernel), x)[1](xt),
+        )
+
+    want = jax.jit(lambda: results(layers.conv_general))()
+    got = jax.jit(lambda: results(_onednn_conv))()
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got),
+                            strict=True):
+        np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+
+
+def test_hessian_wrt_input_exact():
+    """jax.hessian (forward over reverse) of a scalar of one tiny input, as the curvature code."""
+    x, kernel = _int_data(2, (1, 4, 4, 2), (3, 3, 2, 3))
+
+    def f(conv, xx):
+        y = conv(xx, kernel, (1, 1), ((1, 1), (1, 1)))
+        return 0.5 * jnp.sum(jnp.maximum(y, 0.0) ** 2)
+
+    want = jax.jit(jax.hessian(functools.partial(f, layers.conv_general)))(x)
+    got = jax.jit(jax.hessian(functools.partial(f, _onednn_conv)))(x)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_vmap_all_maps():
+    """vmap of the forward and of grad: the input mapped (folded into the image axis), nested,
+    input and kernel mapped, per-example gradients (vmap of grad: the kernel gradient per
+    element); every result exactly XLA's on integer data."""
+    x, kernel = _int_data(3, (2, 5, 6, 3), (3, 3, 3, 4))
     xs = jnp.stack([x, 2.0 * x, -x])  # (3, N, H, W, C)
-    ks = jnp.stack([kernel, 0.5 * kernel, -kernel])
+    ks = jnp.stack([kernel, -kernel, 2.0 * kernel])
 
-    def one(a, k):
-        return _onednn_conv(a, k, strides, pad)
+    def results(conv):
+        def one(a, k):
+            return conv(a, k, (2, 2), 1)
 
-    mapped_x = jax.jit(jax.vmap(one, in_axes=(0, None)))(xs, kernel)
-    nested = jax.jit(jax.vmap(jax.vmap(lambda a, k: one(a[None], k)[0], in_axes=(0, None)),
-                              in_axes=(0, None)))(xs, kernel)
-    mapped_both = jax.jit(jax.vmap(one))(xs, ks)
-    for i in range(3):
-        y_ref = layers.conv_general(xs[i], kernel, strides, pads)
-        dy = jnp.ones_like(y_ref)
-        bound = _bound(xs[i], kernel, dy, strides, pads)[0]
-        _assert_within(mapped_x[i], y_ref, bound, f"vmap over x, element {i}")
-        _assert_within(nested[i], y_ref, bound, f"nested vmap, element {i}")
-        ref_both = layers.conv_general(xs[i], ks[i], strides, pads)
-        _assert_within(mapped_both[i], ref_both, _bound(xs[i], ks[i], dy, strides, pads)[0],
-                       f"vmap over x and kernel, element {i}")
+        def loss(k, a):
+            return 0.5 * jnp.sum(one(a, k) ** 2)
+
+        return dict(
+            mapped_x=jax.vmap(one, in_axes=(0, None))(xs, kernel),
+            nested=jax.vmap(jax.vmap(lambda a, k: one(a[None], k)[0], in_axes=(0, None)),
+                            in_axes=(0, None))(xs, kernel),
+            mapped_both=jax.vmap(one)(xs, ks),
+            per_example=jax.vmap(jax.grad(loss, (0, 1)), in_axes=(None, 0))(kernel, xs),
+            per_example_both=jax.vmap(jax.grad(loss, (0, 1)))(ks, xs),
+            grad_of_vmapped=jax.grad(lambda k: jnp.sum(jax.vmap(one, in_axes=(0, None))(xs, k)
+                                                       ** 2), )(kernel),
+        )
+
+    with layers.conv_impl("xla"):
+        want = jax.jit(lambda: results(layers.conv))()
+    got = jax.jit(lambda: results(_onednn_conv))()
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got),
+                            strict=True):
+        np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+
+
+def test_eager_and_empty():
+    """Outside jit (each map through its own jitted call) and with no images."""
+    x, kernel = _int_data(4, (2, 4, 4, 2), (3, 3, 2, 3))
+    pads = ((1, 1), (1, 1))
+    np.testing.assert_array_equal(onednn.conv(x, kernel, (1, 1), pads),
+                                  layers.conv_general(x, kernel, (1, 1), pads))
+    dy = jnp.ones((2, 4, 4, 3))
+    np.testing.assert_array_equal(
+        onednn.data_p.bind(dy, kernel, strides=(1, 1), padding=pads, in_hw=(4, 4)),
+        onednn._ref_data(dy, kernel, strides=(1, 1), padding=pads, in_hw=(4, 4)))
+    empty = jnp.zeros((0, 4, 4, 2))
+    assert onednn.conv(empty, kernel, (1, 1), pads).shape == (0, 4, 4, 3)
+    dk = jax.grad(lambda k: jnp.sum(onednn.conv(empty, k, (1, 1), pads)))(kernel)
+    np.testing.assert_array_equal(dk, jnp.zeros_like(kernel))
 
 
 def test_non_float32_uses_xla():
@@ -95,8 +186,9 @@ def test_non_float32_uses_xla():
         want = layers.conv_general(x, k, (1, 1), ((1, 1), (1, 1)))
         np.testing.assert_array_equal(got, want)
     with pytest.raises(TypeError, match="float32"):
-        onednn.conv_forward(x.astype(jnp.float16), k.astype(jnp.float16), (1, 1),
-                            ((1, 1), (1, 1)))
+        onednn.conv(x.astype(jnp.float16), k.astype(jnp.float16), (1, 1), ((1, 1), (1, 1)))
+    with pytest.raises(ValueError, match="matching channels"):
+        onednn.conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 5, 1)), (1, 1), ((1, 1), (1, 1)))
 
 
 def test_switch(monkeypatch):
@@ -112,8 +204,6 @@ def test_switch(monkeypatch):
         assert layers.resolve_conv_impl("auto") == "custom"
     with pytest.raises(RuntimeError, match="'onednn' is not available: switched off in a test"):
         layers.resolve_conv_impl("onednn")
-    with pytest.raises(ValueError, match="forward must be 'xla' or 'onednn'"):
-        layers.conv_custom(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), forward="mkl")
 
 
 def test_environment_switch_off():

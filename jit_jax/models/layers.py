@@ -55,17 +55,19 @@ input only) skip their term. The primal inside the rule calls :func:`conv_custom
 next order's derivative of the primal uses this rule too; the extra second-order terms (through
 the tangent maps) use XLA's rules: correct, not tuned.
 
-The forward pass through oneDNN. XLA:CPU's forward convolution itself runs at about half of the
-machine's matmul rate on the CIFAR shapes, which is what JiT's N noisy forwards spend their time
-on. With ``"onednn"`` the rule's primal (the forward value only; derivatives are unchanged) is
-oneDNN's direct convolution, called through an XLA FFI custom call that is built on first use
-(:mod:`jit_jax.models.onednn`); float32 only, other dtypes keep XLA's.
+The convolution through oneDNN. XLA:CPU's forward convolution itself runs at about half of the
+machine's matmul rate on the CIFAR shapes, and its input gradient no faster. With ``"onednn"``
+(:func:`conv_onednn`) all three maps (the forward pass, the input gradient and the kernel
+gradient) are oneDNN's direct convolutions, called through XLA FFI custom calls built on first use
+and made JAX primitives whose derivatives are each other (:mod:`jit_jax.models.onednn`): every
+transformation works, to any order. Float32 only; other dtypes take the custom rule. oneDNN is
+fast on small maps too, so :class:`Conv` then skips its im2col form.
 
-Selection: :func:`conv` uses the custom rule when the implementation setting is ``"custom"``
-(XLA's forward) or ``"onednn"`` (oneDNN's forward; an error when it is not available), or
-``"auto"`` (the default) and JAX's default backend is the CPU: then with oneDNN's forward when it
-is available and the process has one device (a custom call has no sharding rule, so a
-batch-sharded step keeps XLA's forward). ``"xla"``, and ``"auto"`` on an accelerator (whose
+Selection: :func:`conv` uses the custom rule when the implementation setting is ``"custom"``,
+oneDNN with ``"onednn"`` (an error when it is not available), and with ``"auto"`` (the default),
+when JAX's default backend is the CPU, oneDNN if it is available and the process has one device
+(a custom call has no sharding rule, so a batch-sharded step keeps the custom rule), else the
+custom rule. ``"xla"``, and ``"auto"`` on an accelerator (whose
 convolution libraries have their own weight-gradient kernels; not measured here), use
 ``lax.conv_general_dilated`` as it is. The setting comes from the environment variable ``JIT_JAX_CONV=xla|custom|onednn|auto``, then
 :func:`set_conv_impl`, and inside a ``with conv_impl("xla"):`` block from the block. It is read
@@ -383,23 +385,16 @@ def _conv_w_linear(x, w_t, strides, padding, out):
     return jnp.swapaxes(y, 0, 1).reshape(n, ho, wo, cout)
 
 
-def _forward(x, kernel, strides, padding, forward):
-    """The primal convolution: XLA's, or oneDNN's for float32 when ``forward == "onednn"``."""
-    if forward == "onednn" and x.dtype == jnp.float32 and kernel.dtype == jnp.float32:
-        return onednn.conv_forward(x, kernel, strides, padding)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_custom(x, kernel, strides, padding):
     return conv_general(x, kernel, strides, padding)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _conv_custom(x, kernel, strides, padding, forward="xla"):
-    return _forward(x, kernel, strides, padding, forward)
-
-
 @functools.partial(_conv_custom.defjvp, symbolic_zeros=True)
-def _conv_custom_jvp(strides, padding, forward, primals, tangents):
+def _conv_custom_jvp(strides, padding, primals, tangents):
     x, kernel = primals
     x_t, kernel_t = tangents
-    y = _conv_custom(x, kernel, strides, padding, forward)
+    y = _conv_custom(x, kernel, strides, padding)
     out = y.shape[1:3]
     t = None
     if not isinstance(x_t, SymbolicZero):
@@ -412,15 +407,22 @@ def _conv_custom_jvp(strides, padding, forward, primals, tangents):
     return y, t
 
 
-def conv_custom(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), forward: str = "xla"):
+def conv_custom(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0))):
     """The convolution (NHWC x HWIO -> NHWC) with the custom differentiation rule of the module
     docstring (weight gradient as chunked matrix products), on any backend. ``padding``: explicit
-    pairs, an int, "VALID" or "SAME" (XLA's meaning). ``forward``: ``"xla"``, or ``"onednn"`` for
-    oneDNN's forward pass (CPU, float32; :mod:`jit_jax.models.onednn`)."""
-    if forward not in ("xla", "onednn"):
-        raise ValueError(f"forward must be 'xla' or 'onednn', got {forward!r}")
+    pairs, an int, "VALID" or "SAME" (XLA's meaning)."""
     strides, padding, _ = _normalise(x, kernel, strides, padding)
-    return _conv_custom(x, kernel, strides, padding, forward)
+    return _conv_custom(x, kernel, strides, padding)
+
+
+def conv_onednn(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0))):
+    """The convolution with its forward pass and both gradients through oneDNN
+    (:func:`jit_jax.models.onednn.conv`; CPU, float32, call ``onednn.available()`` first); other
+    dtypes use :func:`conv_custom`. ``strides``/``padding`` as :func:`conv_custom`."""
+    strides, padding, _ = _normalise(x, kernel, strides, padding)
+    if x.dtype == jnp.float32 and kernel.dtype == jnp.float32:
+        return onednn.conv(x, kernel, strides, padding)
+    return _conv_custom(x, kernel, strides, padding)
 
 
 def conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), *, impl: str | None = None):
@@ -428,9 +430,10 @@ def conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), *, impl: str | Non
     ``"onednn"``) or :func:`conv_general` (XLA's rule), by ``impl`` or, when ``None``, by the
     current setting (:func:`conv_impl`)."""
     resolved = resolve_conv_impl(impl)
-    if resolved in ("custom", "onednn"):
-        return conv_custom(x, kernel, strides, padding,
-                           forward="onednn" if resolved == "onednn" else "xla")
+    if resolved == "onednn":
+        return conv_onednn(x, kernel, strides, padding)
+    if resolved == "custom":
+        return conv_custom(x, kernel, strides, padding)
     strides, padding, _ = _normalise(x, kernel, strides, padding)
     return conv_general(x, kernel, strides, padding)
 
@@ -499,14 +502,21 @@ class Conv(nnx.Module):
         else:
             self.bias = nnx.data(None)
 
-    def uses_im2col(self, spatial: tuple[int, int]) -> bool:
-        return max(spatial) <= self.im2col_max_spatial
+    def uses_im2col(self, spatial: tuple[int, int], dtype=jnp.float32,
+                    impl: str | None = None) -> bool:
+        """Whether a ``dtype`` map of size ``spatial`` goes through the im2col form: at or below
+        ``im2col_max_spatial``, unless the convolution runs through oneDNN (``impl``, default the
+        current setting; float32), which is fast on small maps too."""
+        if max(spatial) > self.im2col_max_spatial:
+            return False
+        return not (resolve_conv_impl(impl) == "onednn" and jnp.dtype(dtype) == jnp.float32
+                    and self.kernel.dtype == jnp.float32)
 
     def __call__(self, x):
         if x.ndim != 4:
             raise ValueError(f"Conv expects NHWC input (4 dims), got shape {x.shape}")
         kernel = self.kernel[...]
-        if self.uses_im2col(x.shape[1:3]):
+        if self.uses_im2col(x.shape[1:3], x.dtype):
             y = conv_im2col(x, kernel, self.strides, self.padding)
         else:
             y = conv(x, kernel, self.strides, self.padding)

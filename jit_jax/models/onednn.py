@@ -1,28 +1,30 @@
-"""The forward convolution through oneDNN on the CPU: an XLA FFI custom call, built on first use.
+"""The convolution through oneDNN on the CPU: XLA FFI custom calls, built on first use, as JAX
+primitives.
 
 Why. XLA:CPU's forward convolution runs at about half of the machine's matmul rate on the CIFAR
-ResNet18 shapes (64 channels at 32x32: ~170-200 GFLOP/s against ~300-400 for a 2048^2 matmul on
-the project's 2-core machine), while oneDNN, the library PyTorch uses on the CPU, runs close to the
-matmul rate. JiT's step is dominated by its N noisy forward passes, so this is where it loses to
-the authors' PyTorch step (``docs/performance.md``). ``jax`` 0.10 has no switch that routes
-convolutions to oneDNN (``--xla_cpu_use_onednn`` and the oneDNN/XNNPACK/YNNPACK fusion flags were
-measured: no change on the JiT step).
+ResNet18 shapes, its input gradient no faster, and its kernel gradient at a tenth of it or less
+(``docs/performance.md``), while oneDNN, the library PyTorch uses on the CPU, runs all three close
+to the matmul rate. ``jax`` 0.10 has no switch that routes convolutions to oneDNN
+(``--xla_cpu_use_onednn`` and the oneDNN/XNNPACK/YNNPACK fusion flags were measured: no change).
 
-How. ``jit_jax/native/dnnl_conv.cc`` is a typed XLA FFI handler that runs oneDNN's direct
-convolution (NHWC input and output, the kernel reordered per call into oneDNN's blocked layout).
-It is compiled with the system's C++ compiler (``$CXX``, else ``g++``, else ``c++``) against the
-oneDNN wheel (``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp``, installed with jit-jax on Linux
-x86-64) and JAX's FFI headers, once per source/JAX version, into ``$JIT_JAX_CACHE`` (default
-``~/.cache/jit-jax``); the build takes a few seconds. Anything missing (not Linux x86-64, no
-compiler, no oneDNN, a failed build) makes :func:`available` return False, :func:`status` say why,
-and the models keep XLA's convolution: nothing fails because of it. ``JIT_JAX_ONEDNN=0`` turns it
-off.
+How. ``jit_jax/native/dnnl_conv.cc`` holds three typed XLA FFI handlers around oneDNN's direct
+convolution: forward, backward data (the input gradient) and backward weights (the kernel
+gradient); NHWC activations, the HWIO kernel reordered per call to and from oneDNN's blocked
+layout. It is compiled with the system's C++ compiler (``$CXX``, else ``g++``, else ``c++``)
+against the oneDNN wheel (``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp``, installed with jit-jax
+on Linux x86-64) and JAX's FFI headers, once per source/JAX version, into ``$JIT_JAX_CACHE``
+(default ``~/.cache/jit-jax``); the build takes a few seconds. Anything missing (not Linux x86-64,
+no compiler, no oneDNN, a failed build) makes :func:`available` return False, :func:`status` say
+why, and the models keep the custom rule of :mod:`jit_jax.models.layers`: nothing fails because of
+it. ``JIT_JAX_ONEDNN=0`` turns it off.
 
-Only the forward pass of float32 convolutions goes through oneDNN; derivatives keep the custom
-rule of :mod:`jit_jax.models.layers` (XLA's input gradient, the chunked-matmul weight gradient), so
-every transformation (``grad``, ``jvp``, ``hessian``, ``vmap``) works as before. Under ``vmap`` the
-mapped axis is folded into the image axis (one call for all images) when only the input is mapped,
-and XLA's convolution is used when the kernel is mapped too.
+Each handler is a JAX primitive (:data:`forward_p`, :data:`data_p`, :data:`weights_p`). All three
+maps are bilinear and each one's transposes are maps of the same three, so their jvp and transpose
+rules close over them: ``grad``, ``jvp``, ``grad`` of ``grad``, ``jax.hessian`` all run in oneDNN.
+Under ``vmap`` the mapped axis is folded into the image axis (one call) when the kernel is not
+mapped, and otherwise (a mapped kernel; per-example kernel gradients) the maps run once per
+element through ``lax.map``. Float32 only. Off the CPU, and on the CPU before the library is
+loaded, the primitives lower to XLA's own convolution ops.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 ENV_SWITCH = "JIT_JAX_ONEDNN"
 """Set to 0 to never use oneDNN (the models then use XLA's convolution)."""
 CACHE_ENV = "JIT_JAX_CACHE"
 """Folder for the compiled library (default ``~/.cache/jit-jax``)."""
-TARGET = "jit_jax_dnnl_conv_forward"
 SOURCE = Path(__file__).resolve().parents[1] / "native" / "dnnl_conv.cc"
 
 _STATUS: dict[str, str] = {}
@@ -127,8 +130,10 @@ def _load() -> bool:
     try:
         path = _build(*found, cxx)
         lib = ctypes.cdll.LoadLibrary(str(path))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JitJaxDnnlConvForward),
-                                    platform="cpu")
+        for prim, target in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, _SYMBOLS[prim])),
+                                        platform="cpu")
+            mlir.register_lowering(prim, _lowering(prim), platform="cpu")
     except Exception as e:  # noqa: BLE001 -- any failure means: use XLA's convolution
         _STATUS["reason"] = f"build or load failed: {e}"
         return False
@@ -148,45 +153,152 @@ def status() -> str:
     return _STATUS.get("reason", "")
 
 
-def _call(x, w, strides, padding):
-    n, h, wi, _ = x.shape
-    kh, kw, _, o = w.shape
-    (pt, pb), (pl, pr) = padding
-    sh, sw = strides
-    ho, wo = (h + pt + pb - kh) // sh + 1, (wi + pl + pr - kw) // sw + 1
-    i64 = np.int64
-    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n, ho, wo, o), jnp.float32))(
-        x, w, sh=i64(sh), sw=i64(sw), pt=i64(pt), pb=i64(pb), pl=i64(pl), pr=i64(pr))
+def _out_hw(in_hw, kernel_hw, strides, padding):
+    return tuple((i + lo + hi - k) // s + 1
+                 for i, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, padding, strict=True))
+
+
+# ---- the three convolution maps as JAX primitives -------------------------------------------
+# A convolution y = conv(x, w) is bilinear, and so are its two derivative maps:
+#   data(dy, w)    -> dx, the input gradient (the transpose of x -> conv(x, w));
+#   weights(x, dy) -> dw, the kernel gradient (the transpose of w -> conv(x, w)).
+# Each map's transposes are maps of the same three, so with jvp rules (bilinear: jvp = op(t, b) +
+# op(a, t)) and transpose rules between them, every derivative of any order stays in oneDNN.
+# Params: strides (sh, sw), padding ((top, bottom), (left, right)), and the shape the map cannot
+# infer: the input's spatial size for data(), the kernel's for weights().
+
+
+def _ref_forward(x, w, *, strides, padding):
+    return jax.lax.conv_general_dilated(x, w, strides, padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _ref_data(dy, w, *, strides, padding, in_hw):
+    x0 = jnp.zeros((dy.shape[0], *in_hw, w.shape[2]), dy.dtype)
+    return jax.vjp(lambda x: _ref_forward(x, w, strides=strides, padding=padding), x0)[1](dy)[0]
+
+
+def _ref_weights(x, dy, *, strides, padding, kernel_hw):
+    w0 = jnp.zeros((*kernel_hw, x.shape[3], dy.shape[3]), x.dtype)
+    return jax.vjp(lambda w: _ref_forward(x, w, strides=strides, padding=padding), w0)[1](dy)[0]
+
+
+forward_p = Primitive("jit_jax_dnnl_conv")
+data_p = Primitive("jit_jax_dnnl_conv_data")
+weights_p = Primitive("jit_jax_dnnl_conv_weights")
+_REF = {forward_p: _ref_forward, data_p: _ref_data, weights_p: _ref_weights}
+TARGETS = {forward_p: "jit_jax_dnnl_conv_forward", data_p: "jit_jax_dnnl_conv_data",
+           weights_p: "jit_jax_dnnl_conv_weights"}
+_SYMBOLS = {forward_p: "JitJaxDnnlConvForward", data_p: "JitJaxDnnlConvBackwardData",
+            weights_p: "JitJaxDnnlConvBackwardWeights"}
+TARGET = TARGETS[forward_p]
+
+
+@forward_p.def_abstract_eval
+def _forward_aval(x, w, *, strides, padding):
+    hw = _out_hw(x.shape[1:3], w.shape[:2], strides, padding)
+    return jax.core.ShapedArray((x.shape[0], *hw, w.shape[3]), x.dtype)
+
+
+@data_p.def_abstract_eval
+def _data_aval(dy, w, *, strides, padding, in_hw):
+    return jax.core.ShapedArray((dy.shape[0], *in_hw, w.shape[2]), dy.dtype)
+
+
+@weights_p.def_abstract_eval
+def _weights_aval(x, dy, *, strides, padding, kernel_hw):
+    return jax.core.ShapedArray((*kernel_hw, x.shape[3], dy.shape[3]), x.dtype)
+
+
+def _geometry(p):
+    return {k: v for k, v in p.items() if k in ("strides", "padding")}
+
+
+# transposes: <ct, op(a, b)> differentiated by the undefined argument
+ad.defbilinear(
+    forward_p,
+    lambda ct, x, w, **p: data_p.bind(ct, w, **p, in_hw=tuple(x.aval.shape[1:3])),
+    lambda ct, x, w, **p: weights_p.bind(x, ct, **p, kernel_hw=tuple(w.aval.shape[:2])))
+ad.defbilinear(
+    data_p,
+    lambda ct, dy, w, **p: forward_p.bind(ct, w, **_geometry(p)),
+    lambda ct, dy, w, **p: weights_p.bind(ct, dy, **_geometry(p),
+                                          kernel_hw=tuple(w.aval.shape[:2])))
+ad.defbilinear(
+    weights_p,
+    lambda ct, x, dy, **p: data_p.bind(dy, ct, **_geometry(p), in_hw=tuple(x.aval.shape[1:3])),
+    lambda ct, x, dy, **p: forward_p.bind(x, ct, **_geometry(p)))
+
+
+def _batch_rule(prim):
+    """vmap: when only the activations are mapped (JiT's noise draws) the mapped axis is folded
+    into the image axis, one call for all; otherwise (a mapped kernel, or the kernel gradient,
+    which sums over images) one call per mapped element with ``lax.map``."""
+    foldable = prim is not weights_p
+
+    def rule(args, dims, **params):
+        a, b = args
+        da, db = dims
+        size = a.shape[da] if da is not None else b.shape[db]
+        if foldable and db is None:
+            a = jnp.moveaxis(a, da, 0)
+            out = prim.bind(a.reshape((size * a.shape[1],) + a.shape[2:]), b, **params)
+            return out.reshape((size, a.shape[1]) + out.shape[1:]), 0
+
+        def front(v, d):
+            if d is None:
+                return jnp.broadcast_to(v, (size,) + v.shape)
+            return jnp.moveaxis(v, d, 0)
+
+        return jax.lax.map(lambda ab: prim.bind(*ab, **params), (front(a, da), front(b, db))), 0
+
+    return rule
+
+
+def _lowering(prim):
+    rule = jax.ffi.ffi_lowering(TARGETS[prim])
+
+    def lower(ctx, a, b, *, strides, padding, **_):
+        (pt, pb), (pl, pr) = padding
+        i64 = np.int64
+        return rule(ctx, a, b, sh=i64(strides[0]), sw=i64(strides[1]), pt=i64(pt), pb=i64(pb),
+                    pl=i64(pl), pr=i64(pr))
+
+    return lower
+
+
+for _p in _REF:
+    # eager calls run through jit; other platforms (and CPU until the library is loaded) lower
+    # to XLA's convolution, so a traced program never depends on the library's presence
+    _p.def_impl(functools.partial(lambda p, *a, **kw: _jitted(p, **kw)(*a), _p))
+    batching.primitive_batchers[_p] = _batch_rule(_p)
+    mlir.register_lowering(_p, mlir.lower_fun(_REF[_p], multiple_results=False))
+
+
+def _hashable(params):
+    return tuple(sorted(params.items()))
 
 
 @functools.cache
-def _conv_fn(strides, padding):
-    @jax.custom_batching.custom_vmap
-    def f(x, w):
-        return _call(x, w, strides, padding)
-
-    @f.def_vmap
-    def _rule(axis_size, in_batched, x, w):
-        x_b, w_b = in_batched
-        if w_b:  # a kernel per mapped element: XLA's convolution, vmapped
-            from jit_jax.models.layers import conv_general  # (layers imports this module)
-
-            out = jax.vmap(lambda a, b: conv_general(a, b, strides, padding),
-                           in_axes=(0 if x_b else None, 0))(x, w)
-            return out, True
-        y = f(x.reshape((axis_size * x.shape[1],) + x.shape[2:]), w)  # fold into the image axis
-        return y.reshape((axis_size, x.shape[1]) + y.shape[1:]), True
-
-    return f
+def _jitted_cached(prim, items):
+    return jax.jit(functools.partial(prim.bind, **dict(items)))
 
 
-def conv_forward(x, w, strides, padding):
-    """``lax.conv_general_dilated(x, w, strides, padding, ("NHWC", "HWIO", "NHWC"))`` through
-    oneDNN (float32; call :func:`available` first). ``strides`` and ``padding`` are static
-    tuples, padding as ``((top, bottom), (left, right))``. Not differentiable by itself: the
-    models reach it through the custom rule of :func:`jit_jax.models.layers.conv_custom`."""
+def _jitted(prim, **params):
+    return _jitted_cached(prim, _hashable(params))
+
+
+def conv(x, w, strides, padding):
+    """``lax.conv_general_dilated(x, w, strides, padding, ("NHWC", "HWIO", "NHWC"))`` with the
+    forward pass, the input gradient and the kernel gradient through oneDNN (float32; call
+    :func:`available` first). ``strides`` and ``padding`` are static, padding as
+    ``((top, bottom), (left, right))``. Differentiable to any order (``grad``, ``jvp``,
+    ``hessian``) and vmappable."""
     if x.dtype != jnp.float32 or w.dtype != jnp.float32:
         raise TypeError(f"oneDNN convolution is float32 only, got {x.dtype} and {w.dtype}")
+    if x.ndim != 4 or w.ndim != 4 or x.shape[3] != w.shape[2]:
+        raise ValueError(f"oneDNN convolution: expected NHWC input and HWIO kernel with matching "
+                         f"channels, got {x.shape} and {w.shape}")
     strides = tuple(int(s) for s in strides)
     padding = tuple(tuple(int(v) for v in p) for p in padding)
-    return _conv_fn(strides, padding)(x, w)
+    return forward_p.bind(x, w, strides=strides, padding=padding)

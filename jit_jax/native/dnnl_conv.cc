@@ -1,17 +1,20 @@
-// jit-jax: 2-D convolution forward pass (NHWC input, HWIO kernel, NHWC output, float32) through
-// oneDNN, exposed to XLA as a typed FFI handler. Built on first use by jit_jax/models/onednn.py.
+// jit-jax: 2-D convolution (NHWC activations, HWIO kernel, float32) through oneDNN, exposed to
+// XLA as three typed FFI handlers: the forward pass, the input gradient (backward data) and the
+// kernel gradient (backward weights). Built on first use by jit_jax/models/onednn.py, which makes
+// them JAX primitives whose derivatives are each other (a convolution is bilinear).
 //
 // XLA:CPU's own convolution reaches about half of the machine's matmul rate on the CIFAR
-// ResNet18 shapes (docs/performance.md); oneDNN's direct convolution with its preferred (blocked)
-// weight layout runs close to it. The kernel is reordered into that layout on every call (a few
-// MB at most), so the handler is stateless apart from a cache of primitive descriptors per shape.
+// ResNet18 shapes, and its kernel gradient a tenth of it (docs/performance.md); oneDNN's direct
+// convolution with its preferred (blocked) kernel layout runs close to the matmul rate in all
+// three. The kernel is reordered each call between the HWIO layout and oneDNN's (a few MB at
+// most), so the handlers are stateless apart from a cache of primitives per shape.
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
-#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -20,13 +23,25 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
 
-struct Primitive {
-  dnnl::convolution_forward::primitive_desc pd;
-  dnnl::convolution_forward conv;
-  dnnl::memory::desc user_weights;
+// The geometry of one convolution: NHWC input n x h x w x c, HWIO kernel kh x kw x c x o, output
+// n x ho x wo x o, strides and explicit paddings.
+struct Geometry {
+  int64_t n, h, w, c, kh, kw, o, ho, wo, sh, sw, pt, pb, pl, pr;
+  auto key() const { return std::make_tuple(n, h, w, c, kh, kw, o, ho, wo, sh, sw, pt, pb, pl, pr); }
+  dnnl::memory::desc src() const { return {{n, c, h, w}, dt::f32, tag::nhwc}; }
+  dnnl::memory::desc dst() const { return {{n, o, ho, wo}, dt::f32, tag::nhwc}; }
+  dnnl::memory::desc user_weights() const { return {{o, c, kh, kw}, dt::f32, tag::hwio}; }
+  dnnl::memory::desc any_weights() const { return {{o, c, kh, kw}, dt::f32, tag::any}; }
+  bool empty() const { return n == 0 || c == 0 || o == 0 || ho == 0 || wo == 0; }
+  dnnl::convolution_forward::primitive_desc forward(dnnl::prop_kind kind,
+                                                    const dnnl::engine& e) const {
+    return dnnl::convolution_forward::primitive_desc(
+        e, kind, dnnl::algorithm::convolution_direct, src(), any_weights(), dst(), {sh, sw},
+        {pt, pl}, {pb, pr});
+  }
 };
 
 dnnl::engine& Engine() {
@@ -34,80 +49,155 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// A primitive and the weights layout it wants, cached per (kind, geometry).
+struct Cached {
+  dnnl::primitive prim;
+  dnnl::memory::desc weights;  // oneDNN's kernel layout for this primitive
+};
+
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
 std::mutex cache_mutex;
-std::map<Key, std::shared_ptr<Primitive>>& Cache() {
-  static std::map<Key, std::shared_ptr<Primitive>> cache;
-  return cache;
+
+std::shared_ptr<Cached> Lookup(Kind kind, const Geometry& g) {
+  static std::map<std::tuple<int, decltype(g.key())>, std::shared_ptr<Cached>> cache;
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto key = std::make_tuple(static_cast<int>(kind), g.key());
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  auto& e = Engine();
+  std::shared_ptr<Cached> out;
+  if (kind == kForward) {
+    auto pd = g.forward(dnnl::prop_kind::forward_inference, e);
+    out = std::make_shared<Cached>(Cached{dnnl::convolution_forward(pd), pd.weights_desc()});
+  } else if (kind == kBackwardData) {
+    auto hint = g.forward(dnnl::prop_kind::forward_training, e);
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        e, dnnl::algorithm::convolution_direct, g.src(), g.any_weights(), g.dst(),
+        {g.sh, g.sw}, {g.pt, g.pl}, {g.pb, g.pr}, hint);
+    out = std::make_shared<Cached>(
+        Cached{dnnl::convolution_backward_data(pd), pd.weights_desc()});
+  } else {
+    auto hint = g.forward(dnnl::prop_kind::forward_training, e);
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        e, dnnl::algorithm::convolution_direct, g.src(), g.any_weights(), g.dst(),
+        {g.sh, g.sw}, {g.pt, g.pl}, {g.pb, g.pr}, hint);
+    out = std::make_shared<Cached>(
+        Cached{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc()});
+  }
+  cache[key] = out;
+  return out;
 }
 
-ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
-                       int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error Check(bool ok, const char* what) {
+  if (ok) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string("jit_jax dnnl conv: ") + what);
+}
+
+// x: NHWC input, w: HWIO kernel, y: NHWC output. Which of the three is the result depends on
+// the kind; the geometry is read from all three.
+template <typename X, typename W, typename Y>
+ffi::Error Geom(const X& x, const W& w, const Y& y, int64_t sh, int64_t sw, int64_t pt,
+                int64_t pb, int64_t pl, int64_t pr, Geometry* g) {
   auto xd = x.dimensions();
   auto wd = w.dimensions();
-  auto yd = y->dimensions();
+  auto yd = y.dimensions();
   if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4) {
-    return ffi::Error::InvalidArgument("jit_jax dnnl conv: expected NHWC input, HWIO kernel");
+    return Check(false, "expected NHWC activations and an HWIO kernel");
   }
-  const int64_t n = xd[0], h = xd[1], wi = xd[2], c = xd[3];
-  const int64_t kh = wd[0], kw = wd[1], o = wd[3];
-  const int64_t ho = yd[1], wo = yd[2];
-  if (wd[2] != c || yd[0] != n || yd[3] != o) {
-    return ffi::Error::InvalidArgument("jit_jax dnnl conv: inconsistent shapes");
-  }
-  if (n == 0 || ho == 0 || wo == 0 || o == 0) return ffi::Error::Success();
-  const Key key{n, h, wi, c, kh, kw, o, ho, wo, sh, sw, pt, pb, pl, pr};
-  std::shared_ptr<Primitive> prim;
+  *g = Geometry{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2],
+                sh,    sw,    pt,    pb,    pl,    pr};
+  return Check(wd[2] == g->c && yd[0] == g->n && yd[3] == g->o, "inconsistent shapes");
+}
+
+ffi::Error Run(Kind kind, const Geometry& g, float* x, float* w, float* y) {
   try {
-    {
-      std::lock_guard<std::mutex> lock(cache_mutex);
-      auto it = Cache().find(key);
-      if (it != Cache().end()) {
-        prim = it->second;
-      } else {
-        using tag = dnnl::memory::format_tag;
-        using dt = dnnl::memory::data_type;
-        dnnl::memory::desc src({n, c, h, wi}, dt::f32, tag::nhwc);
-        dnnl::memory::desc any_weights({o, c, kh, kw}, dt::f32, tag::any);
-        dnnl::memory::desc dst({n, o, ho, wo}, dt::f32, tag::nhwc);
-        auto pd = dnnl::convolution_forward::primitive_desc(
-            Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-            src, any_weights, dst, {sh, sw}, {pt, pl}, {pb, pr});
-        dnnl::memory::desc user_weights({o, c, kh, kw}, dt::f32, tag::hwio);
-        prim = std::make_shared<Primitive>(
-            Primitive{pd, dnnl::convolution_forward(pd), user_weights});
-        Cache()[key] = prim;
-      }
-    }
+    auto cached = Lookup(kind, g);
     thread_local dnnl::stream stream(Engine());
-    auto& pd = prim->pd;
-    dnnl::memory src_m(pd.src_desc(), Engine(), const_cast<float*>(x.typed_data()));
-    dnnl::memory dst_m(pd.dst_desc(), Engine(), y->typed_data());
-    dnnl::memory w_user(prim->user_weights, Engine(), const_cast<float*>(w.typed_data()));
+    auto& e = Engine();
+    dnnl::memory src(g.src(), e, x);
+    dnnl::memory dst(g.dst(), e, y);
+    dnnl::memory w_user(g.user_weights(), e, w);
     dnnl::memory weights = w_user;
-    if (pd.weights_desc() != prim->user_weights) {  // into oneDNN's preferred (blocked) layout
-      weights = dnnl::memory(pd.weights_desc(), Engine());
-      dnnl::reorder(w_user, weights).execute(stream, w_user, weights);
+    bool reorder = cached->weights != g.user_weights();
+    if (reorder) weights = dnnl::memory(cached->weights, e);
+    if (kind == kForward || kind == kBackwardData) {
+      if (reorder) dnnl::reorder(w_user, weights).execute(stream, w_user, weights);
+      if (kind == kForward) {
+        cached->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
+                                      {DNNL_ARG_DST, dst}});
+      } else {
+        cached->prim.execute(stream, {{DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_WEIGHTS, weights},
+                                      {DNNL_ARG_DIFF_SRC, src}});
+      }
+    } else {
+      cached->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, dst},
+                                    {DNNL_ARG_DIFF_WEIGHTS, weights}});
+      if (reorder) dnnl::reorder(weights, w_user).execute(stream, weights, w_user);
     }
-    prim->conv.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, weights},
-                                {DNNL_ARG_DST, dst_m}});
     stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("jit_jax dnnl conv: oneDNN error: ") + e.what());
+  } catch (const dnnl::error& err) {
+    return ffi::Error::Internal(std::string("jit_jax dnnl conv: oneDNN error: ") + err.what());
   }
   return ffi::Error::Success();
 }
 
+#define JITJAX_ATTRS int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr
+#define JITJAX_ARGS sh, sw, pt, pb, pl, pr
+
+// y = conv(x, w)
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, JITJAX_ATTRS) {
+  Geometry g;
+  if (auto err = Geom(x, w, *y, JITJAX_ARGS, &g); err.failure()) return err;
+  if (g.empty()) {
+    std::memset(y->typed_data(), 0, y->size_bytes());
+    return ffi::Error::Success();
+  }
+  return Run(kForward, g, const_cast<float*>(x.typed_data()), const_cast<float*>(w.typed_data()),
+             y->typed_data());
+}
+
+// dx = the input gradient of conv at kernel w for output cotangent dy (dx's shape fixes h, w)
+ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                        ffi::ResultBuffer<ffi::F32> dx, JITJAX_ATTRS) {
+  Geometry g;
+  if (auto err = Geom(*dx, w, dy, JITJAX_ARGS, &g); err.failure()) return err;
+  if (g.empty()) {
+    std::memset(dx->typed_data(), 0, dx->size_bytes());
+    return ffi::Error::Success();
+  }
+  return Run(kBackwardData, g, dx->typed_data(), const_cast<float*>(w.typed_data()),
+             const_cast<float*>(dy.typed_data()));
+}
+
+// dw = the kernel gradient of conv at input x for output cotangent dy (HWIO)
+ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                           ffi::ResultBuffer<ffi::F32> dw, JITJAX_ATTRS) {
+  Geometry g;
+  if (auto err = Geom(x, *dw, dy, JITJAX_ARGS, &g); err.failure()) return err;
+  if (g.empty()) {
+    std::memset(dw->typed_data(), 0, dw->size_bytes());
+    return ffi::Error::Success();
+  }
+  return Run(kBackwardWeights, g, const_cast<float*>(x.typed_data()), dw->typed_data(),
+             const_cast<float*>(dy.typed_data()));
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JitJaxDnnlConvForward, ConvForward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pb")
-                                  .Attr<int64_t>("pl")
-                                  .Attr<int64_t>("pr"));
+#define JITJAX_BIND(fn)                          \
+  ffi::Ffi::Bind()                               \
+      .Arg<ffi::Buffer<ffi::F32>>()              \
+      .Arg<ffi::Buffer<ffi::F32>>()              \
+      .Ret<ffi::Buffer<ffi::F32>>()              \
+      .Attr<int64_t>("sh")                       \
+      .Attr<int64_t>("sw")                       \
+      .Attr<int64_t>("pt")                       \
+      .Attr<int64_t>("pb")                       \
+      .Attr<int64_t>("pl")                       \
+      .Attr<int64_t>("pr")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JitJaxDnnlConvForward, Forward, JITJAX_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JitJaxDnnlConvBackwardData, BackwardData, JITJAX_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JitJaxDnnlConvBackwardWeights, BackwardWeights, JITJAX_BIND());
