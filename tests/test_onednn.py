@@ -19,8 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_conv_vjp import (CASES, HIGHER, _assert_within, _bound, _case_arrays, _conv_args,
-                           _int_data, _with_bias)
+from test_conv_vjp import (
+    CASES,
+    HIGHER,
+    _assert_within,
+    _bound,
+    _case_arrays,
+    _conv_args,
+    _int_data,
+    _with_bias,
+)
 
 from jit_jax.models import layers, onednn
 
