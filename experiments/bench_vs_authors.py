@@ -24,7 +24,7 @@ Variants, timed round-robin so that machine drift hits them alike (medians, with
 - ``authors_eval_t2`` / ``authors_eval_t1``: the model in eval mode (BatchNorm running statistics,
   as jit-jax's default), with 2 and 1 torch threads;
 - ``jitjax``: jit-jax's default step (eval mode), with the default convolution ("auto": on the
-  CPU, oneDNN's forward pass when it is available, see ``jit_jax/models/onednn.py``);
+  CPU, oneDNN's forward and backward convolutions when available, ``jit_jax/models/onednn.py``);
   ``--conv-impls custom onednn`` times several implementations side by side (suffixed names).
 With ``--device cuda`` the authors' step runs on the GPU (train and eval mode, no thread variants)
 and jit-jax on JAX's default backend; every torch step ends with ``torch.cuda.synchronize()``.
@@ -143,9 +143,10 @@ def load_authors(src: Path, model: str = "resnet18"):
     sys.modules["torchvision.transforms.v2"] = v2
     if "torchvision.transforms" in added:
         sys.modules["torchvision.transforms"].v2 = v2
+    tv_stand_in = {}
     if model == "vgg11" and "torchvision.models" in added:
-        tv_models = sys.modules["torchvision.models"]
-        tv_models.vgg11 = _vgg11_torchvision_layout
+        tv_stand_in = {k: sys.modules[k] for k in ("torchvision", "torchvision.models")}
+        tv_stand_in["torchvision.models"].vgg11 = _vgg11_torchvision_layout
         print("torchvision cannot be imported: the authors' VGG16 class gets vgg11 rebuilt from "
               "torch.nn in torchvision's layout")
     models_stub = types.ModuleType("models")
@@ -172,7 +173,12 @@ def load_authors(src: Path, model: str = "resnet18"):
                     transformers.ViTFeatureExtractor = None  # unused by the VGG
             except ImportError:
                 sys.modules["transformers"] = _stand_in("transformers")
-            build = load("authors_models", src / "models.py").VGG16
+            sys.modules.update(tv_stand_in)  # their models.py imports vgg11 from it
+            try:
+                build = load("authors_models", src / "models.py").VGG16
+            finally:
+                for k in tv_stand_in:
+                    sys.modules.pop(k, None)
             ctor = lambda: build(num_classes=100)  # noqa: E731
         else:
             ctor = resnet.resnet18
@@ -277,7 +283,7 @@ def main(argv=None):
     p.add_argument("--conv-impls", nargs="+", default=["auto"],
                    choices=["auto", "xla", "custom", "onednn"],
                    help="jit-jax convolution implementations to time (jit_jax.models.layers; "
-                        "auto: oneDNN's forward on the CPU when available)")
+                        "auto: oneDNN on the CPU when available)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="torch device of the authors' step (jit-jax uses JAX's default backend); "
                         "on cuda the thread variants are skipped")

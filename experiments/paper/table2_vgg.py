@@ -11,7 +11,7 @@ torchvision layout at width 16 (its convolutions; the head as the authors'), 30 
 Measured result: not run yet.
 """
 
-from common import CPU_VGG_TRAIN, make
+from common import CPU_VGG100, CPU_VGG100_TRAIN, make
 
 
 def get_config(scale: str = "cpu"):
@@ -21,6 +21,6 @@ def get_config(scale: str = "cpu"):
         paper=dict(model="vgg11_torchvision", train=dict(epochs=210, batch_size=64, lr=0.1,
                                                          optimizer="sgd", schedule="onecycle",
                                                          augment="crop_flip")),
-        cpu=dict(model="vgg11_torchvision", model_opts={"width": 16}, per_class=100,
-                 test_per_class=50, train=CPU_VGG_TRAIN),
+        cpu=dict(**CPU_VGG100, per_class=100,
+                 test_per_class=50, train=CPU_VGG100_TRAIN),
     )

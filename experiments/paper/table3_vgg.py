@@ -8,7 +8,7 @@ name), every method of the table, 3 seeds.
 CPU twin: 100 / 50 images per fine class, width 16, 30 epochs. Measured result: not run yet.
 """
 
-from common import CPU_VGG_TRAIN, make
+from common import CPU_VGG100, CPU_VGG100_TRAIN, make
 
 
 def get_config(scale: str = "cpu"):
@@ -18,8 +18,8 @@ def get_config(scale: str = "cpu"):
         paper=dict(model="vgg11_torchvision", data_opts={"target": "coarse"},
                    train=dict(epochs=50, batch_size=64, lr=0.1, optimizer="sgd",
                               schedule="onecycle", augment="crop_flip")),
-        cpu=dict(model="vgg11_torchvision", model_opts={"width": 16}, data_opts={"target": "coarse"},
+        cpu=dict(**CPU_VGG100, data_opts={"target": "coarse"},
                  per_class=100, test_per_class=50,
-                 train=CPU_VGG_TRAIN),
+                 train=CPU_VGG100_TRAIN),
         tiny=dict(data_opts={"target": "coarse"}),
     )

@@ -223,9 +223,8 @@ def get_conv_impl() -> str:
 
 def resolve_conv_impl(impl: str | None = None) -> str:
     """``"xla"``, ``"custom"`` or ``"onednn"``: what :func:`conv` uses now. ``"auto"``: on the
-    CPU backend the custom rule, with oneDNN's forward pass when it is available
-    (:func:`jit_jax.models.onednn.available`) and the process has one device; XLA's rule on
-    accelerators. ``"onednn"`` raises when oneDNN is not available."""
+    CPU backend oneDNN when it is available (:func:`jit_jax.models.onednn.available`) and the
+    process has one device, else the custom rule; XLA's rule on accelerators. ``"onednn"`` raises when oneDNN is not available."""
     impl = get_conv_impl() if impl is None else _check_impl(impl, "resolve_conv_impl")
     if impl == "auto":
         if jax.default_backend() != "cpu":
@@ -426,8 +425,8 @@ def conv_onednn(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0))):
 
 
 def conv(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), *, impl: str | None = None):
-    """The convolution every model uses: :func:`conv_custom` (with oneDNN's forward pass for
-    ``"onednn"``) or :func:`conv_general` (XLA's rule), by ``impl`` or, when ``None``, by the
+    """The convolution every model uses: :func:`conv_onednn` (``"onednn"``), :func:`conv_custom`
+    (``"custom"``) or :func:`conv_general` (XLA's rule), by ``impl`` or, when ``None``, by the
     current setting (:func:`conv_impl`)."""
     resolved = resolve_conv_impl(impl)
     if resolved == "onednn":

@@ -142,7 +142,7 @@ def _load() -> bool:
 
 
 def available() -> bool:
-    """Whether the oneDNN forward convolution can be used in this process (builds it on the
+    """Whether the oneDNN convolution can be used in this process (builds it on the
     first call; never raises)."""
     return _load()
 
