@@ -94,3 +94,70 @@ def test_resumes_without_recomputing(runner, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == first
     run.run(cfg, tmp_path, methods=["bsln", "ssd"], log=lambda *_: None)
     assert [c[4] for c in calls] == ["ssd"]
+
+
+def _summary(rows):
+    return {"rows": [{"method": m, "retain_acc": r[0], "forget_acc": r[1], "mia": r[2],
+                      "paper": {"retain_acc": p[0], "forget_acc": p[1], "mia": p[2]}}
+                     for m, r, p in rows]}
+
+
+def test_differences_locate_each_gap(runner):
+    """Rows more than 10 points from the paper, located against each side's BSLN and RTRN
+    (numbers worked by hand)."""
+    run, _ = runner
+    summary = _summary([
+        ("rtrn", (50.0, 0.0, 30.0), (80.0, 0.0, 10.0)),  # D_r -30, MIA +20
+        ("bsln", (52.0, 60.0, 70.0), (82.0, 90.0, 95.0)),  # -30, -30, -25
+        ("jit", (51.0, 10.0, 20.0), (80.0, 14.0, 3.0)),  # D_r -29: -1 rel. BSLN; MIA +17
+        ("amn", (49.0, 0.0, 40.0), (80.0, 0.0, 2.0)),  # MIA +38: +63 rel. BSLN, +18 rel. RTRN
+        ("ssd", (50.0, 5.0, 12.0), (79.0, 1.0, 4.0)),  # within 10 except D_r
+    ])
+    got = {(d["method"], d["column"]): d for d in run.differences(summary)}
+    assert set(got) == {("rtrn", "D_r"), ("rtrn", "MIA"), ("bsln", "D_r"), ("bsln", "D_f"),
+                        ("bsln", "MIA"), ("jit", "D_r"), ("jit", "MIA"), ("amn", "D_r"),
+                        ("amn", "MIA"), ("ssd", "D_r")}
+    assert got[("jit", "D_r")]["relative_to_bsln"] == (51 - 52) - (80 - 82)  # +1
+    assert got[("jit", "D_r")]["cause"] == "original"
+    # jit MIA: +17; rel. BSLN (20-70)-(3-95) = +42; rel. RTRN (20-30)-(3-10) = -3
+    assert got[("jit", "MIA")]["relative_to_rtrn"] == -3.0
+    assert got[("jit", "MIA")]["cause"] == "retrained"
+    assert got[("amn", "MIA")]["relative_to_bsln"] == 63.0
+    assert got[("amn", "MIA")]["relative_to_rtrn"] == 18.0
+    assert got[("amn", "MIA")]["cause"] == "method"
+    assert got[("rtrn", "MIA")]["cause"] == "retrained"  # its own gap: rel. BSLN +45
+    assert {d["cause"] for k, d in got.items() if k[0] == "bsln"} == {"original"}
+    page = run.differences_markdown(summary)
+    assert "| amn | MIA | 40.0 | 2.0 | +38.0 | +63.0 | +18.0 | method |" in page
+    assert "No row differs" in run.differences_markdown(_summary([
+        ("bsln", (80.0, 90.0, 95.0), (82.0, 90.0, 95.0))]))
+
+
+def test_figures_from_a_tiny_run(runner, tmp_path):
+    """Figure 5 from a runner folder and the Figure 7/8 sweep on a 2 x 1 grid: PNG and JSON."""
+    run, _ = runner
+    sys.path.insert(0, str(PAPER))
+    try:
+        figures = importlib.import_module("figures")
+    finally:
+        sys.path.remove(str(PAPER))
+    cfg = run.load_config("table2_vgg", "tiny")
+    runs = tmp_path / "runs"
+    run.run(cfg, runs, methods=["bsln", "jit"], log=lambda *_: None)
+    data = figures.fig5(runs, tmp_path / "figs")
+    assert set(data["median_runtime_s"]) == {"rtrn", "jit"}
+    assert (tmp_path / "figs" / "figure5-table2_vgg-tiny.png").stat().st_size > 1000
+    sw = figures.sweep("table2_vgg", "tiny", runs, tmp_path / "figs", log=lambda *_: None,
+                       lr_factors=(1.0, 3.0), sigma_factors=(1.0,))
+    assert [g["lr_factor"] for g in sw["grid"]] == [1.0, 3.0]
+    base = sw["paper_setting"]
+    assert sw["grid"][1]["lr"] == 3.0 * base["lr"] and sw["grid"][1]["sigma"] == base["sigma"]
+    for n in (7, 8):
+        assert (tmp_path / "figs" / f"figure{n}-table2_vgg-tiny.png").stat().st_size > 1000
+        saved = json.loads((tmp_path / "figs" / f"figure{n}-table2_vgg-tiny.json").read_text())
+        assert saved["figure"] == n and len(saved["grid"]) == 2
+    # resumable: a second call recomputes nothing (the grid's folders hold their results)
+    before = sorted(p.stat().st_mtime_ns for p in (runs / "sweep").glob("*/result.json"))
+    figures.sweep("table2_vgg", "tiny", runs, tmp_path / "figs", log=lambda *_: None,
+                  lr_factors=(1.0, 3.0), sigma_factors=(1.0,))
+    assert sorted(p.stat().st_mtime_ns for p in (runs / "sweep").glob("*/result.json")) == before

@@ -14,7 +14,9 @@ its own seed. With the config's ``paper_setting`` the methods run with the autho
 
 Writes ``results.json`` (every run and the summary) and ``results.md``: per method, mean ± sd over
 the seeds of D_r, D_f and MIA, the paper's numbers in the adjacent columns, and the retrain
-distance (|D_r - RTRN| + |D_f - RTRN| + |MIA - RTRN| against the same seed's RTRN).
+distance (|D_r - RTRN| + |D_f - RTRN| + |MIA - RTRN| against the same seed's RTRN), then every
+row and column more than 10 points from the paper, located by the same difference taken relative
+to each side's own original (BSLN) and retrained model (RTRN) (:func:`differences`).
 """
 
 from __future__ import annotations
@@ -117,6 +119,13 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
                   "--seed", str(seed), "--rtrn", str(rtrn), "--out", str(d), "--no-progress",
                   *(["--paper"] if cfg.paper_setting else [])])
     summary = summarise(cfg, out, seeds, ["rtrn", *methods])
+    meta = json.loads((orig / "metadata.json").read_text())
+    last = (meta.get("history") or [{}])[-1]
+    summary["original"] = {"train_accuracy": last.get("train_accuracy"),
+                           "test_accuracy": meta.get("metrics", {}).get("test_accuracy"),
+                           "train_time_s": meta.get("metrics", {}).get("train_time_s"),
+                           "epochs": last.get("epoch")}
+    summary["differences"] = differences(summary)
     summary["wall_time_s"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "results.md").write_text(markdown(cfg, summary))
@@ -140,8 +149,10 @@ def summarise(cfg: Config, out: Path, seeds, methods) -> dict:
                 "retain_acc", "forget_acc", "test_acc", "mia", "retrain_distance", "runtime",
                 "compile_time")}})
         row = {"method": m, "n": len(per_seed)}
-        for key in ("retain_acc", "forget_acc", "mia", "retrain_distance"):
-            vals = [r[key] for r in per_seed]
+        for key in ("retain_acc", "forget_acc", "mia", "retrain_distance", "test_acc"):
+            vals = [r[key] for r in per_seed if r.get(key) is not None]
+            if not vals:
+                continue
             row[key] = statistics.fmean(vals)
             row[key + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         row["runtime_median"] = statistics.median(r["runtime"] or 0.0 for r in per_seed)
@@ -174,6 +185,80 @@ def markdown(cfg: Config, summary: dict) -> str:
         cells += [f"{r['retrain_distance']:.1f} ± {r['retrain_distance_sd']:.1f}",
                   f"{r['runtime_median']:.2f}", "yes" if r["zero_shot"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" + differences_markdown(summary)
+
+
+def differences(summary: dict, threshold: float = 10.0) -> list[dict]:
+    """Every (row, column) where our mean differs from the paper's by more than ``threshold``
+    points, with the measurement that locates it: the same difference taken relative to each
+    side's own BSLN (the original model) and RTRN (the retrained model). ``cause``:
+
+    - ``"original"``: relative to its original the row is within ``threshold`` of the paper's,
+      so the difference is the original model's (our BSLN against the paper's);
+    - ``"retrained"``: relative to the retrained model it is within ``threshold`` (the twin's
+      scale changes what retraining gives, and the row follows it);
+    - ``"method"``: neither; the method itself behaves differently on the twin.
+    """
+    rows = {r["method"]: r for r in summary["rows"]}
+    out = []
+    for r in summary["rows"]:
+        p = r.get("paper")
+        if not p:
+            continue
+        for key, label in COLUMNS:
+            diff = r[key] - p[key]
+            if abs(diff) <= threshold:
+                continue
+            rel = {}
+            for ref in ("bsln", "rtrn"):
+                q = rows.get(ref)
+                if q is not None and q.get("paper"):
+                    rel[ref] = (r[key] - q[key]) - (p[key] - q["paper"][key])
+            cause = "method"
+            if r["method"] == "bsln" or abs(rel.get("bsln", float("inf"))) <= threshold:
+                cause = "original"
+            elif r["method"] == "rtrn" or abs(rel.get("rtrn", float("inf"))) <= threshold:
+                cause = "retrained"
+            out.append({"method": r["method"], "column": label, "ours": r[key], "paper": p[key],
+                        "difference": diff, "relative_to_bsln": rel.get("bsln"),
+                        "relative_to_rtrn": rel.get("rtrn"), "cause": cause})
+    return out
+
+
+def differences_markdown(summary: dict, threshold: float = 10.0) -> str:
+    diffs = differences(summary, threshold)
+    if not diffs:
+        return f"\nNo row differs from the paper by more than {threshold:g} points.\n"
+    rows = {r["method"]: r for r in summary["rows"]}
+    lines = ["", f"## Differences of more than {threshold:g} points from the paper", ""]
+    for ref, what in (("bsln", "original (BSLN)"), ("rtrn", "retrained model (RTRN)")):
+        r = rows.get(ref)
+        if r and r.get("paper"):
+            gaps = ", ".join(f"{label} {r[k] - r['paper'][k]:+.1f}" for k, label in COLUMNS)
+            lines.append(f"- Our {what} against the paper's: {gaps}.")
+    o = summary.get("original") or {}
+    if o.get("train_accuracy") is not None and o.get("test_accuracy") is not None:
+        lines.append(f"- Our original's training accuracy in its last epoch (augmented, train "
+                     f"mode) {o['train_accuracy']:.1f}%, test accuracy {o['test_accuracy']:.1f}%: "
+                     f"a gap of {o['train_accuracy'] - o['test_accuracy']:+.1f} points. The MIA "
+                     "attack can tell training samples from unseen ones only as far as the model "
+                     "treats them differently.")
+    lines += ["- Each difference below is also taken relative to each side's own BSLN and RTRN "
+              "(ours - our BSLN, against the paper's row - the paper's BSLN). Cause "
+              "\"original\": relative to its original the row is within "
+              f"{threshold:g} points of the paper's, so the difference is the original model's; "
+              "\"retrained\": the same relative to the retrained model; \"method\": neither, "
+              "the method behaves differently on this twin (see the notes).", "",
+              "| Method | Column | Ours | Paper | Difference | Rel. to BSLN | Rel. to RTRN | "
+              "Cause |", "|---|---|---|---|---|---|---|---|"]
+
+    def fmt(v):
+        return "" if v is None else f"{v:+.1f}"
+
+    for d in diffs:
+        lines.append(f"| {d['method']} | {d['column']} | {d['ours']:.1f} | {d['paper']:.1f} | "
+                     f"{d['difference']:+.1f} | {fmt(d['relative_to_bsln'])} | "
+                     f"{fmt(d['relative_to_rtrn'])} | {d['cause']} |")
     return "\n".join(lines) + "\n"
 
 
