@@ -208,13 +208,26 @@ def cmd_train(args) -> int:
     x_train, y_train = prep(ds.x_train), ds.train_targets
     x_test, y_test = prep(ds.x_test), ds.test_targets
     model = spec.build(seed=config.seed)
+    if args.vit_weights:
+        from jit_jax.models import ViT, load_vit_npz
+
+        if not isinstance(model, ViT):
+            return _err(f"--vit-weights needs a ViT model (vit, vit_b16, vit_s16, vit_ti16), "
+                        f"got --model {model_name}")
+        if not Path(args.vit_weights).is_file():
+            return _err(f"--vit-weights {args.vit_weights}: no such file")
+        try:
+            load_vit_npz(model, args.vit_weights, load_head=False)
+        except (ValueError, OSError) as e:
+            return _err(f"--vit-weights {args.vit_weights}: {e}")
+        print(f"initialised from {args.vit_weights} (all but the head)", flush=True)
     print(f"dataset {ds!r}\nmodel {spec.name} {spec.options} ({spec.num_params():,} params)\n"
           f"recipe {config}", flush=True)
     t0 = time.perf_counter()
     if state_dir is not None and not args.resume:
         print(f"training state: {state_dir} (every {args.checkpoint_every} epoch(s); continue an "
               f"interrupted run with the same arguments and --resume)", flush=True)
-    run_info = {"command": "train", "model_spec": spec.to_dict(),
+    run_info = {"command": "train", "model_spec": spec.to_dict(), "vit_weights": args.vit_weights,
                 "dataset": {"spec": _dataset_spec(args.dataset), "holdout": args.holdout or None,
                             "options": data_opts}}
     res = train(model, x_train, y_train, config, eval_data=(x_test, y_test),
@@ -230,6 +243,7 @@ def cmd_train(args) -> int:
         "class_names": list(ds.target_names),
         "normalisation": {"mean": list(ds.mean), "std": list(ds.std)},
         "train_config": config.to_dict(),
+        "init": {"vit_weights": str(args.vit_weights)} if args.vit_weights else None,
         "seed": config.seed,
         "metrics": {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
                     "train_time_s": elapsed, "compile_time_s": res.compile_time},
@@ -560,10 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "and its speed here); auto (default): the MLP under 5,000 training images, a "
                    "CIFAR ResNet18 of width 16 for larger sets of >= 32x32 images, else the cnn")
     t.add_argument("--width", type=int, help="model width (cnn, resnet18, vgg*)")
+    t.add_argument("--vit-weights", metavar="PATH",
+                   help="start a ViT from a Google ViT .npz checkpoint (e.g. ViT-B/16 ImageNet-21k "
+                   "for --model vit_b16): every weight but the classification head, which is "
+                   "initialised fresh for this dataset's classes (models.load_vit_npz)")
     t.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
                    help="dataset options, repeatable, kept in the checkpoint for evaluate/unlearn "
                    "(folder: image_size=N|HxW, grayscale=true|false, test_fraction=F; npz: "
-                   "target=coarse)")
+                   "target=coarse, image_size=N|HxW)")
     t.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
                    help="other model options, repeatable (e.g. stem=imagenet, depth=6)")
     t.add_argument("--out", help="checkpoint directory (default: runs/<dataset>-<model>, suffixed "

@@ -255,3 +255,44 @@ def test_sanity_warnings_rules():
     (w,) = sanity_warnings(r("ssd", 4.0, 0.0), r("bsln", 6.0, 100.0), 40)  # below 2x chance (5%)
     assert "collapsed" in w
     assert sanity_warnings(r("ssd", 6.0, 0.0), r("bsln", 6.0, 100.0), 40) == []
+
+
+def test_train_from_vit_weights(tmp_path, capsys):
+    """--vit-weights: a ViT starts from a Google-layout .npz (every weight but the head); with a
+    vanishing lr the trained checkpoint keeps those weights, and its head is a fresh one."""
+    import numpy as np
+
+    from jit_jax import checkpoint
+    from jit_jax.models import ModelSpec, export_vit_npz
+
+    opts = {"patch_size": 4, "hidden": 8, "depth": 1, "heads": 2, "mlp_dim": 16}
+    donor = ModelSpec("vit", 10, (8, 8, 1), opts).build(seed=7)
+    weights = tmp_path / "vit.npz"
+    saved = export_vit_npz(donor, weights)
+    out = tmp_path / "vit"
+    model_opts = [a for k, v in opts.items() for a in ("--model-opt", f"{k}={v}")]
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--optimizer", "sgd", "--lr", "1e-30",
+            "--weight-decay", "0", "--no-progress"]
+    vit = ["--model", "vit", *model_opts]
+    assert main([*args, *vit, "--out", str(out), "--vit-weights", str(weights)]) == 0
+    model, meta = checkpoint.restore(out)
+    assert meta["init"] == {"vit_weights": str(weights)}
+    got = export_vit_npz(model)
+    for key, value in saved.items():
+        if key == "head/kernel":
+            assert not np.allclose(got[key], value), key  # a fresh head (its bias: zeros in both)
+        elif key.startswith("head/"):
+            continue
+        else:
+            # each SGD step moves a weight by lr * |momentum buffer| <= lr * |g| / (1 - 0.9); over
+            # the 23 steps of an epoch (1,438 images, batch 64) with lr 1e-30 that stays below
+            # 1e-20 for any gradient under 4e7 (zero biases move by ~1e-29; the rest not at all)
+            np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-20, err_msg=key)
+    capsys.readouterr()
+    assert main([*args, "--model", "mlp", "--out", str(tmp_path / "m"),
+                 "--vit-weights", str(weights)]) == 2
+    assert "--vit-weights needs a ViT model" in capsys.readouterr().err
+    assert main([*args, *vit, "--out", str(tmp_path / "n"), "--vit-weights",
+                 str(tmp_path / "nope.npz")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "n").exists()

@@ -511,3 +511,23 @@ def test_batches():
     assert sorted(keyed.tolist()) == list(range(10)) and keyed.dtype == np.int64
     with pytest.raises(ValueError, match="batch_size must be positive"):
         next(batches(10, 0))
+
+
+def test_npz_image_size(tmp_path):
+    """image_size resizes (bilinear, half-pixel centres: a row [0, 200] becomes [0, 50, 150, 200]
+    at twice the width), RGB and greyscale; labels untouched; a bad size is a clear error."""
+    a = npz_arrays(4, 2, (2, 2, 3), 2)
+    row = np.array([0, 200], np.uint8)
+    a["x_train"][:] = row[None, None, :, None]
+    grey = npz_arrays(4, 2, (2, 2), 2)
+    grey["x_train"][:] = row[None, None, :]
+    for arrays, c in ((a, 3), (grey, 1)):
+        p = write_npz(tmp_path / f"d{c}.npz", **arrays)
+        ds = load_dataset(f"npz:{p}", image_size="4x4")
+        assert ds.image_shape == (4, 4, c) and ds.x_test.shape == (2, 4, 4, c)
+        np.testing.assert_array_equal(ds.x_train[..., 0],
+                                      np.broadcast_to([0, 50, 150, 200], (4, 4, 4)))
+        assert np.array_equal(ds.y_train, arrays["y_train"])
+        assert load_dataset(f"npz:{p}", image_size=2).image_shape == (2, 2, c)  # unchanged
+    with pytest.raises(ValueError, match="image_size must be a positive int"):
+        load_dataset(f"npz:{p}", image_size="big")

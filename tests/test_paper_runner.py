@@ -161,3 +161,22 @@ def test_figures_from_a_tiny_run(runner, tmp_path):
     figures.sweep("table2_vgg", "tiny", runs, tmp_path / "figs", log=lambda *_: None,
                   lr_factors=(1.0, 3.0), sigma_factors=(1.0,))
     assert sorted(p.stat().st_mtime_ns for p in (runs / "sweep").glob("*/result.json")) == before
+
+
+def test_pretrained_vit_configs_need_weights(runner, tmp_path):
+    """The paper's ViT is fine-tuned from published weights at 224x224: at the gpu and paper
+    scales the runner refuses to start without --vit-weights, and refuses weights for a CNN."""
+    run, _ = runner
+    for scale in ("gpu", "paper"):
+        cfg = run.load_config("table2_vit", scale)
+        assert cfg.model == "vit_b16" and cfg.data_opts["image_size"] == 224
+        with pytest.raises(ValueError, match="pass --vit-weights PATH"):
+            run.run(cfg, tmp_path / scale, data=tmp_path / "none.npz")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        run.run(run.load_config("table2_vit", "gpu"), tmp_path / "x", vit_weights=tmp_path / "w")
+    with pytest.raises(ValueError, match="--vit-weights is for the ViT configs"):
+        run.run(run.load_config("table2_vgg", "gpu"), tmp_path / "y", vit_weights=tmp_path / "w")
+    assert not any(tmp_path.iterdir())  # nothing written
+    gpu = run.load_config("table2_vgg", "gpu")
+    paper = run.load_config("table2_vgg", "paper")
+    assert gpu.train == {**paper.train, "epochs": 6} and gpu.model == paper.model

@@ -90,9 +90,22 @@ def _opts(flag: str, opts: dict) -> list[str]:
     return [a for k, v in opts.items() for a in (flag, f"{k}={v}")]
 
 
+PRETRAINED_VIT = ("vit_b16", "vit_s16", "vit_ti16")  # the paper's ViT starts from published weights
+
+
 def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods=None,
-        log=print) -> dict:
+        vit_weights: Path | None = None, log=print) -> dict:
     out = Path(out).absolute()
+    if vit_weights is not None:
+        if not cfg.model.startswith("vit"):
+            raise ValueError(f"--vit-weights is for the ViT configs; {cfg.name} at scale "
+                             f"{cfg.scale} trains {cfg.model}")
+        if not Path(vit_weights).is_file():
+            raise FileNotFoundError(f"--vit-weights {vit_weights}: no such file")
+    elif cfg.model in PRETRAINED_VIT:
+        raise ValueError(f"{cfg.name} at scale {cfg.scale} fine-tunes {cfg.model} from the "
+                         "published ImageNet-21k weights, as the paper does: pass --vit-weights "
+                         "PATH (e.g. ViT-B_16.npz from the vit_jax release)")
     npz = prepare_data(cfg, out, data)
     orig = out / "original"
     t0 = time.perf_counter()
@@ -101,6 +114,7 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
         _cli(["train", "--dataset", f"npz:{npz}", "--model", cfg.model, "--out", str(orig),
               "--no-progress", *_opts("--model-opt", cfg.model_opts),
               *_opts("--data-opt", cfg.data_opts),
+              *(["--vit-weights", str(Path(vit_weights).absolute())] if vit_weights else []),
               *[a for k, v in cfg.train.items() for a in (f"--{k.replace('_', '-')}", str(v))]])
     seeds = list(cfg.seeds if seeds is None else seeds)
     methods = [m for m in (cfg.method_list() if methods is None else methods) if m != "rtrn"]
@@ -270,9 +284,12 @@ def main(argv=None):
     p.add_argument("--data", type=Path, help="the dataset .npz the config reads (cpu/paper)")
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--methods", nargs="+")
+    p.add_argument("--vit-weights", type=Path,
+                   help="ViT configs at the gpu/paper scale: the published ViT .npz to fine-tune")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.scale)
-    summary = run(cfg, args.out, data=args.data, seeds=args.seeds, methods=args.methods)
+    summary = run(cfg, args.out, data=args.data, seeds=args.seeds, methods=args.methods,
+                  vit_weights=args.vit_weights)
     print(markdown(cfg, summary))
     print(f"wrote {args.out / 'results.md'} ({summary['wall_time_s']:.0f} s)")
     return 0

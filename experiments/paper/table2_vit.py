@@ -1,8 +1,9 @@
 """Table 2 (a), CIFAR-100, full-class forgetting of "rocket", ViT, every method of the table,
 3 seeds.
 
-Paper scale: ViT-B/16 from the official ImageNet-21k weights (``--vit-weights`` through the
-existing loader is not wired into the runner yet), fine-tuned 8 epochs at 224x224. CPU twin: a
+Paper scale: ViT-B/16 from the official ImageNet-21k weights (``run.py --vit-weights PATH``, the
+``.npz`` through ``models.load_vit_npz``), fine-tuned 8 epochs on CIFAR upsampled to 224x224
+(``--data-opt image_size=224``, so JiT's noise is added at 224x224 as in the authors' code). CPU twin: a
 small ViT trained from scratch at 32x32 on 100 / 50 images per class (no pretrained weights can be
 downloaded here). Measured result: not run yet.
 """
@@ -14,7 +15,7 @@ def get_config(scale: str = "cpu"):
     return make(
         scale, name="table2_vit", table="table2a", task="class", forget="class:rocket",
         dataset="npz:{data}", tiny_kind="cifar100",
-        paper=dict(model="vit_b16", data_opts={}, train=dict(epochs=8, batch_size=64, lr=0.1,
+        paper=dict(model="vit_b16", data_opts={"image_size": 224}, train=dict(epochs=8, batch_size=64, lr=0.1,
                                                                optimizer="sgd",
                                                                schedule="onecycle")),
         cpu=dict(model="vit", model_opts=SMALL_VIT,

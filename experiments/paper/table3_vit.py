@@ -11,7 +11,7 @@ def get_config(scale: str = "cpu"):
     return make(
         scale, name="table3_vit", table="table3b", task="subclass", forget="subclass:rocket",
         dataset="npz:{data}", tiny_kind="cifar20",
-        paper=dict(model="vit_b16", data_opts={"target": "coarse"},
+        paper=dict(model="vit_b16", data_opts={"target": "coarse", "image_size": 224},
                    train=dict(epochs=9, batch_size=64, lr=0.1, optimizer="sgd",
                               schedule="onecycle")),
         cpu=dict(model="vit", model_opts=SMALL_VIT, data_opts={"target": "coarse"},

@@ -11,7 +11,7 @@ def get_config(scale: str = "cpu"):
     return make(
         scale, name="table4_vit", table="table4b", task="random", forget="random:83",
         dataset="npz:{data}", tiny_kind="cifar10",
-        paper=dict(model="vit_b16", train=dict(epochs=8, batch_size=64, lr=0.1,
+        paper=dict(model="vit_b16", data_opts={"image_size": 224}, train=dict(epochs=8, batch_size=64, lr=0.1,
                                                 optimizer="sgd", schedule="onecycle")),
         cpu=dict(model="vit", model_opts=SMALL_VIT,
                  train=CPU_VIT_TRAIN),
