@@ -65,16 +65,28 @@ def _run_tiny(runner, tmp_path, names):
         assert json.loads((out / "results.json").read_text())["rows"]
 
 
-def test_two_configs_run_at_the_tiny_scale(runner, tmp_path):
-    """A CNN full-class table and a ViT sub-class table (coarse targets): ~25 s."""
-    _run_tiny(runner, tmp_path, ["table2_vgg", "table3_vit"])
+@pytest.fixture
+def compile_cache(tmp_path):
+    """JAX's persistent compilation cache in a fresh folder: every tiny config trains and scores
+    the same width-4 cnn on the same 8x8 images, and each jit-jax command builds its functions
+    anew, so without it each of the 28 commands recompiled the same programs (85 s in all)."""
+    import jax
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    saved = {k: getattr(jax.config, k) for k in keys}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax-cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            jax.config.update(k, v)
 
 
-@pytest.mark.slow
-def test_every_config_runs_at_the_tiny_scale(runner, tmp_path):
-    """All seven configs: 85 s on 2 cores (2026-12-02), over the 60 s aimed at, so not in the
-    default run; each call of the jit-jax command costs 3-4 s of compilation and checkpointing
-    even at this size."""
+def test_every_config_runs_at_the_tiny_scale(runner, tmp_path, compile_cache):
+    """All seven configs through the runner (original, RTRN, BSLN and JiT each)."""
     _run_tiny(runner, tmp_path, CONFIGS)
 
 
@@ -180,3 +192,35 @@ def test_pretrained_vit_configs_need_weights(runner, tmp_path):
     gpu = run.load_config("table2_vgg", "gpu")
     paper = run.load_config("table2_vgg", "paper")
     assert gpu.train == {**paper.train, "epochs": 6} and gpu.model == paper.model
+
+
+def test_a_failing_method_is_a_result(runner, tmp_path, monkeypatch, capsys):
+    """A method that fails (e.g. diverges) on a seed is recorded and reported, the other methods
+    and seeds run on, and a resumed run does not retry it."""
+    run, _ = runner
+    real = run.cli_main
+    calls = []
+
+    def cli(argv):
+        calls.append(argv)
+        if argv[0] == "unlearn" and argv[argv.index("--method") + 1] == "jit":
+            print("error: JiT diverged: loss nan at batch 1", file=sys.stderr)
+            return 2
+        return real(argv)
+
+    monkeypatch.setattr(run, "cli_main", cli)
+    cfg = run.load_config("table2_vgg", "tiny")
+    out = tmp_path / "t"
+    summary = run.run(cfg, out, methods=["bsln", "jit"], log=lambda *_: None)
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert rows["jit"]["n"] == 0 and rows["jit"]["failed"] == {0: "JiT diverged: loss nan at batch 1"}
+    assert rows["bsln"]["n"] == 1 and "retain_acc" in rows["bsln"]
+    saved = json.loads((out / "jit-s0.failed.json").read_text())
+    assert saved["error"] == "JiT diverged: loss nan at batch 1" and saved["seed"] == 0
+    page = (out / "results.md").read_text()
+    assert "| jit (n=0) | failed |" in page
+    assert "- jit failed on seed(s) 0: JiT diverged: loss nan at batch 1." in page
+    assert all(d["method"] != "jit" for d in summary["differences"])
+    n = len(calls)
+    run.run(cfg, out, methods=["bsln", "jit"], log=lambda *_: None)
+    assert len(calls) == n  # resumed: nothing recomputed, the failure not retried

@@ -22,7 +22,9 @@ to each side's own original (BSLN) and retrained model (RTRN) (:func:`difference
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import statistics
 import sys
@@ -51,10 +53,35 @@ def load_config(name: str, scale: str = "cpu") -> Config:
     return importlib.import_module(name).get_config(scale)
 
 
+class StepFailed(RuntimeError):
+    """A jit-jax command of the runner exited with an error (``message``: its last error line)."""
+
+    def __init__(self, argv: list[str], rc: int, message: str):
+        super().__init__(f"jit-jax {' '.join(argv)} failed with exit code {rc}: {message}")
+        self.message = message
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for st in self.streams:
+            st.write(text)
+        return len(text)
+
+    def flush(self):
+        for st in self.streams:
+            st.flush()
+
+
 def _cli(argv: list[str]) -> None:
-    rc = cli_main(argv)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(_Tee(sys.stderr, err)):
+        rc = cli_main(argv)
     if rc != 0:
-        raise RuntimeError(f"jit-jax {' '.join(argv)} failed with exit code {rc}")
+        lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
+        raise StepFailed(argv, rc, lines[-1][len("error:"):].strip() if lines else "")
 
 
 def prepare_data(cfg: Config, out: Path, data: Path | None) -> Path:
@@ -126,12 +153,19 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
                   cfg.forget, "--seed", str(seed), "--out", str(rtrn), "--no-progress"])
         for m in methods:
             d = out / f"{m}-s{seed}"
-            if (d / "result.json").exists():
+            failed = _failed_path(out, m, seed)
+            if (d / "result.json").exists() or failed.exists():
                 continue
             log(f"[{cfg.name}] seed {seed}: {m}")
-            _cli(["unlearn", "--checkpoint", str(orig), "--method", m, "--forget", cfg.forget,
-                  "--seed", str(seed), "--rtrn", str(rtrn), "--out", str(d), "--no-progress",
-                  *(["--paper"] if cfg.paper_setting else [])])
+            argv = ["unlearn", "--checkpoint", str(orig), "--method", m, "--forget", cfg.forget,
+                    "--seed", str(seed), "--rtrn", str(rtrn), "--out", str(d), "--no-progress",
+                    *(["--paper"] if cfg.paper_setting else [])]
+            try:
+                _cli(argv)
+            except StepFailed as e:  # e.g. a method that diverges: a result, not a crash
+                log(f"[{cfg.name}] seed {seed}: {m} failed: {e.message}")
+                failed.write_text(json.dumps({"method": m, "seed": seed, "error": e.message,
+                                              "command": ["jit-jax", *argv]}, indent=1) + "\n")
     summary = summarise(cfg, out, seeds, ["rtrn", *methods])
     meta = json.loads((orig / "metadata.json").read_text())
     last = (meta.get("history") or [{}])[-1]
@@ -146,6 +180,12 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
     return summary
 
 
+def _failed_path(out: Path, method: str, seed: int) -> Path:
+    """Where a failed (method, seed) is recorded; the runner skips it on resume (the runs are
+    seeded, so a failure repeats); delete the file to try again."""
+    return out / f"{method}-s{seed}.failed.json"
+
+
 def summarise(cfg: Config, out: Path, seeds, methods) -> dict:
     try:
         paper = paper_rows(cfg.table)
@@ -153,8 +193,13 @@ def summarise(cfg: Config, out: Path, seeds, methods) -> dict:
         paper = {}
     runs, rows = [], []
     for m in methods:
-        per_seed = []
+        per_seed, failures = [], []
         for seed in seeds:
+            failed = _failed_path(out, m, seed)
+            if failed.exists():
+                failures.append(json.loads(failed.read_text()))
+                runs.append({"method": m, "seed": seed, "failed": failures[-1]["error"]})
+                continue
             res = json.loads((out / f"{m}-s{seed}" / "result.json").read_text())
             if m == "rtrn":
                 res["retrain_distance"] = 0.0
@@ -163,14 +208,17 @@ def summarise(cfg: Config, out: Path, seeds, methods) -> dict:
                 "retain_acc", "forget_acc", "test_acc", "mia", "retrain_distance", "runtime",
                 "compile_time")}})
         row = {"method": m, "n": len(per_seed)}
+        if failures:
+            row["failed"] = {f["seed"]: f["error"] for f in failures}
         for key in ("retain_acc", "forget_acc", "mia", "retrain_distance", "test_acc"):
             vals = [r[key] for r in per_seed if r.get(key) is not None]
             if not vals:
                 continue
             row[key] = statistics.fmean(vals)
             row[key + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        row["runtime_median"] = statistics.median(r["runtime"] or 0.0 for r in per_seed)
-        row["zero_shot"] = bool(per_seed[0].get("zero_shot"))
+        row["runtime_median"] = (statistics.median(r["runtime"] or 0.0 for r in per_seed)
+                                 if per_seed else None)
+        row["zero_shot"] = bool(per_seed[0].get("zero_shot")) if per_seed else None
         if m in paper:
             row["paper"] = {k: paper[m][k] for k in ("retain_acc", "retain_acc_sd",
                                                       "forget_acc", "forget_acc_sd", "mia",
@@ -190,15 +238,29 @@ def markdown(cfg: Config, summary: dict) -> str:
              f"method settings: {'the authors (--paper)' if cfg.paper_setting else 'defaults'}.",
              "Paper: Foster et al., TMLR 2025 (numbers from experiments/paper/paper_tables.csv).",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    def mean_sd(r, key):
+        return f"{r[key]:.1f} ± {r[key + '_sd']:.1f}" if key in r else "failed"
+
+    notes = []
     for r in summary["rows"]:
-        cells = [r["method"]]
+        name = r["method"]
+        if r.get("failed"):
+            seeds_failed = sorted(r["failed"])
+            name += f" (n={r['n']})"
+            notes.append(f"- {r['method']} failed on seed(s) {', '.join(map(str, seeds_failed))}: "
+                         + "; ".join(sorted(set(r["failed"].values()))) +
+                         (f"; the row is the mean of the other {r['n']}." if r["n"] else "."))
+        cells = [name]
         for key, _ in COLUMNS:
-            cells.append(f"{r[key]:.1f} ± {r[key + '_sd']:.1f}")
+            cells.append(mean_sd(r, key))
             p = r.get("paper")
             cells.append(f"{p[key]:.1f} ± {p[key + '_sd']:.1f}" if p else "")
-        cells += [f"{r['retrain_distance']:.1f} ± {r['retrain_distance_sd']:.1f}",
-                  f"{r['runtime_median']:.2f}", "yes" if r["zero_shot"] else "no"]
+        cells += [mean_sd(r, "retrain_distance"),
+                  "" if r["runtime_median"] is None else f"{r['runtime_median']:.2f}",
+                  {True: "yes", False: "no", None: ""}[r["zero_shot"]]]
         lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n" + differences_markdown(summary)
 
 
@@ -217,7 +279,7 @@ def differences(summary: dict, threshold: float = 10.0) -> list[dict]:
     out = []
     for r in summary["rows"]:
         p = r.get("paper")
-        if not p:
+        if not p or not r.get("n", 1):
             continue
         for key, label in COLUMNS:
             diff = r[key] - p[key]
@@ -226,7 +288,7 @@ def differences(summary: dict, threshold: float = 10.0) -> list[dict]:
             rel = {}
             for ref in ("bsln", "rtrn"):
                 q = rows.get(ref)
-                if q is not None and q.get("paper"):
+                if q is not None and q.get("paper") and q.get("n", 1):
                     rel[ref] = (r[key] - q[key]) - (p[key] - q["paper"][key])
             cause = "method"
             if r["method"] == "bsln" or abs(rel.get("bsln", float("inf"))) <= threshold:
@@ -247,7 +309,7 @@ def differences_markdown(summary: dict, threshold: float = 10.0) -> str:
     lines = ["", f"## Differences of more than {threshold:g} points from the paper", ""]
     for ref, what in (("bsln", "original (BSLN)"), ("rtrn", "retrained model (RTRN)")):
         r = rows.get(ref)
-        if r and r.get("paper"):
+        if r and r.get("paper") and r.get("n", 1):
             gaps = ", ".join(f"{label} {r[k] - r['paper'][k]:+.1f}" for k, label in COLUMNS)
             lines.append(f"- Our {what} against the paper's: {gaps}.")
     o = summary.get("original") or {}
