@@ -122,9 +122,12 @@ def sweep(config: str, scale: str, runs: Path, out: Path, seed: int = 0, log=pri
         ax.set_yticks(range(len(sigmas)), [f"{v:.2g}" for v in sigmas], fontsize=8)
         ax.set_xlabel("lr")
         ax.set_ylabel("sigma")
+        lo, hi = min(min(r) for r in table), max(max(r) for r in table)
         for i, row in enumerate(table):
-            for j, v in enumerate(row):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
+            for j, v in enumerate(row):  # dark text on the light (high) end of viridis
+                light = hi > lo and (v - lo) / (hi - lo) > 0.6
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                        color="k" if light else "w")
         ax.set_title(f"Figure {number}: {label}, JiT, {cfg.name} ({scale}); "
                      f"RTRN {data['rtrn'][key]:.1f}", fontsize=9)
         fig.colorbar(im, ax=ax)
