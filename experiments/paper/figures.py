@@ -5,7 +5,8 @@
         --out docs/results/paper
 
 - ``fig5``: the median runtime of every method over the seeds of one runner output folder (the
-  paper's Figure 5 uses its Table 2 ViT runs: full-class forgetting of "rocket"), log scale.
+  paper's Figure 5 uses its Table 2 ViT runs: full-class forgetting of "rocket"), log scale; a
+  method that failed on every seed is named in the title and the JSON.
 - ``sweep``: JiT's sensitivity to its two settings (the paper's Figures 7 and 8, VGG11 full-class):
   JiT with the config's paper setting (``jit-jax unlearn --paper``) on the runner's original, over
   a grid of lr and sigma around the authors' values (x 1/9, 1/3, 1, 3, 9 for lr; x 1/4, 1/2, 1, 2,
@@ -47,10 +48,13 @@ def fig5(runs: Path, out: Path, name: str | None = None) -> dict:
     summary = json.loads((Path(runs) / "results.json").read_text())
     cfg = summary["config"]
     rows = [r for r in summary["rows"] if r["method"] != "bsln"]
-    rows.sort(key=lambda r: r["runtime_median"])
+    failed = sorted(r["method"] for r in rows if r.get("runtime_median") is None)
+    rows = sorted((r for r in rows if r.get("runtime_median") is not None),
+                  key=lambda r: r["runtime_median"])
     data = {"figure": 5, "config": cfg["name"], "scale": cfg["scale"], "model": cfg["model"],
             "forget": cfg["forget"], "seeds": summary["seeds"],
-            "median_runtime_s": {r["method"]: r["runtime_median"] for r in rows}}
+            "median_runtime_s": {r["method"]: r["runtime_median"] for r in rows},
+            "failed_on_every_seed": failed}
     name = name or f"figure5-{cfg['name']}-{cfg['scale']}"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +67,8 @@ def fig5(runs: Path, out: Path, name: str | None = None) -> dict:
     ax.barh(methods, times, color=colours)
     ax.set_xscale("log")
     ax.set_xlabel("median runtime (s, log scale)")
-    ax.set_title(f"{cfg['name']} ({cfg['scale']}): {cfg['model']}, {cfg['forget']}", fontsize=9)
+    ax.set_title(f"{cfg['name']} ({cfg['scale']}): {cfg['model']}, {cfg['forget']}"
+                 + (f"; failed: {', '.join(failed)}" if failed else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(out / f"{name}.png", dpi=120)
     plt.close(fig)
