@@ -218,32 +218,39 @@ def test_higher_order_exact(name, strides, pad, k, chunk_rows):
     x, kernel = _int_data(0, (6, 4, 5, 4), (k, k, 4, 3))  # stride 2, chunked: 2 images a chunk
     xt, kt = _int_data(1, x.shape, kernel.shape)
 
-    def results(conv):
-        def loss(x, w):
-            return 0.5 * jnp.sum(conv(x, w, strides, pad) ** 2)
+    want = jax.jit(lambda: higher_order_results(conv_general, x, kernel, xt, kt, strides, pad))()
+    got = jax.jit(lambda: higher_order_results(conv_custom, x, kernel, xt, kt, strides, pad))()
+    assert_trees_equal(got, want)
 
-        def grad_x_sq(x, w):  # an input-gradient penalty
-            return jnp.sum(jax.grad(loss, 0)(x, w) ** 2)
 
-        def grad_w_sq(x, w):
-            return jnp.sum(jax.grad(loss, 1)(x, w) ** 2)
-
-        return dict(
-            grad=jax.grad(loss, (0, 1))(x, kernel),
-            grad_of_grad_x=jax.grad(grad_x_sq, (0, 1))(x, kernel),
-            grad_of_grad_w=jax.grad(grad_w_sq, (0, 1))(x, kernel),
-            jvp=jax.jvp(lambda a, b: conv(a, b, strides, pad), (x, kernel), (xt, kt)),
-            jvp_w=jax.jvp(lambda b: conv(x, b, strides, pad), (kernel,), (kt,)),
-            hvp_x=jax.jvp(jax.grad(loss, 0), (x, kernel), (xt, jnp.zeros_like(kernel))),
-            hvp_w=jax.jvp(lambda b: jax.grad(loss, 1)(x, b), (kernel,), (kt,)),
-            linearize=jax.linearize(lambda a: jax.grad(loss, 0)(a, kernel), x)[1](xt),
-        )
-
-    want = jax.jit(lambda: results(conv_general))()
-    got = jax.jit(lambda: results(conv_custom))()
+def assert_trees_equal(got, want):
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got),
                             strict=True):
         np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+
+
+def higher_order_results(conv, x, kernel, xt, kt, strides, pad):
+    """grad of grad (both ways), jvp in each argument, jvp of grad (curvature's HVP) and
+    linearize of a loss through ``conv`` (shared with test_onednn)."""
+    def loss(x, w):
+        return 0.5 * jnp.sum(conv(x, w, strides, pad) ** 2)
+
+    def grad_x_sq(x, w):  # an input-gradient penalty
+        return jnp.sum(jax.grad(loss, 0)(x, w) ** 2)
+
+    def grad_w_sq(x, w):
+        return jnp.sum(jax.grad(loss, 1)(x, w) ** 2)
+
+    return dict(
+        grad=jax.grad(loss, (0, 1))(x, kernel),
+        grad_of_grad_x=jax.grad(grad_x_sq, (0, 1))(x, kernel),
+        grad_of_grad_w=jax.grad(grad_w_sq, (0, 1))(x, kernel),
+        jvp=jax.jvp(lambda a, b: conv(a, b, strides, pad), (x, kernel), (xt, kt)),
+        jvp_w=jax.jvp(lambda b: conv(x, b, strides, pad), (kernel,), (kt,)),
+        hvp_x=jax.jvp(jax.grad(loss, 0), (x, kernel), (xt, jnp.zeros_like(kernel))),
+        hvp_w=jax.jvp(lambda b: jax.grad(loss, 1)(x, b), (kernel,), (kt,)),
+        linearize=jax.linearize(lambda a: jax.grad(loss, 0)(a, kernel), x)[1](xt),
+    )
 
 
 def test_hessian_wrt_input_exact():
