@@ -224,3 +224,29 @@ def test_a_failing_method_is_a_result(runner, tmp_path, monkeypatch, capsys):
     n = len(calls)
     run.run(cfg, out, methods=["bsln", "jit"], log=lambda *_: None)
     assert len(calls) == n  # resumed: nothing recomputed, the failure not retried
+
+
+def test_an_interrupted_original_resumes(runner, tmp_path, monkeypatch):
+    """The runner stopped during the original's training (after its first epoch was saved): the
+    next run continues that training with --resume instead of failing on its saved state."""
+    import jit_jax.cli as cli
+
+    run, _ = runner
+    real = cli._report_epoch
+
+    def stop(rec):
+        real(rec)
+        raise KeyboardInterrupt  # as Ctrl-C or a killed job, after epoch 1 was saved
+
+    monkeypatch.setattr(cli, "_report_epoch", stop)
+    cfg = run.load_config("table2_vgg", "tiny")
+    out = tmp_path / "t"
+    with pytest.raises(KeyboardInterrupt):
+        run.run(cfg, out, methods=["bsln"], log=lambda *_: None)
+    assert (out / "original.partial").is_dir() and not (out / "original").exists()
+    monkeypatch.setattr(cli, "_report_epoch", real)
+    logs = []
+    run.run(cfg, out, methods=["bsln"], log=logs.append)
+    assert any("(resuming)" in line for line in logs), logs
+    meta = json.loads((out / "original" / "metadata.json").read_text())
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]

@@ -137,9 +137,14 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
     orig = out / "original"
     t0 = time.perf_counter()
     if not (orig / "metadata.json").exists():
-        log(f"[{cfg.name}] training the original ({cfg.model})")
+        from jit_jax.checkpoint import saved_epochs
+
+        # an interrupted training (the runner stopped mid-way) continues from its saved epochs
+        resume = bool(saved_epochs(orig.parent / f"{orig.name}.partial"))
+        log(f"[{cfg.name}] training the original ({cfg.model}){' (resuming)' if resume else ''}")
         _cli(["train", "--dataset", f"npz:{npz}", "--model", cfg.model, "--out", str(orig),
-              "--no-progress", *_opts("--model-opt", cfg.model_opts),
+              "--no-progress", *(["--resume"] if resume else []),
+              *_opts("--model-opt", cfg.model_opts),
               *_opts("--data-opt", cfg.data_opts),
               *(["--vit-weights", str(Path(vit_weights).absolute())] if vit_weights else []),
               *[a for k, v in cfg.train.items() for a in (f"--{k.replace('_', '-')}", str(v))]])
