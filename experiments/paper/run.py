@@ -138,9 +138,10 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
     t0 = time.perf_counter()
     if not (orig / "metadata.json").exists():
         from jit_jax.checkpoint import saved_epochs
+        from jit_jax.cli import _state_dir_of
 
         # an interrupted training (the runner stopped mid-way) continues from its saved epochs
-        resume = bool(saved_epochs(orig.parent / f"{orig.name}.partial"))
+        resume = bool(saved_epochs(_state_dir_of(orig)))
         log(f"[{cfg.name}] training the original ({cfg.model}){' (resuming)' if resume else ''}")
         _cli(["train", "--dataset", f"npz:{npz}", "--model", cfg.model, "--out", str(orig),
               "--no-progress", *(["--resume"] if resume else []),

@@ -47,7 +47,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 ENV_SWITCH = "JIT_JAX_ONEDNN"
-"""Set to 0 to never use oneDNN (the models then use XLA's convolution)."""
+"""Set to 0 to never use oneDNN (the models then use the custom rule of ``layers``)."""
 CACHE_ENV = "JIT_JAX_CACHE"
 """Folder for the compiled library (default ``~/.cache/jit-jax``)."""
 SOURCE = Path(__file__).resolve().parents[1] / "native" / "dnnl_conv.cc"
@@ -169,8 +169,9 @@ def _out_hw(in_hw, kernel_hw, strides, padding):
 
 
 def _ref_forward(x, w, *, strides, padding):
-    return jax.lax.conv_general_dilated(x, w, strides, padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    from jit_jax.models.layers import conv_general  # (layers imports this module)
+
+    return conv_general(x, w, strides, padding)
 
 
 def _ref_data(dy, w, *, strides, padding, in_hw):
@@ -267,25 +268,22 @@ def _lowering(prim):
     return lower
 
 
+@functools.cache
+def _jitted(prim, params: tuple):
+    return jax.jit(functools.partial(prim.bind, **dict(params)))
+
+
+def _eager(prim, *args, **params):
+    """An eager call of ``prim``: through a jitted function per (primitive, params)."""
+    return _jitted(prim, tuple(sorted(params.items())))(*args)
+
+
 for _p in _REF:
-    # eager calls run through jit; other platforms (and CPU until the library is loaded) lower
-    # to XLA's convolution, so a traced program never depends on the library's presence
-    _p.def_impl(functools.partial(lambda p, *a, **kw: _jitted(p, **kw)(*a), _p))
+    # other platforms (and CPU until the library is loaded) lower to XLA's convolution, so a
+    # traced program never depends on the library's presence
+    _p.def_impl(functools.partial(_eager, _p))
     batching.primitive_batchers[_p] = _batch_rule(_p)
     mlir.register_lowering(_p, mlir.lower_fun(_REF[_p], multiple_results=False))
-
-
-def _hashable(params):
-    return tuple(sorted(params.items()))
-
-
-@functools.cache
-def _jitted_cached(prim, items):
-    return jax.jit(functools.partial(prim.bind, **dict(items)))
-
-
-def _jitted(prim, **params):
-    return _jitted_cached(prim, _hashable(params))
 
 
 def conv(x, w, strides, padding):
