@@ -538,9 +538,77 @@ def dense(
     )
 
 
+def _batch_moments(x):
+    """Mean and (biased) variance over every axis but the last, as flax computes them
+    (``E[x^2] - E[x]^2`` clipped at 0)."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    return mean, jnp.maximum(0.0, (x * x).mean(axes) - mean * mean)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon):
+    """Training-mode batch normalisation over every axis but the last (channels):
+    ``(x - mean) * (rsqrt(var + epsilon) * scale) + bias`` with the batch's own mean and variance,
+    the same operations as ``nnx.BatchNorm``. Its derivative is given in closed form (below)."""
+    mean, var = _batch_moments(x)
+    return (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
+
+
+@batch_norm_train.defjvp
+def _batch_norm_train_jvp(epsilon, primals, tangents):
+    # With xh = (x - mean) * r, r = rsqrt(var + eps), k = scale * r and means over the n
+    # non-channel positions, the tangent is
+    #     k * (dx - mean(dx) - xh * mean(dx * xh)) + xh * dscale + dbias.
+    # Reverse mode transposes it into the textbook backward pass:
+    #     dx = k * (dy - mean(dy) - xh * mean(dy * xh)),  dscale = sum(dy * xh),  dbias = sum(dy),
+    # two reductions over the activations (sum(dy) and sum(dy * xh), shared by all three) where
+    # differentiating the forward operations gives XLA several. The per-channel factors are
+    # applied to the reduced vectors, not to the activations, so that the two sums are the same
+    # expressions in every term and XLA computes each once. The rule is plain JAX, so every
+    # transformation (jvp, grad of grad, vmap) works through it.
+    x, scale, bias = primals
+    dx, dscale, dbias = tangents
+    axes = tuple(range(x.ndim - 1))
+    mean, var = _batch_moments(x)
+    r = lax.rsqrt(var + epsilon)
+    xh = (x - mean) * r
+    k = scale * r
+    y = (x - mean) * k + bias
+    t = k * dx - k * dx.mean(axes) - xh * (k * (dx * xh).mean(axes)) + xh * dscale + dbias
+    return y, t
+
+
+class BatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` (the same parameters, statistics, maths and checkpoints) whose
+    training-mode normalisation is :func:`batch_norm_train`, with its closed-form derivative.
+
+    Differentiating flax's operations left XLA:CPU several passes over the activations per layer;
+    the closed form halves the time of BatchNorm + ReLU forward and backward (20 ResNet18-w16
+    layers at batch 128: 135-172 ms -> 71-90 ms in one process, ``docs/performance.md``). Evaluation
+    mode, masks, named-axis statistics (``axis_name``), other feature axes, missing scale or bias,
+    non-float32 inputs and the exact-variance option take flax's own code."""
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        use_ra = use_running_average if use_running_average is not None else self.use_running_average
+        if (use_ra is not False or mask is not None or self.axis_name is not None
+                or self.axis not in (-1, x.ndim - 1) or self.scale is None or self.bias is None
+                or x.dtype != jnp.float32 or self.dtype not in (None, jnp.float32)
+                or self.param_dtype != jnp.float32 or not self.use_fast_variance):
+            return super().__call__(x, use_running_average, mask=mask)
+        mean, var = _batch_moments(x)  # the same reductions as inside: XLA computes them once
+        # as flax: the running statistics are cut from the gradient only for array references
+        can_update = getattr(self.mean, "_can_update", False) or getattr(self.var, "_can_update", False)
+        cut = lax.stop_gradient if can_update else (lambda v: v)
+        self.mean[...] = cut(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        self.var[...] = cut(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        return batch_norm_train(x, self.scale[...], self.bias[...], self.epsilon)
+
+
 def batch_norm(num_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    """BatchNorm with the project's convention (momentum 0.9 = torch 0.1, epsilon 1e-5)."""
-    return nnx.BatchNorm(num_features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+    """BatchNorm with the project's convention (momentum 0.9 = torch 0.1, epsilon 1e-5):
+    :class:`BatchNorm`."""
+    return BatchNorm(num_features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
 
 
 def max_pool(x, window: int = 2, stride: int = 2, padding: int = 0):
