@@ -350,10 +350,19 @@ def cmd_unlearn(args) -> int:
         from jit_jax.parallel import mesh_from_flag
 
         mesh_opt["mesh"] = mesh_from_flag(args.devices)
+    from jit_jax.metrics import _metric_names
+
+    _metric_names(args.metrics)  # an unknown name is an error before anything runs
+    if args.shadows is not None and args.shadows < 2:
+        return _err(f"--shadows {args.shadows}; accepted: an integer >= 2 (16 or more for a "
+                    f"meaningful U-LiRA AUC)")
     model, meta, ds = load_run(args.checkpoint, validation=args.validation)
     split = parse_forget(ds, args.forget, seed=args.seed)
     spec = ModelSpec.from_dict(meta["model"])
     prep = recipes.preprocess_fn(ds)
+    if args.shadows and "train_config" not in meta:
+        return _err(f"--shadows: {args.checkpoint} records no training recipe to train shadow "
+                    f"models with (train it with `jit-jax train`)")
     req = unlearn.Request(model=model, dataset=ds, split=split, spec=spec,
                           train_config=TrainConfig.from_dict(meta["train_config"])
                           if "train_config" in meta else None,
@@ -367,11 +376,27 @@ def cmd_unlearn(args) -> int:
     extra = {"options": options, "source": str(args.checkpoint), "paper_setting": args.paper}
     if mesh_opt:
         extra["devices"] = mesh_opt["mesh"].size
-    result = evaluate_unlearning(res.model, ds, split, method=args.method, runtime=res.runtime,
-                                 compile_time=res.compile_time, zero_shot=res.zero_shot,
-                                 seed=args.seed, preprocess=prep, extra=extra)
+    rmodel = rmeta = None
     if args.rtrn:
         rmodel, rmeta, _ = load_run(args.rtrn, validation=args.validation)
+    before = None
+    if args.method != "bsln" or args.metrics != "paper":
+        before = evaluate_unlearning(model, ds, split, method="bsln", preprocess=prep)
+    shadows = None
+    if args.shadows:
+        from jit_jax.metrics import train_ulira_shadows
+
+        print(f"U-LiRA: {args.shadows} shadow models (cached in {args.shadow_cache}) ...",
+              flush=True)
+        shadows = train_ulira_shadows(ds, split, spec, req.train_config, n_shadows=args.shadows,
+                                      cache_dir=args.shadow_cache, preprocess=prep)
+    result = evaluate_unlearning(res.model, ds, split, method=args.method, runtime=res.runtime,
+                                 compile_time=res.compile_time, zero_shot=res.zero_shot,
+                                 seed=args.seed, preprocess=prep, extra=extra,
+                                 metrics=args.metrics, reference=rmodel,
+                                 original_forget_acc=before.forget_acc if before else None,
+                                 shadows=shadows)
+    if args.rtrn:
         rres = evaluate_unlearning(rmodel, ds, split, method="rtrn", preprocess=prep)
         result.retrain_distance = retrain_distance(result, rres)
         result.extra["rtrn"] = rres.to_dict()
@@ -384,7 +409,6 @@ def cmd_unlearn(args) -> int:
     if args.method != "bsln":
         from jit_jax.metrics import sanity_warnings
 
-        before = evaluate_unlearning(model, ds, split, method="bsln", preprocess=prep)
         warnings = sanity_warnings(result, before, ds.num_classes)
         result.extra["original"] = {k: getattr(before, k) for k in
                                     ("retain_acc", "forget_acc", "test_acc", "mia")}
@@ -464,9 +488,15 @@ def cmd_models(args) -> int:
 
 def cmd_demo(args) -> int:
     from jit_jax import demo
+    from jit_jax.metrics import _metric_names
 
+    _metric_names(args.metrics)
+    if args.shadows is not None and args.shadows < 2:
+        return _err(f"--shadows {args.shadows}; accepted: an integer >= 2 (16 or more for a "
+                    f"meaningful U-LiRA AUC)")
     demo.run_demo(out=Path(args.out), forget=args.forget, seeds=args.seeds, model=args.model,
-                  progress=not args.no_progress, overwrite=args.overwrite)
+                  progress=not args.no_progress, overwrite=args.overwrite, metrics=args.metrics,
+                  shadows=args.shadows or 0, shadow_cache=args.shadow_cache)
     return 0
 
 
@@ -644,6 +674,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "train mode; sub-class SSD/SCRUB/FNTN: batch 64, ...; jit_jax/unlearn/paper.py, "
                    "docs/protocol.md); --set still overrides")
     u.add_argument("--rtrn", help="a retrained checkpoint: adds the retrain distance")
+    u.add_argument("--metrics", default="paper", metavar="paper|full|NAMES",
+                   help="paper (default): D_r, D_f, test accuracy, the entropy MIA; full: also the "
+                        "three-feature LR and SVC attacks and the loss-threshold attack (member "
+                        "rate and AUC), output distances to --rtrn (KL, JS, argmax agreement on "
+                        "the forget and test sets), relearn time, U-LiRA with --shadows; or "
+                        "comma-separated names from: mia_lr3, mia_svc3, mia_threshold, "
+                        "distances, relearn, ulira")
+    u.add_argument("--shadows", type=int, metavar="N",
+                   help="U-LiRA with N shadow models (the checkpoint's recipe, trained on the "
+                        "retained data plus half of the forget and held-out candidates each; "
+                        "cached in --shadow-cache); 16 or more")
+    u.add_argument("--shadow-cache", default="runs/shadows", metavar="DIR",
+                   help="where shadow models' statistics are cached (default: runs/shadows)")
     u.add_argument("--devices", metavar="N|all",
                    help="data-parallel: split each batch (forget batch for jit, training batch for "
                    "rtrn) over the first N devices jax sees, or all; default: one device")
@@ -681,6 +724,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", type=int, default=3, help="repeats of RTRN and JiT (seeds 0..N-1)")
     d.add_argument("--model", default="mlp", help="mlp (default: JiT unlearns it selectively) or cnn")
     d.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo")
+    d.add_argument("--metrics", default="paper", metavar="paper|full|NAMES",
+                   help="the table's metrics, as `jit-jax unlearn --metrics` (full: stronger "
+                        "membership attacks, output distances to RTRN, relearn time)")
+    d.add_argument("--shadows", type=int, metavar="N",
+                   help="with --metrics full: U-LiRA with N shadow models (16 or more)")
+    d.add_argument("--shadow-cache", default="runs/shadows", metavar="DIR")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)
 

@@ -21,7 +21,9 @@ from jit_jax.metrics import (
     UnlearnResult,
     evaluate_unlearning,
     markdown_table,
+    reference_logits,
     retrain_distance,
+    train_ulira_shadows,
     write_results,
 )
 from jit_jax.models import ModelSpec
@@ -39,12 +41,19 @@ def train_original(ds: Dataset, spec: ModelSpec, config: TrainConfig, *, progres
 def compare(model: nnx.Module, ds: Dataset, split: ForgetSplit, spec: ModelSpec,
             train_config: TrainConfig, *, seeds: Sequence[int] = (0,),
             methods: Sequence[str] = ("bsln", "rtrn", "jit"), method_options: dict | None = None,
-            progress: bool = False, log=print) -> list[UnlearnResult]:
+            progress: bool = False, log=print, metrics="paper", shadows=None,
+            relearn=None) -> list[UnlearnResult]:
     """Run ``methods`` on ``split`` for each seed; the retrain distance is against that seed's RTRN
-    (``rtrn`` is run even when not listed, as the reference)."""
+    (``rtrn`` is run even when not listed, as the reference). ``metrics``, ``shadows`` and
+    ``relearn`` go to :func:`~jit_jax.metrics.evaluate_unlearning`, with the same seed's RTRN as
+    the reference of the output distances and the untouched model's D_f as relearn's target."""
     prep = recipes.preprocess_fn(ds)
     method_options = method_options or {}
     results: list[UnlearnResult] = []
+    original_df = None
+    if metrics != "paper":
+        original_df = evaluate_unlearning(model, ds, split, method="bsln",
+                                          preprocess=prep).forget_acc
     for seed in seeds:
         req = unlearn.Request(model=model, dataset=ds, split=split, spec=spec,
                               train_config=train_config, seed=seed, preprocess=prep,
@@ -55,10 +64,16 @@ def compare(model: nnx.Module, ds: Dataset, split: ForgetSplit, spec: ModelSpec,
             opts = method_options.get(name, {})
             t0 = time.perf_counter()
             out = unlearn.run(name, req, **opts)
+            if name == "rtrn" and metrics != "paper":
+                ref = reference_logits(out.model, ds, split, preprocess=prep)
             r = evaluate_unlearning(out.model, ds, split, method=name, runtime=out.runtime,
                                     compile_time=out.compile_time, zero_shot=out.zero_shot,
                                     seed=seed, preprocess=prep,
-                                    extra={"options": opts, "config": out.log.get("config")})
+                                    extra={"options": opts, "config": out.log.get("config")},
+                                    metrics=metrics,
+                                    reference=ref if metrics != "paper" else None,
+                                    original_forget_acc=original_df, shadows=shadows,
+                                    relearn=relearn)
             per_seed[name] = r
             log(f"  seed {seed} {name:10s} D_r {r.retain_acc:5.1f}  D_f {r.forget_acc:5.1f}  "
                 f"MIA {r.mia:5.1f}  runtime {out.runtime:.2f}s  "
@@ -70,9 +85,12 @@ def compare(model: nnx.Module, ds: Dataset, split: ForgetSplit, spec: ModelSpec,
 
 
 def run_demo(out: Path = Path("runs/demo"), *, forget: str = "class:3", seeds: int = 3,
-             model: str = "mlp", progress: bool = True,
-             overwrite: bool = False) -> list[UnlearnResult]:
-    """Digits end-to-end: original model, RTRN, JiT, the table (printed, markdown and JSON)."""
+             model: str = "mlp", progress: bool = True, overwrite: bool = False,
+             metrics: str = "paper", shadows: int = 0,
+             shadow_cache: str | Path = "runs/shadows") -> list[UnlearnResult]:
+    """Digits end-to-end: original model, RTRN, JiT, the table (printed, markdown and JSON).
+    ``metrics="full"`` adds the further metrics (``shadows`` >= 2: U-LiRA with that many shadow
+    models, cached in ``shadow_cache``)."""
     out = Path(out)
     table_json = out / "results.json"
     if table_json.exists() and not overwrite:
@@ -94,18 +112,30 @@ def run_demo(out: Path = Path("runs/demo"), *, forget: str = "class:3", seeds: i
         "kind": "trained", "dataset": {"spec": "digits", "name": ds.name, "target": ds.target},
         "class_names": list(ds.target_names), "train_config": config.to_dict(),
         "seed": config.seed, "metrics": {"test_accuracy": acc}}, overwrite=overwrite)
+    shadow_set = None
+    if shadows:
+        print(f"    U-LiRA: {shadows} shadow models (cached in {shadow_cache}) ...", flush=True)
+        shadow_set = train_ulira_shadows(ds, split, spec, config, n_shadows=shadows,
+                                         cache_dir=shadow_cache, preprocess=prep)
+        print(f"    shadows trained in {shadow_set.train_seconds:.1f}s")
     print("2/3 BSLN, RTRN (retrained without the forget set) and JiT ...", flush=True)
-    results = compare(model, ds, split, spec, config, seeds=range(seeds), progress=False)
+    t_compare = time.perf_counter()
+    results = compare(model, ds, split, spec, config, seeds=range(seeds), progress=False,
+                      metrics=metrics, shadows=shadow_set)
+    compare_s = time.perf_counter() - t_compare
     table = markdown_table(results)
     print("3/3 results (percent; retrain distance = |dD_r|+|dD_f|+|dMIA| vs RTRN):\n")
     print(table)
     write_results(table_json, results, context={
         "dataset": ds.name, "forget": split.description, "model": spec.to_dict(),
-        "train_config": config.to_dict(), "original_test_acc": acc, "seeds": seeds})
+        "train_config": config.to_dict(), "original_test_acc": acc, "seeds": seeds,
+        "metrics": metrics, "shadows": shadows})
     print(f"\nwritten: {table_json}, {table_json.with_suffix('.md')}, checkpoint {ckpt}")
     print(f"try: jit-jax unlearn --checkpoint {ckpt} --method jit --forget class:5 "
           f"--out {out / 'forget5'}")
-    print(f"total {time.perf_counter() - t_start:.1f}s")
+    shadow_s = shadow_set.train_seconds if shadow_set is not None else 0.0
+    print(f"total {time.perf_counter() - t_start:.1f}s (methods and metrics {compare_s:.1f}s; "
+          f"U-LiRA shadow training {shadow_s:.1f}s)")
     return results
 
 

@@ -296,3 +296,30 @@ def test_train_from_vit_weights(tmp_path, capsys):
                  str(tmp_path / "nope.npz")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "m").exists() and not (tmp_path / "n").exists()
+
+
+def test_unlearn_full_metrics_with_shadows(run_dir, tmp_path, capsys):
+    """--metrics full with --rtrn and --shadows: every further column in result.json; the
+    shadows come from the cache the second time; bad --metrics/--shadows are errors up front."""
+    rtrn = tmp_path / "rtrn"
+    assert main(["unlearn", "--checkpoint", str(run_dir), "--method", "rtrn", "--forget",
+                 "random:30", "--out", str(rtrn), "--no-progress"]) == 0
+    cache = tmp_path / "shadows"
+    args = ["unlearn", "--checkpoint", str(run_dir), "--method", "jit", "--forget", "random:30",
+            "--rtrn", str(rtrn), "--metrics", "full", "--shadows", "2", "--shadow-cache",
+            str(cache), "--set", "num_samples=4"]
+    assert main([*args, "--out", str(tmp_path / "jit")]) == 0
+    m = json.loads((tmp_path / "jit" / "result.json").read_text())["metrics"]
+    for k in ("mia_lr3", "mia_lr3_auc", "mia_svc3_auc", "mia_threshold_auc", "kl_forget",
+              "js_test", "agree_test", "relearn_steps", "ulira", "ulira_auc"):
+        assert k in m, k
+    assert "skipped" not in m and 0 <= m["ulira_auc"] <= 1
+    assert len(list(cache.glob("*/shadow-*.npz"))) == 2
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "jit2")]) == 0
+    assert "shadow 1/2 trained" not in capsys.readouterr().out  # read from the cache
+    assert main([*args[:-4], "--metrics", "mia_lr3,bogus", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown metric(s) ['bogus']" in capsys.readouterr().err
+    assert main([*args[:7], "--shadows", "1", "--out", str(tmp_path / "y")]) == 2
+    assert "--shadows 1; accepted: an integer >= 2" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
