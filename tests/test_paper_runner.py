@@ -108,6 +108,27 @@ def test_resumes_without_recomputing(runner, tmp_path, monkeypatch):
     assert [c[4] for c in calls] == ["ssd"]
 
 
+def test_further_metrics_from_the_saved_runs(runner, tmp_path, monkeypatch):
+    """--metrics full scores every finished run from its checkpoint (RTRN against itself: no
+    distance), the page gains the table, and a second call reads metrics.json back."""
+    run, _ = runner
+    cfg = run.load_config("table4_vgg", "tiny")
+    run.run(cfg, tmp_path, methods=["bsln"], log=lambda *_: None)
+    assert not (tmp_path / "bsln-s0" / "metrics.json").exists()
+    run.run(cfg, tmp_path, methods=["bsln"], metrics="full", log=lambda *_: None)
+    r = json.loads((tmp_path / "rtrn-s0" / "metrics.json").read_text())
+    assert r["kl_forget"] == pytest.approx(0, abs=1e-12) and r["agree_test"] == 100
+    b = json.loads((tmp_path / "bsln-s0" / "metrics.json").read_text())
+    assert {"mia_lr3_auc", "mia_svc3_auc", "mia_threshold_auc", "js_test", "relearn_steps"} <= set(b)
+    assert b["relearn_steps"] == 0  # the original is its own target
+    page = (tmp_path / "results.md").read_text()
+    assert "## Further metrics" in page and "| bsln |" in page.split("## Further metrics")[1]
+    import jit_jax.metrics
+
+    monkeypatch.setattr(jit_jax.metrics, "evaluate_unlearning", None)  # would fail if called
+    run.run(cfg, tmp_path, methods=["bsln"], metrics="full", log=lambda *_: None)
+
+
 def _summary(rows):
     return {"rows": [{"method": m, "retain_acc": r[0], "forget_acc": r[1], "mia": r[2],
                       "paper": {"retain_acc": p[0], "forget_acc": p[1], "mia": p[2]}}

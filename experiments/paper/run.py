@@ -121,7 +121,7 @@ PRETRAINED_VIT = ("vit_b16", "vit_s16", "vit_ti16")  # the paper's ViT starts fr
 
 
 def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods=None,
-        vit_weights: Path | None = None, log=print) -> dict:
+        vit_weights: Path | None = None, metrics: str = "paper", log=print) -> dict:
     out = Path(out).absolute()
     if vit_weights is not None:
         if not cfg.model.startswith("vit"):
@@ -172,6 +172,8 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
                 log(f"[{cfg.name}] seed {seed}: {m} failed: {e.message}")
                 failed.write_text(json.dumps({"method": m, "seed": seed, "error": e.message,
                                               "command": ["jit-jax", *argv]}, indent=1) + "\n")
+    if metrics != "paper":
+        rescore(cfg, out, seeds, ["rtrn", *methods], log=log)
     summary = summarise(cfg, out, seeds, ["rtrn", *methods])
     meta = json.loads((orig / "metadata.json").read_text())
     last = (meta.get("history") or [{}])[-1]
@@ -184,6 +186,45 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "results.md").write_text(markdown(cfg, summary))
     return summary
+
+
+#: the further metrics the runner adds with --metrics full (U-LiRA needs shadow models and is
+#: left to experiments/privacy_table.py)
+FURTHER = ["mia_lr3", "mia_svc3", "mia_threshold", "distances", "relearn"]
+
+
+def rescore(cfg: Config, out: Path, seeds, methods, *, log=print) -> None:
+    """The further metrics (``jit_jax.metrics.evaluate_unlearning``: the stronger attacks, output
+    distances to the same seed's RTRN, relearn time) for every finished (method, seed), from its
+    saved checkpoint, written to ``<method>-s<seed>/metrics.json``; one already there is kept."""
+    from jit_jax import recipes
+    from jit_jax.cli import load_run
+    from jit_jax.data import parse_forget
+    from jit_jax.metrics import evaluate_unlearning, reference_logits
+
+    original = ds = prep = None
+    for seed in seeds:
+        ref = original_df = split = None
+        for m in methods:
+            d = out / f"{m}-s{seed}"
+            if not (d / "result.json").exists() or (d / "metrics.json").exists():
+                continue
+            if original is None:
+                original, _, ds = load_run(out / "original")
+                prep = recipes.preprocess_fn(ds)
+            if split is None:
+                split = parse_forget(ds, cfg.forget, seed=seed)
+                ref = reference_logits(load_run(out / f"rtrn-s{seed}")[0], ds, split,
+                                       preprocess=prep)
+                original_df = evaluate_unlearning(original, ds, split, method="bsln",
+                                                  preprocess=prep).forget_acc
+            log(f"[{cfg.name}] seed {seed}: further metrics of {m}")
+            t = time.perf_counter()
+            r = evaluate_unlearning(load_run(d)[0], ds, split, method=m, preprocess=prep,
+                                    metrics=FURTHER, reference=ref,
+                                    original_forget_acc=original_df)
+            (d / "metrics.json").write_text(json.dumps(
+                {**r.metrics, "seconds": time.perf_counter() - t}, indent=1) + "\n")
 
 
 def _failed_path(out: Path, method: str, seed: int) -> Path:
@@ -209,6 +250,10 @@ def summarise(cfg: Config, out: Path, seeds, methods) -> dict:
             res = json.loads((out / f"{m}-s{seed}" / "result.json").read_text())
             if m == "rtrn":
                 res["retrain_distance"] = 0.0
+            mpath = out / f"{m}-s{seed}" / "metrics.json"
+            res.pop("metrics", None)  # result.json's own (empty: the runner scores "paper")
+            if mpath.exists():
+                res["metrics"] = json.loads(mpath.read_text())
             per_seed.append(res)
             runs.append({"method": m, "seed": seed, **{k: res.get(k) for k in (
                 "retain_acc", "forget_acc", "test_acc", "mia", "retrain_distance", "runtime",
@@ -222,6 +267,15 @@ def summarise(cfg: Config, out: Path, seeds, methods) -> dict:
                 continue
             row[key] = statistics.fmean(vals)
             row[key + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        for key, _ in FURTHER_COLUMNS:
+            vals = [r["metrics"].get(key) for r in per_seed if "metrics" in r]
+            if key == "relearn_steps":  # not back within the budget: counted at the budget
+                vals = [r["metrics"]["relearn_max_steps"] if r["metrics"].get(key) is None
+                        else r["metrics"][key] for r in per_seed if "metrics" in r]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                row.setdefault("further", {})[key] = statistics.fmean(vals)
+                row["further"][key + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         row["runtime_median"] = (statistics.median(r["runtime"] or 0.0 for r in per_seed)
                                  if per_seed else None)
         row["zero_shot"] = bool(per_seed[0].get("zero_shot")) if per_seed else None
@@ -267,7 +321,41 @@ def markdown(cfg: Config, summary: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += ["", *notes]
-    return "\n".join(lines) + "\n" + differences_markdown(summary)
+    return "\n".join(lines) + "\n" + further_markdown(summary) + differences_markdown(summary)
+
+
+#: the further metrics' columns on a page (``--metrics full``)
+FURTHER_COLUMNS = (("mia_lr3", "MIA LR3"), ("mia_lr3_auc", "AUC LR3"), ("mia_svc3", "MIA SVC3"),
+                   ("mia_svc3_auc", "AUC SVC3"), ("mia_threshold", "MIA thr."),
+                   ("mia_threshold_auc", "AUC thr."), ("kl_forget", "KL forget"),
+                   ("js_forget", "JS forget"), ("agree_forget", "Agree forget"),
+                   ("js_test", "JS test"), ("agree_test", "Agree test"),
+                   ("relearn_steps", "Relearn steps"))
+
+
+def further_markdown(summary: dict) -> str:
+    rows = [r for r in summary["rows"] if r.get("further")]
+    if not rows:
+        return ""
+    lines = ["", "## Further metrics (`--metrics full`)", "",
+             "Member rates and agreement in %; AUC: the attack's score on the forget samples "
+             "against held-out non-members (0.5: indistinguishable); KL and JS (nats): the "
+             "softmax outputs against the same seed's RTRN; relearn: SGD steps on the forget set "
+             "(lr 0.01, batch 32, at most 100) until D_f is back at the original's "
+             "(docs/metrics.md).", "",
+             "| Method | " + " | ".join(h for _, h in FURTHER_COLUMNS) + " |",
+             "|---|" + "---|" * len(FURTHER_COLUMNS)]
+    for r in rows:
+        f = r["further"]
+        cells = []
+        for key, _ in FURTHER_COLUMNS:
+            if key not in f:
+                cells.append("")
+                continue
+            fmt = "{:.3f}" if key.endswith("_auc") or key[:3] in ("kl_", "js_") else "{:.1f}"
+            cells.append(fmt.format(f[key]) + " ± " + fmt.format(f[key + "_sd"]))
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def differences(summary: dict, threshold: float = 10.0) -> list[dict]:
@@ -354,10 +442,13 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+")
     p.add_argument("--vit-weights", type=Path,
                    help="ViT configs at the gpu/paper scale: the published ViT .npz to fine-tune")
+    p.add_argument("--metrics", default="paper", choices=["paper", "full"],
+                   help="full: also the stronger attacks, output distances to RTRN and relearn "
+                        "time, from each finished run's checkpoint (kept in metrics.json)")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.scale)
     summary = run(cfg, args.out, data=args.data, seeds=args.seeds, methods=args.methods,
-                  vit_weights=args.vit_weights)
+                  vit_weights=args.vit_weights, metrics=args.metrics)
     print(markdown(cfg, summary))
     print(f"wrote {args.out / 'results.md'} ({summary['wall_time_s']:.0f} s)")
     return 0
