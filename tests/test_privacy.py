@@ -217,6 +217,7 @@ def test_relearn_steps_match_an_independent_loop():
         lg = fn.apply_fn(p, xb)
         return -jnp.mean(jax.nn.log_softmax(lg)[jnp.arange(len(yb)), yb])
 
+    grad = jax.jit(jax.grad(loss))
     order_rng = np.random.default_rng(cfg.seed)
     order, pos, want = order_rng.permutation(40), 0, None
     for k in range(1, cfg.max_steps + 1):
@@ -224,7 +225,7 @@ def test_relearn_steps_match_an_independent_loop():
             order, pos = order_rng.permutation(40), 0
         idx = order[pos:pos + 8]
         pos += 8
-        g = jax.grad(loss)(params, jnp.asarray(x[idx]), jnp.asarray(y[idx]))
+        g = grad(params, jnp.asarray(x[idx]), jnp.asarray(y[idx]))
         vel = jax.tree.map(lambda v, gi: 0.9 * v + gi, vel, g)
         params = jax.tree.map(lambda p, v: p - cfg.lr * v, params, vel)
         acc = 100 * np.mean(np.argmax(np.asarray(fn.apply_fn(params, jnp.asarray(x))), -1) == y)
