@@ -229,6 +229,35 @@ def bench_train_step(model_name: str, batch: int, repeats: int, log=print) -> di
                 compile_s={i: compiled[i + "_compile_s"] for i in IMPLS})
 
 
+def bench_bn_ablation(model_name: str, batch: int, repeats: int, log=print) -> dict:
+    """The training step four ways, round-robin: XLA's or our convolutions, with flax's BatchNorm
+    (``nnx.BatchNorm.__call__``) or the library's closed-form one (``layers.BatchNorm``)."""
+    from flax import nnx
+
+    closed = layers.BatchNorm.__call__
+    layers.BatchNorm.__call__ = nnx.BatchNorm.__call__
+    try:
+        flax_bn, args = make_train_step(model_name, batch)
+    finally:
+        layers.BatchNorm.__call__ = closed
+    closed_bn, _ = make_train_step(model_name, batch)
+    steps = {"xla conv, flax BN": flax_bn["xla"], "ours conv, flax BN": flax_bn["ours"],
+             "xla conv, closed-form BN": closed_bn["xla"], "ours conv, closed-form BN": closed_bn["ours"]}
+    for f in steps.values():
+        jax.block_until_ready(f(*args))
+    times = {k: [] for k in steps}
+    for r in range(repeats):
+        for k in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+            t = time.perf_counter()
+            jax.block_until_ready(steps[k](*args))
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        log(f"  {k:27s} {v:.3f} s")
+    return {"model": model_name, "batch": batch, "repeats": repeats, "median_s": med,
+            "all_s": times}
+
+
 def markdown(rows: list[dict], passes=PASSES) -> str:
     head = ["models", "input NHWC", "kernel", "stride", "pad", "path", "n"]
     for p in passes:
@@ -267,6 +296,9 @@ def main(argv=None):
     p.add_argument("--step-model", default="resnet18-w16", choices=list(MODELS))
     p.add_argument("--step-batch", type=int, default=128)
     p.add_argument("--step-repeats", type=int, default=None, help="default: --repeats")
+    p.add_argument("--bn-ablation", action="store_true",
+                   help="with --train-step: the step four ways (XLA or our convolutions x flax's "
+                        "or the closed-form BatchNorm)")
     p.add_argument("--chunk-rows", type=int, default=None,
                    help="override layers.DW_CHUNK_ROWS (output pixels per dw chunk), for tuning")
     p.add_argument("--layout", choices=["auto", "pixel-major", "channel-major"], default="auto",
@@ -321,6 +353,10 @@ def main(argv=None):
               f"ours {step['ours_s']:.3f} s: {step['speedup']:.2f}x faster "
               f"(median of {step['repeats']}; compile {step['compile_s']['xla']:.1f} s / "
               f"{step['compile_s']['ours']:.1f} s)")
+        if args.bn_ablation:
+            result["bn_ablation"] = bench_bn_ablation(args.step_model, args.step_batch,
+                                                      args.step_repeats or args.repeats,
+                                                      log=lambda s: print(s, flush=True))
     cal = matmul_gflops()
     result["matmul_gflops_after"] = cal
     print(f"calibration after: {cal:.1f} GFLOP/s")
