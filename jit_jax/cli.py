@@ -663,7 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--checkpoint", required=True, help="the trained model (never modified)")
     u.add_argument("--method", default="jit",
                    help="jit | rtrn | rtrn_head | bsln, or one of the paper's comparison methods: "
-                   "fntn | amn | ssd | bt | unsir | emmn | scrub | bdsh | gkt (docs/peers.md)")
+                   "fntn | amn | ssd | bt | unsir | emmn | scrub | bdsh | gkt (docs/peers.md), "
+                   "or a zero-shot objective in JiT's loop: lipschitz | jacobian_fro "
+                   "(jit_jax/unlearn/objectives.py; steps not tuned yet)")
     u.add_argument("--forget", required=True, help="class:N|class:NAME|subclass:NAME|random:N")
     u.add_argument("--out", required=True, help="new checkpoint directory")
     u.add_argument("--set", action="append", metavar="KEY=VALUE",

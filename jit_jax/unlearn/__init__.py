@@ -115,6 +115,37 @@ def _jit(req: Request, mesh=None, **options) -> MethodOutput:
                         {**log.to_dict(), "config": dataclasses.asdict(cfg)})
 
 
+#: the update loop's settings an objective method takes (JiTConfig fields), with their types
+LOOP_OPTIONS = {"lr": float, "batch_size": int, "passes": int, "train_mode": bool}
+
+
+def _objective_method(name: str) -> Callable[..., MethodOutput]:
+    """A zero-shot method from objective ``name`` (``objectives.OBJECTIVES``): JiT's update loop
+    (its defaults for lr, batch size and passes) minimising that objective instead of JiT's loss.
+    Options: :data:`LOOP_OPTIONS` and the objective's own."""
+    from jit_jax.unlearn import objectives
+
+    obj = objectives.OBJECTIVES[name]
+
+    def call(req: Request, mesh=None, **options) -> MethodOutput:
+        loop = {k: v for k, v in options.items() if k in LOOP_OPTIONS}
+        own = {k: v for k, v in options.items() if k not in LOOP_OPTIONS}
+        unknown = sorted(set(own) - set(obj.options))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for method {name!r}; accepted: "
+                             f"{sorted(LOOP_OPTIONS) + sorted(obj.options)}")
+        cfg = default_jit_config(req).replace(seed=req.seed, **loop)
+        model, log = jit_unlearn(req.model, req.forget_inputs(), cfg, mesh=mesh,
+                                 value_and_grad=objectives.value_and_grad(obj, **own))
+        config = {"objective": name, **{k: getattr(cfg, k) for k in LOOP_OPTIONS},
+                  "seed": cfg.seed, **obj.options, **own}
+        return MethodOutput(model, log.runtime, log.compile_time, True,
+                            {**log.to_dict(), "config": config})
+
+    call.target = {**LOOP_OPTIONS, **{k: type(v) for k, v in obj.options.items()}}
+    return call
+
+
 def _no_options(name, options):
     if options:
         raise ValueError(f"method {name!r} takes no options, got {sorted(options)}")
@@ -145,6 +176,12 @@ METHODS: dict[str, Method] = {
                         "train on D_r", False, lambda req, **o: _retrain(req, True, **o)),
     "jit": Method("jit", "JiT: Lipschitz smoothing around each forget sample (zero-shot)", True,
                   _jit),
+    # zero-shot objectives in JiT's update loop (jit_jax/unlearn/objectives.py)
+    "lipschitz": Method("lipschitz", "exact local Lipschitz smoothing, E_v ||J(x) v|| / ||v|| by "
+                        "jvp: JiT's sigma -> 0 limit (zero-shot; steps not tuned yet)", True,
+                        _objective_method("lipschitz")),
+    "jacobian_fro": Method("jacobian_fro", "input-Jacobian Frobenius norm by Hutchinson (zero-shot; "
+                           "steps not tuned yet)", True, _objective_method("jacobian_fro")),
     # the paper's comparison methods (jit_jax/unlearn/peers.py)
     "fntn": Method("fntn", "fine-tune on D_r (5 epochs, SGD 0.02)", False,
                    _peer("fntn", peers.finetune)),

@@ -312,21 +312,33 @@ def _batches(n: int, b: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + b, n)) for s in range(0, n, b)]
 
 
+#: ``value_and_grad(apply_fn, params, x, key, *, mask, forward_keys) -> (loss, grads)``: what one
+#: step of the update loop minimises on a forget batch (JiT's by default; see ``objectives.py``)
+ValueAndGrad = Callable[..., tuple[jax.Array, Any]]
+
+
 def make_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, config: JiTConfig,
               forward_keys: bool, accumulate: bool,
-              shardings: tuple[Any, Any] | None = None):
+              shardings: tuple[Any, Any] | None = None,
+              value_and_grad: ValueAndGrad | None = None):
     """A jitted ``step(params, opt_state, acc, x, mask, key) -> (params, opt_state, acc, loss)``.
 
     ``shardings = (replicated, batch)`` pins the state and key to ``replicated`` and the forget
     batch and its mask to ``batch`` (data parallelism); None leaves placement to jax.
+    ``value_and_grad`` replaces JiT's loss (then ``config`` gives only the loop's settings).
     """
 
-    def step(params, opt_state, acc, x, mask, key):
-        loss, grads = jit_value_and_grad(
+    def jit_objective(apply_fn, params, x, key, *, mask, forward_keys):
+        return jit_value_and_grad(
             apply_fn, params, x, key, sigma=config.sigma, num_samples=config.num_samples,
             p=config.p, stop_gradient=config.stop_gradient, clip=config.clip,
             reduction=config.reduction, images_per_forward=config.images_per_forward,
             mask=mask, forward_keys=forward_keys)
+
+    objective = value_and_grad or jit_objective
+
+    def step(params, opt_state, acc, x, mask, key):
+        loss, grads = objective(apply_fn, params, x, key, mask=mask, forward_keys=forward_keys)
         if accumulate:  # torch's never-zeroed .grad: step k applies g_1 + ... + g_k
             acc = jax.tree.map(jnp.add, acc, grads)
             grads = acc
@@ -343,8 +355,13 @@ def make_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, config: JiTCo
 def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
                 config: JiTConfig | None = None, *,
                 optimizer: optax.GradientTransformation | None = None,
-                mesh: Mesh | None = None, data_axis: str = "data") -> tuple[nnx.Module, JiTLog]:
+                mesh: Mesh | None = None, data_axis: str = "data",
+                value_and_grad: ValueAndGrad | None = None) -> tuple[nnx.Module, JiTLog]:
     """Run JiT on ``x_forget`` (normalised float inputs, NHWC or any batch-first shape).
+
+    This is also the update loop of every zero-shot objective (``objectives.py``): with
+    ``value_and_grad`` given, each step minimises that instead of JiT's loss, and ``config``
+    supplies only the loop's settings (lr, batch_size, passes, train_mode, seed).
 
     Returns a new model (the input model is left untouched) and a :class:`JiTLog`. One pass over the
     forget set in order, one optimiser step per batch (``optax.sgd(config.lr)`` unless ``optimizer``
@@ -376,7 +393,8 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     if mesh is not None:
         shardings = data_shardings(mesh, data_axis)
         nd = mesh.shape[data_axis]
-    step = make_step(fn.apply_fn, tx, config, forward_keys, config.reference_quirks, shardings)
+    step = make_step(fn.apply_fn, tx, config, forward_keys, config.reference_quirks, shardings,
+                     value_and_grad)
 
     params = jax.tree.map(jnp.copy, fn.params)
     opt_state = tx.init(params)

@@ -1,0 +1,168 @@
+"""Zero-shot objectives (jit_jax.unlearn.objectives) against closed forms and brute force, and as
+methods in JiT's update loop.
+
+Float32 bounds: each compared quantity is a product of the input Jacobian (or a weight matrix) with
+a direction, a dot product of D = 12 terms, then norms and a division. Its rounding error is at
+most SLACK * gamma_D times the same expression evaluated in float64 on absolute values (M below),
+with SLACK = 8 for the handful of further roundings. A wrong objective (a missing square, the
+wrong norm, a mask ignored) is off by O(M)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jit_jax.unlearn import objectives as O
+
+D, C, B, N = 12, 3, 5, 6
+U = 2.0 ** -24
+GAMMA = D * U / (1 - D * U)
+SLACK = 8
+
+
+def _linear():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((D, C)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    x = rng.standard_normal((B, 3, 4)).astype(np.float32)  # any batch-first shape: D = 3 * 4
+
+    def apply(p, xx):
+        return xx.reshape(xx.shape[0], -1) @ p["w"] + p["b"]
+
+    return apply, {"w": jnp.asarray(w), "b": jnp.asarray(b)}, x
+
+
+def _directions(key, shape, n):
+    return np.stack([np.asarray(jax.random.normal(k, shape, jnp.float32))
+                     for k in jax.random.split(key, n)]).reshape(n, shape[0], -1).astype(np.float64)
+
+
+def _within(got, want, mag, what):
+    err = np.abs(np.asarray(got, np.float64) - want)
+    worst = np.max(err - SLACK * GAMMA * mag)
+    assert worst <= 0, f"{what}: off by {worst:.3g} beyond the float32 bound (error {err.max():.3g})"
+
+
+def test_lipschitz_on_a_linear_model_is_the_closed_form():
+    """f(x) = x W + b: J v = v W, so the value is sum_b mean_k ||v_kb W|| / ||v_kb|| and the
+    gradient in W is sum_b mean_k v_kb^T (v_kb W) / (||v_kb W|| ||v_kb||)."""
+    apply, params, x = _linear()
+    key = jax.random.key(3)
+    val, grads = jax.jit(jax.value_and_grad(
+        lambda p: O.lipschitz(apply, p, jnp.asarray(x), key, num_samples=N)))(params)
+    v = _directions(key, x.shape, N)  # (N, B, D)
+    w = np.asarray(params["w"], np.float64)
+    vw, vn = v @ w, np.linalg.norm(v, axis=-1)
+    vwn = np.linalg.norm(vw, axis=-1)
+    want = (vwn / vn).sum(1).mean()
+    mag_vw = np.linalg.norm(np.abs(v) @ np.abs(w), axis=-1)
+    _within(val, want, (mag_vw / vn).sum(1).mean(), "value")
+    g = np.einsum("kbd,kbc->dc", v, vw / (vwn * vn)[..., None]) / N
+    kappa = (mag_vw / vwn)[..., None]  # the relative error of ||vW|| enters once more
+    gmag = np.einsum("kbd,kbc->dc", np.abs(v), (np.abs(v) @ np.abs(w)) * (1 + kappa)
+                     / (vwn * vn)[..., None]) / N
+    _within(grads["w"], g, gmag, "d/dW")
+    np.testing.assert_array_equal(np.asarray(grads["b"]), np.zeros(C))  # J does not depend on b
+
+
+def _jacobians(apply, params, x):
+    """(B, C, D): every sample's input Jacobian, by reverse mode per sample (not jvp)."""
+    def one(xi):
+        return jax.jacrev(lambda z: apply(params, z[None])[0])(xi).reshape(C, -1)
+
+    return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(x)), np.float64)
+
+
+def _mlp():
+    from jit_jax import models
+    from jit_jax.functional import functionalize
+
+    model = models.create("mlp", C, (3, 4, 1), hidden=8, depth=2)
+    fn = functionalize(model)
+    x = np.random.default_rng(1).standard_normal((B, 3, 4, 1)).astype(np.float32)
+    return fn.apply_fn, fn.params, x
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_lipschitz_matches_the_explicit_jacobian_with_a_mask(reduction):
+    apply, params, x = _mlp()
+    key = jax.random.key(4)
+    mask = jnp.asarray([1, 1, 0, 1, 0], jnp.float32)
+    got = jax.jit(lambda x: O.lipschitz(apply, params, x, key, mask=mask, num_samples=N,
+                                        reduction=reduction))(jnp.asarray(x))
+    jac = _jacobians(apply, params, x)
+    v = _directions(key, x.shape, N)
+    jv = np.einsum("bcd,kbd->kbc", jac, v)
+    ratio = np.linalg.norm(jv, axis=-1) / np.linalg.norm(v, axis=-1)
+    m = np.asarray(mask, bool)
+    want = ratio[:, m].sum(1).mean() / (m.sum() if reduction == "mean" else 1)
+    mag = (np.linalg.norm(np.einsum("bcd,kbd->kbc", np.abs(jac), np.abs(v)), axis=-1)
+           / np.linalg.norm(v, axis=-1))[:, m].sum(1).mean() * 4  # jac itself: a few layers' error
+    _within(got, want, mag / (m.sum() if reduction == "mean" else 1), "lipschitz")
+
+
+def test_jacobian_fro_is_hutchinson_and_unbiased():
+    apply, params, x = _mlp()
+    jac = _jacobians(apply, params, x)
+    key = jax.random.key(5)
+    got = jax.jit(lambda x: O.jacobian_fro(apply, params, x, key, num_samples=N))(jnp.asarray(x))
+    v = _directions(key, x.shape, N)
+    jv = np.einsum("bcd,kbd->kbc", jac, v)
+    mag = (np.einsum("bcd,kbd->kbc", np.abs(jac), np.abs(v)) ** 2).sum(-1).sum(1).mean() * 8
+    _within(got, (jv ** 2).sum(-1).sum(1).mean(), mag, "Hutchinson with these directions")
+    # unbiased: many directions approach sum_b ||J_b||_F^2; the estimator's variance for Gaussian
+    # directions is 2 sum_b ||J_b^T J_b||_F^2 per draw, so 4000 draws sit within 5 standard errors
+    many = 4000
+    est = float(jax.jit(lambda x: O.jacobian_fro(apply, params, x, jax.random.key(6),
+                                                 num_samples=many))(jnp.asarray(x)))
+    exact = float((jac ** 2).sum())
+    se = np.sqrt(2 * sum(np.sum((j.T @ j) ** 2) for j in jac) / many)
+    assert abs(est - exact) <= 5 * se, (est, exact, se)
+
+
+def test_unknown_options_and_bad_values():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['sigma'\] for objective "
+                                         r"'lipschitz'; accepted: \['num_samples', 'reduction'\]"):
+        O.value_and_grad("lipschitz", sigma=1.0)
+    with pytest.raises(ValueError, match="num_samples=0"):
+        O.value_and_grad("jacobian_fro", num_samples=0)
+    apply, params, x = _mlp()
+    with pytest.raises(ValueError, match="reduction='max'"):
+        O.lipschitz(apply, params, jnp.asarray(x), jax.random.key(0), reduction="max")
+
+
+def test_objective_methods_run_in_the_update_loop(digits):
+    """As registered methods: zero-shot, the objective on the forget set goes down over a pass,
+    the source model is untouched, and a wrong --set name is an error naming the accepted ones."""
+    from jit_jax import recipes, unlearn
+    from jit_jax.data import parse_forget
+    from jit_jax.demo import train_original
+    from jit_jax.functional import functionalize
+    from jit_jax.models import ModelSpec
+
+    spec = ModelSpec("mlp", digits.num_classes, digits.image_shape, {"hidden": 32, "depth": 1})
+    cfg = recipes.train_recipe(digits.name, "mlp").replace(epochs=3)
+    model, _ = train_original(digits, spec, cfg)
+    split = parse_forget(digits, "class:3")
+    req = unlearn.Request(model=model, dataset=digits, split=split, spec=spec, train_config=cfg,
+                          preprocess=recipes.preprocess_fn(digits))
+    xf = jnp.asarray(req.forget_inputs())
+    before = jax.tree.map(np.asarray, functionalize(model).params)
+    for name in ("lipschitz", "jacobian_fro"):
+        obj = O.OBJECTIVES[name].loss
+        out = unlearn.run(name, req, lr=1e-3, passes=2)
+        assert out.zero_shot and out.log["config"]["objective"] == name
+        assert out.log["num_steps"] == 2 * -(-split.n_forget // out.log["batch_size"])
+
+        def value(m):
+            return float(obj(functionalize(m).apply_fn, functionalize(m).params, xf,
+                             jax.random.key(9), num_samples=64, reduction="mean"))
+
+        assert value(out.model) < value(model), name
+    jax.tree.map(np.testing.assert_array_equal, before,
+                 jax.tree.map(np.asarray, functionalize(model).params))
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['sigma'\] for method "
+                                         r"'lipschitz'; accepted: \['batch_size', 'lr'"):
+        unlearn.run("lipschitz", req, sigma=0.5)
