@@ -156,7 +156,7 @@ def test_objective_methods_run_in_the_update_loop(digits):
         assert out.zero_shot and out.log["config"]["objective"] == name
         assert out.log["num_steps"] == 2 * -(-split.n_forget // out.log["batch_size"])
 
-        def value(m):
+        def value(m, obj=obj):
             return float(obj(functionalize(m).apply_fn, functionalize(m).params, xf,
                              jax.random.key(9), num_samples=64, reduction="mean"))
 
