@@ -119,7 +119,7 @@ def _jit(req: Request, mesh=None, **options) -> MethodOutput:
 LOOP_OPTIONS = {"lr": float, "batch_size": int, "passes": int, "train_mode": bool}
 
 
-def _objective_method(name: str) -> Callable[..., MethodOutput]:
+def objective_method(name: str) -> Callable[..., MethodOutput]:
     """A zero-shot method from objective ``name`` (``objectives.OBJECTIVES``): JiT's update loop
     (its defaults for lr, batch size and passes) minimising that objective instead of JiT's loss.
     Options: :data:`LOOP_OPTIONS` and the objective's own."""
@@ -179,9 +179,9 @@ METHODS: dict[str, Method] = {
     # zero-shot objectives in JiT's update loop (jit_jax/unlearn/objectives.py)
     "lipschitz": Method("lipschitz", "exact local Lipschitz smoothing, E_v ||J(x) v|| / ||v|| by "
                         "jvp: JiT's sigma -> 0 limit (zero-shot; steps not tuned yet)", True,
-                        _objective_method("lipschitz")),
+                        objective_method("lipschitz")),
     "jacobian_fro": Method("jacobian_fro", "input-Jacobian Frobenius norm by Hutchinson (zero-shot; "
-                           "steps not tuned yet)", True, _objective_method("jacobian_fro")),
+                           "steps not tuned yet)", True, objective_method("jacobian_fro")),
     # the paper's comparison methods (jit_jax/unlearn/peers.py)
     "fntn": Method("fntn", "fine-tune on D_r (5 epochs, SGD 0.02)", False,
                    _peer("fntn", peers.finetune)),
@@ -232,5 +232,5 @@ def run(name: str, req: Request, **options) -> MethodOutput:
 
 
 __all__ = ["METHODS", "PRESETS", "JiTConfig", "Method", "MethodOutput", "Request", "available",
-           "data_mesh", "jit_loss", "jit_unlearn", "jit_value_and_grad", "option_types", "preset",
-           "run"]
+           "data_mesh", "jit_loss", "jit_unlearn", "jit_value_and_grad", "objective_method",
+           "option_types", "preset", "run"]
