@@ -154,12 +154,17 @@ def loss_from_outputs(out: jax.Array, out_tilde: jax.Array, dx_norm: jax.Array, 
         ratio = jnp.square(num) / jnp.where(dx_norm > 0, jnp.square(dx_norm), 1.0)
     else:
         raise ValueError(f"p must be 1 or 2, got {p!r}")
-    ratio = jnp.where(dx_norm > 0, ratio, 0.0)
+    return reduce_draws(jnp.where(dx_norm > 0, ratio, 0.0), mask, reduction)
+
+
+def reduce_draws(per_sample: jax.Array, mask: jax.Array | None, reduction: str) -> jax.Array:
+    """(N, B) values per draw and sample -> the loss: the (masked) sum over the batch, or its mean
+    over the unmasked samples (``reduction="mean"``), averaged over the N draws."""
     if mask is not None:
-        ratio = ratio * mask[None].astype(ratio.dtype)
-    per_draw = jnp.sum(ratio, axis=1)  # (N,)
+        per_sample = per_sample * mask[None].astype(per_sample.dtype)
+    per_draw = jnp.sum(per_sample, axis=1)  # (N,)
     if reduction == "mean":
-        count = out.shape[0] if mask is None else jnp.maximum(jnp.sum(mask), 1)
+        count = per_sample.shape[1] if mask is None else jnp.maximum(jnp.sum(mask), 1)
         per_draw = per_draw / count
     elif reduction != "sum":
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")

@@ -34,20 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jit_jax.unlearn.jit import _flat, _safe_norm
-
-
-def _reduce(per_sample: jax.Array, mask, reduction: str) -> jax.Array:
-    """(N, B) per direction and sample -> scalar: masked sum (or mean) over B, mean over N."""
-    if mask is not None:
-        per_sample = per_sample * mask[None].astype(per_sample.dtype)
-    total = jnp.sum(per_sample, axis=1)
-    if reduction == "mean":
-        count = per_sample.shape[1] if mask is None else jnp.maximum(jnp.sum(mask), 1)
-        total = total / count
-    elif reduction != "sum":
-        raise ValueError(f"reduction={reduction!r}; accepted: 'sum', 'mean'")
-    return jnp.mean(total)
+from jit_jax.unlearn.jit import _flat, _safe_norm, reduce_draws
 
 
 def _jvps(apply_fn, params, x, key, num_samples: int):
@@ -66,14 +53,14 @@ def lipschitz(apply_fn, params, x, key, *, mask=None, num_samples: int = 25,
     jv, v = _jvps(apply_fn, params, x, key, num_samples)  # (N, B, C), (N, B, ...)
     num = _safe_norm(jv)
     den = jax.vmap(lambda a: _safe_norm(_flat(a)))(v)
-    return _reduce(num / jnp.where(den > 0, den, 1.0), mask, reduction)
+    return reduce_draws(num / jnp.where(den > 0, den, 1.0), mask, reduction)
 
 
 def jacobian_fro(apply_fn, params, x, key, *, mask=None, num_samples: int = 4,
                  reduction: str = "sum") -> jax.Array:
     """Hutchinson's ``E_v ||J(x) v||^2 = ||J(x)||_F^2`` per sample, summed (or averaged)."""
     jv, _ = _jvps(apply_fn, params, x, key, num_samples)
-    return _reduce(jnp.sum(jnp.square(jv), axis=-1), mask, reduction)
+    return reduce_draws(jnp.sum(jnp.square(jv), axis=-1), mask, reduction)
 
 
 @dataclasses.dataclass(frozen=True)
