@@ -7,9 +7,10 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-# curvature, boundary_2d and sigmoid take 10-45 s each; their maths is tested in test_curvature
-# and test_toys, and they run with -m slow. The quickstart stays in the default suite.
-_SLOW_NOTEBOOKS = {"curvature.ipynb", "boundary_2d.ipynb", "sigmoid.ipynb"}
+# curvature, boundary_2d, sigmoid and objectives take 10-45 s each; their maths is tested in
+# test_curvature, test_toys and test_objectives (which runs the objectives as methods too), and
+# they run with -m slow. The quickstart stays in the default suite.
+_SLOW_NOTEBOOKS = {"curvature.ipynb", "boundary_2d.ipynb", "sigmoid.ipynb", "objectives.ipynb"}
 _PARAMS = [pytest.param(p, marks=pytest.mark.slow) if p.name in _SLOW_NOTEBOOKS else p
            for p in NOTEBOOKS]
 
