@@ -311,6 +311,18 @@ def cmd_evaluate(args) -> int:
 # ------------------------------------------------------------------------------------------------
 # unlearn
 # ------------------------------------------------------------------------------------------------
+def _metric_args_error(args) -> str | None:
+    """--metrics and --shadows checked before anything runs: an unknown metric raises (naming the
+    accepted ones); a bad --shadows is returned as the message."""
+    from jit_jax.metrics import metric_names
+
+    metric_names(args.metrics)
+    if args.shadows is not None and args.shadows < 2:
+        return (f"--shadows {args.shadows}; accepted: an integer >= 2 (16 or more for a "
+                f"meaningful U-LiRA AUC)")
+    return None
+
+
 def cmd_unlearn(args) -> int:
     if args.distributed:
         if args.method not in ("jit", "rtrn", "rtrn_head"):
@@ -350,12 +362,9 @@ def cmd_unlearn(args) -> int:
         from jit_jax.parallel import mesh_from_flag
 
         mesh_opt["mesh"] = mesh_from_flag(args.devices)
-    from jit_jax.metrics import _metric_names
-
-    _metric_names(args.metrics)  # an unknown name is an error before anything runs
-    if args.shadows is not None and args.shadows < 2:
-        return _err(f"--shadows {args.shadows}; accepted: an integer >= 2 (16 or more for a "
-                    f"meaningful U-LiRA AUC)")
+    bad = _metric_args_error(args)
+    if bad:
+        return _err(bad)
     model, meta, ds = load_run(args.checkpoint, validation=args.validation)
     split = parse_forget(ds, args.forget, seed=args.seed)
     spec = ModelSpec.from_dict(meta["model"])
@@ -488,12 +497,10 @@ def cmd_models(args) -> int:
 
 def cmd_demo(args) -> int:
     from jit_jax import demo
-    from jit_jax.metrics import _metric_names
 
-    _metric_names(args.metrics)
-    if args.shadows is not None and args.shadows < 2:
-        return _err(f"--shadows {args.shadows}; accepted: an integer >= 2 (16 or more for a "
-                    f"meaningful U-LiRA AUC)")
+    bad = _metric_args_error(args)
+    if bad:
+        return _err(bad)
     demo.run_demo(out=Path(args.out), forget=args.forget, seeds=args.seeds, model=args.model,
                   progress=not args.no_progress, overwrite=args.overwrite, metrics=args.metrics,
                   shadows=args.shadows or 0, shadow_cache=args.shadow_cache)

@@ -178,7 +178,7 @@ METRICS = ("mia_lr3", "mia_svc3", "mia_threshold", "distances", "relearn", "ulir
 METRIC_PRESETS = {"paper": (), "full": METRICS}
 
 
-def _metric_names(metrics) -> tuple[tuple[str, ...], bool]:
+def metric_names(metrics) -> tuple[tuple[str, ...], bool]:
     """(names, explicit): the requested metrics; ``explicit`` when listed by name (then a missing
     input is an error rather than a skip)."""
     if isinstance(metrics, str):
@@ -252,7 +252,7 @@ def evaluate_unlearning(model: nnx.Module, ds: Dataset, split: ForgetSplit, *, m
     """
     from jit_jax import privacy
 
-    names, explicit = _metric_names(metrics)
+    names, explicit = metric_names(metrics)
     prep = preprocess or (lambda x: normalize(x, ds.mean, ds.std))
     sets = evaluation_sets(ds, split)
 
