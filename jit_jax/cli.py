@@ -382,6 +382,13 @@ def cmd_unlearn(args) -> int:
 
         options = {**paper.options(split.kind, spec.name, args.method), **options}
     res = unlearn.run(args.method, req, **options, **mesh_opt, **state_opt)
+    if "chosen" in res.log:  # --method auto: what its rules chose
+        c = res.log["chosen"]
+        print(f"auto chose: sigma per sample {c['sigma_min']:.3g}..{c['sigma_max']:.3g} (median "
+              f"{c['sigma_median']:.3g}; {c['sigma_rule']}), steps of {c['step']:g} x ||params||,"
+              f" batch {c['batch_size']}, N {c['num_samples']}; stopped after "
+              f"{c['passes_run']} of {c['max_passes']} passes (lip ratio {c['lip_ratio']:g}, gap "
+              f"peak {'on' if c['gap_peak'] else 'off'})", flush=True)
     extra = {"options": options, "source": str(args.checkpoint), "paper_setting": args.paper}
     if mesh_opt:
         extra["devices"] = mesh_opt["mesh"].size
@@ -669,10 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "new checkpoint plus result.json (D_r, D_f, test acc, MIA, runtime).")
     u.add_argument("--checkpoint", required=True, help="the trained model (never modified)")
     u.add_argument("--method", default="jit",
-                   help="jit | rtrn | rtrn_head | bsln, or one of the paper's comparison methods: "
-                   "fntn | amn | ssd | bt | unsir | emmn | scrub | bdsh | gkt (docs/peers.md), "
-                   "or a zero-shot objective in JiT's loop: lipschitz | jacobian_fro "
-                   "(jit_jax/unlearn/objectives.py; steps not tuned yet)")
+                   help="jit | auto (JiT with no settings to choose: sigma, steps and stopping "
+                   "from the model and the forget set) | rtrn | rtrn_head | bsln, or one of the "
+                   "paper's comparison methods: fntn | amn | ssd | bt | unsir | emmn | scrub | "
+                   "bdsh | gkt (docs/peers.md), or an objective in JiT's loop: lipschitz | "
+                   "jacobian_fro | curvature | jit_curvature | ga | npo | dpo | idkpo | graddiff "
+                   "(jit_jax/unlearn/objectives.py; graddiff reads D_r; steps not tuned)")
     u.add_argument("--forget", required=True, help="class:N|class:NAME|subclass:NAME|random:N")
     u.add_argument("--out", required=True, help="new checkpoint directory")
     u.add_argument("--set", action="append", metavar="KEY=VALUE",

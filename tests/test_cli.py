@@ -50,6 +50,16 @@ def test_unlearn_jit_and_rtrn(run_dir, tmp_path, capsys):
     assert res["method"] == "bdsh" and res["zero_shot"] and res["extra"]["options"] == {"epochs": 1}
 
 
+def test_unlearn_auto_with_no_options_prints_what_it_chose(run_dir, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["unlearn", "--checkpoint", str(run_dir), "--method", "auto", "--forget",
+                 "random:40", "--out", str(tmp_path / "auto"), "--set", "max_passes=2"]) == 0
+    out = capsys.readouterr().out
+    assert "auto chose: sigma per sample" in out and "of 2 passes" in out
+    meta = json.loads((tmp_path / "auto" / "metadata.json").read_text())
+    assert meta["method_log"]["chosen"]["passes_run"] in (1, 2)
+
+
 def test_unlearn_paper_setting(run_dir, tmp_path):
     """--paper: the authors' JiT run for the task and model (the MLP gets their CNN row); --set
     still overrides."""

@@ -166,3 +166,150 @@ def test_objective_methods_run_in_the_update_loop(digits):
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['sigma'\] for method "
                                          r"'lipschitz'; accepted: \['batch_size', 'lr'"):
         unlearn.run("lipschitz", req, sigma=0.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Objectives that read labels and the original model's logits, against a loop in float64
+# ------------------------------------------------------------------------------------------------
+def _log_softmax64(z):
+    z = np.asarray(z, np.float64)
+    m = z.max(-1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+
+
+def _softplus64(t):
+    return np.log1p(np.exp(-abs(t))) + max(t, 0.0)
+
+
+def _preference_reference(name, logits, ref_logits, labels, mask, beta):
+    """The per-sample losses of ga/npo/dpo/idkpo written out sample by sample, averaged over the
+    unmasked rows."""
+    lp, lr = _log_softmax64(logits), _log_softmax64(ref_logits)
+    vals = []
+    for i, y in enumerate(labels):
+        if not mask[i]:
+            continue
+        if name == "ga":
+            v = lp[i, y]
+        elif name == "npo":
+            v = 2.0 / beta * _softplus64(beta * (lp[i, y] - lr[i, y]))
+        else:
+            if name == "dpo":
+                alt = max((c for c in range(logits.shape[1]) if c != y),
+                          key=lambda c: ref_logits[i, c])
+                win, win_ref = lp[i, alt], lr[i, alt]
+            else:  # idkpo: the uniform answer's log-likelihood, the mean log-probability
+                win, win_ref = lp[i].mean(), lr[i].mean()
+            v = _softplus64(-beta * ((win - win_ref) - (lp[i, y] - lr[i, y])))
+        vals.append(v)
+    return float(np.mean(vals))
+
+
+@pytest.mark.parametrize("name", ["ga", "npo", "dpo", "idkpo"])
+def test_label_objectives_match_a_per_sample_loop(name):
+    """Each value equals the loop above on a linear model, with a padded row masked out. Bound:
+    the logits are D-term dot products (error <= gamma_D * M per logit, M = |x| |W| + |b|); the
+    log-softmax, differences and softplus add a few roundings, each Lipschitz <= 2/beta in the
+    logits: |error| <= SLACK * (2 + 2/beta) * (gamma_D * M + C * U) per sample."""
+    apply, params, x = _linear()
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, C, B).astype(np.int32)
+    ref_logits = rng.standard_normal((B, C)).astype(np.float32) * 3
+    mask = np.array([1, 1, 1, 1, 0], np.float32)
+    beta = 0.5
+    obj = O.OBJECTIVES[name]
+    reads = {"labels": jnp.asarray(labels), "ref_logits": jnp.asarray(ref_logits)}
+    reads = {k: v for k, v in reads.items() if k in obj.needs}
+    opts = {"beta": beta} if "beta" in obj.options else {}
+    got = float(obj.loss(apply, params, jnp.asarray(x), jax.random.key(0), mask=jnp.asarray(mask),
+                         **reads, **opts))
+    logits = np.asarray(apply(params, jnp.asarray(x)))
+    want = _preference_reference(name, logits, ref_logits, labels, mask, beta)
+    xf = np.abs(x.reshape(B, -1).astype(np.float64))
+    m = (xf @ np.abs(np.asarray(params["w"], np.float64))).max() + np.abs(params["b"]).max()
+    bound = SLACK * (2 + 2 / beta) * (GAMMA * m + C * U)
+    assert abs(got - want) <= bound, (name, got, want, bound)
+
+
+def test_runner_up_is_the_best_class_other_than_the_label():
+    ref = jnp.array([[3.0, 1.0, 2.0], [3.0, 1.0, 2.0], [0.0, 5.0, 4.0]])
+    np.testing.assert_array_equal(O.runner_up(ref, jnp.array([0, 2, 0])), [2, 0, 1])
+
+
+def test_graddiff_is_ascent_on_forget_plus_alpha_descent_on_retain():
+    apply, params, x = _linear()
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, C, B)
+    xr = rng.standard_normal((7, 3, 4)).astype(np.float32)
+    yr = rng.integers(0, C, 7)
+    got = float(O.graddiff(apply, params, jnp.asarray(x), jax.random.key(0), labels=jnp.asarray(y),
+                           retain_x=jnp.asarray(xr), retain_y=jnp.asarray(yr), alpha=0.3))
+    lp = _log_softmax64(apply(params, jnp.asarray(x)))
+    lpr = _log_softmax64(apply(params, jnp.asarray(xr)))
+    want = np.mean(lp[np.arange(B), y]) + 0.3 * np.mean(-lpr[np.arange(7), yr])
+    assert abs(got - want) < 1e-4 * (1 + abs(want))
+
+
+def _tanh_mlp():
+    rng = np.random.default_rng(3)
+    p = {"w1": jnp.asarray(rng.standard_normal((3, 5)), jnp.float32),
+         "w2": jnp.asarray(rng.standard_normal((5, C)), jnp.float32)}
+
+    def apply(pp, xx):
+        return jnp.tanh(xx.reshape(xx.shape[0], -1) @ pp["w1"]) @ pp["w2"]
+
+    return apply, p, rng.standard_normal((4, 3)).astype(np.float32), rng.integers(0, C, 4)
+
+
+def test_input_hvps_are_each_samples_hessian_times_its_probe():
+    """The batched jvp-of-grad gives H_i v_i with H_i the explicit (jax.hessian) Hessian of
+    log p(y_i | x_i) for that sample alone; with all 2^3 sign vectors as probes the Hutchinson mean
+    is ||H_i||_F^2 exactly (sum_v v v^T = 8 I)."""
+    apply, p, x, y = _tanh_mlp()
+    x64 = jnp.asarray(x)
+    signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], np.float32)
+    probes = np.stack([np.stack([s] * len(x)) for s in signs])  # (8, B, 3)
+    probes = probes * np.array([1, -1, 1, -1], np.float32)[None, :, None]  # differ per sample
+    hv = np.asarray(O.input_hvps(apply, p, x64, jnp.asarray(y), jnp.asarray(probes)),
+                    np.float64)
+    fro = []
+    for i in range(len(x)):
+        def f(xi, i=i):
+            return jax.nn.log_softmax(apply(p, xi[None]))[0, y[i]]
+
+        h = np.asarray(jax.hessian(f)(x64[i]), np.float64)
+        np.testing.assert_allclose(hv[:, i], probes[:, i] @ h.T, rtol=1e-4, atol=1e-5)
+        fro.append(np.sum(h * h))
+    sq = np.mean(np.sum(hv * hv, -1), 0)
+    np.testing.assert_allclose(sq, fro, rtol=1e-4, atol=1e-6)
+    got = O.curvature(apply, p, x64, jax.random.key(0), labels=jnp.asarray(y), num_probes=4096,
+                      reduction="mean")
+    # Rademacher Hutchinson: variance per probe 2 (||H||_F^4-ish terms); 4096 probes put the mean
+    # within 5 standard errors of ||H||_F^2 for these 3x3 Hessians
+    off = 2 * np.sqrt(2 * np.max(fro) ** 2 / 4096) * 5
+    assert abs(float(got) - np.mean(fro)) <= off
+
+
+def test_jit_curvature_is_jits_loss_plus_lam_curvature():
+    from jit_jax.unlearn.jit import jit_loss
+
+    apply, p, x, y = _tanh_mlp()
+    key = jax.random.key(4)
+    k_jit, k_curv = jax.random.split(key)
+    got = O.jit_curvature(apply, p, jnp.asarray(x), key, labels=jnp.asarray(y), sigma=0.3,
+                          num_samples=5, lam=0.7)
+    want = (jit_loss(apply, p, jnp.asarray(x), k_jit, sigma=0.3, num_samples=5)
+            + 0.7 * O.curvature(apply, p, jnp.asarray(x), k_curv, labels=jnp.asarray(y)))
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+
+
+def test_objectives_missing_inputs_and_bad_options():
+    apply, params, x = _linear()
+    vg = O.value_and_grad("npo")
+    with pytest.raises(ValueError, match=r"objective 'npo' needs \['labels', 'ref_logits'\]"):
+        vg(apply, params, jnp.asarray(x), jax.random.key(0), mask=None, forward_keys=False,
+           aux={})
+    with pytest.raises(ValueError, match=r"beta=0.0; accepted: a number > 0"):
+        O.value_and_grad("dpo", beta=0.0)
+    with pytest.raises(ValueError, match=r"num_probes=0; accepted: an integer >= 1"):
+        O.value_and_grad("curvature", num_probes=0)

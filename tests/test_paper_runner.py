@@ -85,9 +85,16 @@ def compile_cache(tmp_path):
             jax.config.update(k, v)
 
 
-def test_every_config_runs_at_the_tiny_scale(runner, tmp_path, compile_cache):
-    """All seven configs through the runner (original, RTRN, BSLN and JiT each)."""
-    _run_tiny(runner, tmp_path, CONFIGS)
+#: one config per code path (a VGG on CIFAR-like data, a ViT, a ``folder:`` dataset) in the default
+#: suite; the other four differ from these only in their data and settings (-m slow runs them)
+DEFAULT_CONFIGS = ["table1_faces", "table2_vgg", "table4_vit"]
+
+
+@pytest.mark.parametrize("name", [
+    n if n in DEFAULT_CONFIGS else pytest.param(n, marks=pytest.mark.slow) for n in CONFIGS])
+def test_every_config_runs_at_the_tiny_scale(runner, tmp_path, compile_cache, name):
+    """Each of the seven configs through the runner (original, RTRN, BSLN and JiT each)."""
+    _run_tiny(runner, tmp_path, [name])
 
 
 def test_resumes_without_recomputing(runner, tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
-"""The paper's comparison methods (jit_jax/unlearn/peers.py): their parts against hand-written
-formulas, and each method end to end through the registry on a tiny problem."""
+"""The paper's comparison methods (jit_jax/unlearn/: finetune.py, ssd.py, distill.py, boundary.py,
+noise.py, gkt.py): their parts against hand-written formulas, and each method end to end through
+the registry on a tiny problem."""
 
 import chex
 import jax
@@ -13,7 +14,7 @@ from jit_jax.data import Dataset, forget_class, forget_random
 from jit_jax.functional import functionalize
 from jit_jax.models import ModelSpec
 from jit_jax.train import TrainConfig, cross_entropy, train
-from jit_jax.unlearn import peers
+from jit_jax.unlearn import boundary, distill, finetune, gkt, noise, ssd
 
 # Rounding. float32: u = 2^-24. Comparisons of a jax formula with a numpy reference run in float64
 # (x64 on, float64 inputs): both then round at u = 2^-53 only, through < 100 operations of these
@@ -28,30 +29,30 @@ def _gamma(n, u=U32):
 
 def test_random_wrong_labels_never_the_true_one_and_cover_the_rest():
     y = np.repeat(np.arange(4), 500)
-    r = peers.random_wrong_labels(y, 4, seed=0)
+    r = finetune.random_wrong_labels(y, 4, seed=0)
     assert r.dtype == np.int32 and not np.any(r == y)
     for c in range(4):  # each other class about a third of the time
         counts = np.bincount(r[y == c], minlength=4)
         assert counts[c] == 0 and counts.min(initial=500, where=np.arange(4) != c) > 120
-    np.testing.assert_array_equal(r, peers.random_wrong_labels(y, 4, seed=0))
-    assert not np.array_equal(r, peers.random_wrong_labels(y, 4, seed=1))
+    np.testing.assert_array_equal(r, finetune.random_wrong_labels(y, 4, seed=0))
+    assert not np.array_equal(r, finetune.random_wrong_labels(y, 4, seed=1))
     with pytest.raises(ValueError, match="num_classes=1"):
-        peers.random_wrong_labels(y[:3] * 0, 1, seed=0)
+        finetune.random_wrong_labels(y[:3] * 0, 1, seed=0)
 
 
 def test_dampen_is_the_ssd_rule():
     p = {"w": jnp.array([1.0, 2.0, 3.0, 4.0, -5.0])}
     imp_d = {"w": jnp.array([1.0, 1.0, 0.0, 2.0, 1.0])}
     imp_f = {"w": jnp.array([0.5, 4.0, 1.0, 2.0, 3.0])}
-    out = peers.dampen(p, imp_d, imp_f, lam=2.0, alpha=1.5)
+    out = ssd.dampen(p, imp_d, imp_f, lam=2.0, alpha=1.5)
     # selected where f > 1.5 * d: entries 1, 2, 4; factor min(2 d / f, 1) = 0.5, 0, 2/3
     # float32: lam * d, / f, * p: three roundings, rel err <= gamma_3
     np.testing.assert_allclose(out["w"], [1.0, 1.0, 0.0, 4.0, -5.0 * 2 / 3], rtol=_gamma(3))
     # zero importance on D and any on D_f: selected at every alpha, and zeroed (as in torch)
-    np.testing.assert_allclose(peers.dampen(p, imp_d, imp_f, lam=1.0, alpha=100.0)["w"],
+    np.testing.assert_allclose(ssd.dampen(p, imp_d, imp_f, lam=1.0, alpha=100.0)["w"],
                                [1.0, 2.0, 0.0, 4.0, -5.0])
     # no importance on D_f: nothing selected, nothing changed
-    chex.assert_trees_all_equal(peers.dampen(p, imp_d, {"w": jnp.zeros(5)}, lam=1.0, alpha=0.0), p)
+    chex.assert_trees_all_equal(ssd.dampen(p, imp_d, {"w": jnp.zeros(5)}, lam=1.0, alpha=0.0), p)
 
 
 def _linear(params, x):
@@ -69,7 +70,7 @@ def _importances_equal_a_loop_over_batches():
     y = rng.integers(0, 4, 10)
     params = {"w": jnp.asarray(rng.normal(size=(3, 4))), "b": jnp.zeros(4, jnp.float64)}
     for seed in (None, 3):
-        got, _ = peers.importances(_linear, params, x, y, batch_size=4, seed=seed)
+        got, _ = ssd.importances(_linear, params, x, y, batch_size=4, seed=seed)
         order = np.arange(10) if seed is None else np.random.default_rng(seed).permutation(10)
         want = jax.tree.map(jnp.zeros_like, params)
         for s in range(0, 10, 4):  # batches of 4, 4 and 2: three batches
@@ -92,7 +93,7 @@ def test_fgsm_labels_one_signed_step_in_pixel_space():
     x01 = np.array([[[[0.6]], [[0.3]]], [[[0.02]], [[0.99]]]], np.float32).reshape(2, 1, 2, 1)
     y = np.array([0, 1])
     mean, std = [0.5], [0.25]
-    adv, lab = peers.fgsm_labels(apply, params, x01, y, mean, std, epsilon=0.1)
+    adv, lab = boundary.fgsm_labels(apply, params, x01, y, mean, std, epsilon=0.1)
     # d CE / d pixel0 has the sign of (p1 - 1{y=1}) * 2 / std: class 0 -> pixel0 goes down
     want = np.array([[0.5, 0.3], [0.12, 0.99]])
     want = np.round(np.clip(want, 0, 1) * 255) / 255
@@ -109,7 +110,7 @@ def test_bad_teacher_loss_is_torch_kl_div_mean():
         ls = s / temp - np.log(np.exp(s / temp).sum(1, keepdims=True))
         want = np.sum(pt * (np.log(pt) - ls)) / pt.size  # every element, as reduction="mean"
         with jax.enable_x64(True):  # float64: see RTOL64
-            got = peers.bad_teacher_loss(jnp.asarray(s), jnp.asarray(t), temp)
+            got = distill.bad_teacher_loss(jnp.asarray(s), jnp.asarray(t), temp)
         assert got.dtype == jnp.float64
         np.testing.assert_allclose(got, want, rtol=RTOL64)
 
@@ -210,13 +211,13 @@ def test_ssd_full_order_retain_then_forget(request_tiny, monkeypatch):
     make, ds = request_tiny
     req = make(forget_class(ds, "1"))
     seen = []
-    real = peers.importances
+    real = ssd.importances
 
     def spy(apply_fn, params, x, y, *, batch_size=128, seed=None):
         seen.append((np.asarray(y), seed))
         return real(apply_fn, params, x, y, batch_size=batch_size, seed=seed)
 
-    monkeypatch.setattr(peers, "importances", spy)
+    monkeypatch.setattr(ssd, "importances", spy)
     out = unlearn.run("ssd", req, full_order="retain_then_forget", batch_size=8)
     assert out.log["config"]["full_order"] == "retain_then_forget"
     (y_f, seed_f), (y_d, seed_d) = seen
@@ -241,7 +242,7 @@ def test_bdsh_relabels_with_the_attacked_prediction(request_tiny):
     assert out.log["attack_time"] > 0
     fn = functionalize(req.model)
     for eps in (0.1, 1.0):  # on these easy images one step of 0.1 flips none, a step of 1 some
-        _, lab = peers.fgsm_labels(fn.apply_fn, fn.params, ds.x_train[req.split.forget_idx] / 255.0,
+        _, lab = boundary.fgsm_labels(fn.apply_fn, fn.params, ds.x_train[req.split.forget_idx] / 255.0,
                                    ds.y_train[req.split.forget_idx], ds.mean, ds.std, epsilon=eps)
         frac = unlearn.run("bdsh", req, epochs=1, epsilon=eps).log["label_changed"]
         assert frac == np.mean(lab != 0)
@@ -260,10 +261,10 @@ def test_bt_uses_a_fraction_of_the_retained_data(request_tiny):
 
 def test_noise_rounds_are_the_authors_loader():
     noises = {2: np.zeros((4, 3, 3, 3)), 0: np.ones((4, 3, 3, 3))}
-    x, y = peers.noise_rounds(noises, rounds=5, per_round=3)
+    x, y = noise.noise_rounds(noises, rounds=5, per_round=3)
     assert x.shape == (30, 3, 3, 3) and list(y[:6]) == [2, 2, 2, 0, 0, 0]
     np.testing.assert_array_equal(x[y == 0], 1.0)
-    x, y = peers.noise_rounds(noises, rounds=2)
+    x, y = noise.noise_rounds(noises, rounds=2)
     assert x.shape == (16, 3, 3, 3)
 
 
@@ -279,10 +280,10 @@ def test_train_noise_moves_the_cross_entropy_the_right_way(maximise):
         return float(cross_entropy(apply(params, jnp.asarray(n)), jnp.full(len(n), 1)).mean())
 
     start = np.asarray(jax.random.normal(jax.random.split(jax.random.key(0))[0], (8, 2, 2, 3)))
-    noise, _ = peers.train_noise(apply, params, 1, shape=(8, 2, 2, 3), steps=20,
-                                 key=jax.random.key(0), maximise=maximise)
-    assert noise.shape == (8, 2, 2, 3)
-    assert (ce(noise) > ce(start) + 0.5) if maximise else (ce(noise) < ce(start) - 0.5)
+    trained, _ = noise.train_noise(apply, params, 1, shape=(8, 2, 2, 3), steps=20,
+                                   key=jax.random.key(0), maximise=maximise)
+    assert trained.shape == (8, 2, 2, 3)
+    assert (ce(trained) > ce(start) + 0.5) if maximise else (ce(trained) < ce(start) - 0.5)
 
 
 def test_unsir_and_emmn_settings_and_scope(request_tiny):
@@ -335,7 +336,7 @@ def test_distill_kl_is_scrubs_distillkl():
     ls = s / T - np.log(np.exp(s / T).sum(1, keepdims=True))
     want = np.sum(pt * (np.log(pt) - ls)) * T ** 2 / 6  # summed, times T^2 / batch
     with jax.enable_x64(True):  # float64: see RTOL64
-        got = peers.distill_kl(jnp.asarray(s), jnp.asarray(t), T)
+        got = distill.distill_kl(jnp.asarray(s), jnp.asarray(t), T)
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(got, want, rtol=RTOL64)
 
@@ -370,14 +371,14 @@ def test_attention_map_is_the_authors_on_nchw_and_tokens():
     nchw = rng.normal(size=(3, 5, 4, 6))
     tokens = rng.normal(size=(3, 7, 4))  # (B, T, D): mean over the tokens
     with jax.enable_x64(True):  # float64: see RTOL64
-        got = peers.attention_map("conv", jnp.asarray(nchw.transpose(0, 2, 3, 1)))  # NHWC here
-        got_tokens = peers.attention_map("encoder", jnp.asarray(tokens))
+        got = gkt.attention_map("conv", jnp.asarray(nchw.transpose(0, 2, 3, 1)))  # NHWC here
+        got_tokens = gkt.attention_map("encoder", jnp.asarray(tokens))
     assert got.dtype == got_tokens.dtype == jnp.float64
     np.testing.assert_allclose(got, _torch_attention_nchw(nchw), rtol=RTOL64)
     np.testing.assert_allclose(got_tokens, _torch_attention_nchw(tokens), rtol=RTOL64)
     # a dense layer's (B, F) output has a (B, 1) map: always 1, no signal (as in their VGG).
     # float32 a / sqrt(fl(a^2)) (a: a mean of squares): rel err <= u/2 + u + u < 3u
-    flat = peers.attention_map("conv", jnp.asarray(rng.normal(size=(3, 1, 1, 4))))
+    flat = gkt.attention_map("conv", jnp.asarray(rng.normal(size=(3, 1, 1, 4))))
     np.testing.assert_allclose(flat, np.ones((3, 1)), rtol=3 * U32)
 
 
@@ -392,25 +393,25 @@ def _gkt_losses_on_the_kept_rows_equal_the_losses_on_the_subset():
     keep = np.array([1, 0, 1, 1, 0, 1], np.float32)
     sub = keep.astype(bool)
     assert s.dtype == jnp.float64
-    np.testing.assert_allclose(peers.gkt_kl(s, t, jnp.ones(6)), peers.bad_teacher_loss(s, t),
+    np.testing.assert_allclose(gkt.gkt_kl(s, t, jnp.ones(6)), distill.bad_teacher_loss(s, t),
                                rtol=RTOL64)  # torch kl_div "mean" over every element
-    np.testing.assert_allclose(peers.gkt_kl(s, t, jnp.asarray(keep)),
-                               peers.bad_teacher_loss(s[sub], t[sub]), rtol=RTOL64)
+    np.testing.assert_allclose(gkt.gkt_kl(s, t, jnp.asarray(keep)),
+                               distill.bad_teacher_loss(s[sub], t[sub]), rtol=RTOL64)
     acts_s = [("conv", jnp.asarray(rng.normal(size=(6, 4, 4, 3)))),
               ("conv", jnp.asarray(rng.normal(size=(6, 2, 2, 5))))]
     acts_t = [(k, a + jnp.asarray(rng.normal(size=a.shape))) for k, a in acts_s]
     want = sum(5.0 * np.mean((_torch_attention_nchw(np.asarray(a)[sub].transpose(0, 3, 1, 2))
                               - _torch_attention_nchw(np.asarray(b)[sub].transpose(0, 3, 1, 2)))
                              ** 2) for (_, a), (_, b) in zip(acts_s, acts_t, strict=True))
-    np.testing.assert_allclose(peers.gkt_attention_loss(acts_s, acts_t, jnp.asarray(keep), 5.0),
+    np.testing.assert_allclose(gkt.gkt_attention_loss(acts_s, acts_t, jnp.asarray(keep), 5.0),
                                want, rtol=RTOL64)
     with pytest.raises(ValueError, match="1 student against 2 teacher"):
-        peers.gkt_attention_loss(acts_s[:1], acts_t, jnp.asarray(keep), 5.0)
+        gkt.gkt_attention_loss(acts_s[:1], acts_t, jnp.asarray(keep), 5.0)
 
 
 @pytest.mark.parametrize("size,channels", [(8, 1), (32, 3)])
 def test_generator_makes_images_of_the_data_shape(size, channels):
-    g = peers.PseudoImageGenerator(128, size, channels, rngs=nnx.Rngs(0))
+    g = gkt.PseudoImageGenerator(128, size, channels, rngs=nnx.Rngs(0))
     z = np.random.default_rng(0).normal(size=(5, 128))
     run = nnx.jit(lambda gen, zz: gen(zz))
     x = run(g, jnp.asarray(z, jnp.float32))
@@ -425,7 +426,7 @@ def test_generator_makes_images_of_the_data_shape(size, channels):
     assert x64.dtype == np.float64
     np.testing.assert_allclose(x64.mean((0, 1, 2)), 0.0, atol=1e-10 * np.abs(x64).max())
     with pytest.raises(ValueError, match="divisible by 4"):
-        peers.PseudoImageGenerator(128, 30, 3, rngs=nnx.Rngs(0))
+        gkt.PseudoImageGenerator(128, 30, 3, rngs=nnx.Rngs(0))
 
 
 def test_record_activations_collects_conv_and_encoder_outputs():
@@ -471,7 +472,7 @@ def test_reinit_conv_kernels_touches_only_conv_kernels():
     model = ModelSpec("cnn", 3, (8, 8, 1), {"width": 4}).build(0)
     before = _params(model)
     student = nnx.clone(model)
-    assert peers.reinit_conv_kernels(student, jax.random.key(0)) == 3
+    assert gkt.reinit_conv_kernels(student, jax.random.key(0)) == 3
     after = _params(student)
     chex.assert_trees_all_equal(_params(model), before)  # a clone: the source is untouched
     flat_b = dict(jax.tree_util.tree_leaves_with_path(before))
@@ -486,14 +487,14 @@ def test_reinit_conv_kernels_touches_only_conv_kernels():
             np.testing.assert_array_equal(leaf, flat_b[path], err_msg=name)
     vit = ModelSpec("vit", 3, (8, 8, 1), {"patch_size": 4, "hidden": 8, "depth": 1, "heads": 2,
                                           "mlp_dim": 16}).build(0)
-    assert peers.reinit_conv_kernels(vit, jax.random.key(0)) == 1  # the patch embedding
+    assert gkt.reinit_conv_kernels(vit, jax.random.key(0)) == 1  # the patch embedding
 
 
 def test_torch_onecycle_schedules():
     # Evaluated in float64 (x64): < 10 operations, each within u = 2^-53 of the largest term
     # (<= 0.95), so |err| < 1e-15 absolute, i.e. 1e-9 relative even for the final 4e-7.
     with jax.enable_x64(True):
-        lr, mom = peers.torch_onecycle(1000, 0.1)
+        lr, mom = gkt.torch_onecycle(1000, 0.1)
         t = lambda i: jnp.asarray(i, jnp.float64)  # noqa: E731
         got_lr = [float(lr(t(i))) for i in (0, 300, 1000)]
         got_mom = [float(mom(t(i))) for i in (0, 150, 300, 1000)]
@@ -518,10 +519,10 @@ def test_gkt_gate_steps_and_scope(request_tiny, request_tiny_cnn):
     assert shut.log["stopped_early"] and shut.log["rounds"] == 0
     assert shut.log["losses"] == {"generator": [], "student": []}
     # the gate: the teacher's probability of the forget class at most the threshold
-    gen = peers.PseudoImageGenerator(128, 8, 1, rngs=nnx.Rngs(0))
+    gen = gkt.PseudoImageGenerator(128, 8, 1, rngs=nnx.Rngs(0))
     teacher = nnx.clone(req.model)
     z = jnp.asarray(np.random.default_rng(0).normal(size=(16, 128)), jnp.float32)
-    x, mask = peers._gkt_candidates(gen, teacher, z, 1, 0.3)
+    x, mask = gkt._gkt_candidates(gen, teacher, z, 1, 0.3)
     p = np.asarray(jax.nn.softmax(teacher(x))[:, 1])
     np.testing.assert_array_equal(np.asarray(mask), (p <= 0.3).astype(np.float32))
     with pytest.raises(ValueError, match="gkt is a full-class method"):
@@ -661,7 +662,10 @@ def _poisoned(req):
 # small settings; a zero-shot method added to the registry runs with its defaults until listed here
 ZERO_SHOT_OPTIONS = {"jit": {"num_samples": 2}, "bdsh": {"epochs": 1},
                      "emmn": {"epochs": 1, "forget_steps": 2, "retain_steps": 2},
-                     "gkt": {"pseudo_batches": 2, "batch_size": 8}}
+                     "gkt": {"pseudo_batches": 2, "batch_size": 8},
+                     # JiT's default lr moves the tiny model's curvature by less than float32 resolves
+                     "curvature": {"lr": 0.1}, "jit_curvature": {"num_samples": 2, "lr": 0.1},
+                     "auto": {"max_passes": 1}, "lipschitz": {"num_samples": 2}}
 ZERO_SHOT_SLOW = {"gkt"}  # ~40 s on 2 CPU cores (two runs, its steps compiled for each)
 ZERO_SHOT = [pytest.param(name, marks=[pytest.mark.slow] if name in ZERO_SHOT_SLOW else [])
              for name, m in unlearn.METHODS.items() if m.zero_shot]

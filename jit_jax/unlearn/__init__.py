@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -18,7 +19,8 @@ from jit_jax.data.splits import ForgetSplit
 from jit_jax.models import ModelSpec
 from jit_jax.parallel import data_mesh
 from jit_jax.train import TrainConfig
-from jit_jax.unlearn import peers
+from jit_jax.unlearn import boundary, distill, finetune, gkt, noise, ssd
+from jit_jax.unlearn import objectives as _objectives
 from jit_jax.unlearn.baselines import reset_head, retrain
 from jit_jax.unlearn.jit import (
     PRESETS,
@@ -119,10 +121,37 @@ def _jit(req: Request, mesh=None, **options) -> MethodOutput:
 LOOP_OPTIONS = {"lr": float, "batch_size": int, "passes": int, "train_mode": bool}
 
 
+def model_logits(model: nnx.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The model's eval-mode logits on ``x`` (float32, batched)."""
+    from jit_jax.functional import functionalize
+
+    fn = functionalize(model)
+    apply = jax.jit(fn.apply_fn)
+    return np.concatenate([np.asarray(apply(fn.params, x[s:s + batch_size]), np.float32)
+                           for s in range(0, len(x), batch_size)])
+
+
+def objective_inputs(req: Request, needs: tuple[str, ...]) -> tuple[dict, dict]:
+    """``(aux, retain)`` for ``jit_unlearn``: what an objective ``needs`` from the request (the
+    forget labels, the original model's forget logits, the retain set's inputs and labels)."""
+    aux, retain = {}, {}
+    if "labels" in needs:
+        aux["labels"] = req.dataset.train_targets[req.split.forget_idx].astype(np.int32)
+    if "ref_logits" in needs:
+        aux["ref_logits"] = model_logits(req.model, req.forget_inputs())
+    if "retain_x" in needs:
+        if len(req.split.retain_idx) == 0:
+            raise ValueError("this objective reads the retain set, which is empty")
+        retain["x"] = req.inputs(req.split.retain_idx)
+        retain["y"] = req.dataset.train_targets[req.split.retain_idx].astype(np.int32)
+    return aux, retain
+
+
 def objective_method(name: str) -> Callable[..., MethodOutput]:
-    """A zero-shot method from objective ``name`` (``objectives.OBJECTIVES``): JiT's update loop
-    (its defaults for lr, batch size and passes) minimising that objective instead of JiT's loss.
-    Options: :data:`LOOP_OPTIONS` and the objective's own."""
+    """A method from objective ``name`` (``objectives.OBJECTIVES``): JiT's update loop minimising
+    that objective instead of JiT's loss. The loop's settings: JiT's defaults for the task, then
+    the objective's own (``Objective.loop``), then the user's. Options: :data:`LOOP_OPTIONS` and the
+    objective's own."""
     from jit_jax.unlearn import objectives
 
     obj = objectives.OBJECTIVES[name]
@@ -134,16 +163,44 @@ def objective_method(name: str) -> Callable[..., MethodOutput]:
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for method {name!r}; accepted: "
                              f"{sorted(LOOP_OPTIONS) + sorted(obj.options)}")
-        cfg = default_jit_config(req).replace(seed=req.seed, **loop)
+        cfg = default_jit_config(req).replace(seed=req.seed, **{**obj.loop, **loop})
+        aux, retain = objective_inputs(req, obj.needs)
         model, log = jit_unlearn(req.model, req.forget_inputs(), cfg, mesh=mesh,
-                                 value_and_grad=objectives.value_and_grad(obj, **own))
+                                 value_and_grad=objectives.value_and_grad(obj, **own),
+                                 aux=aux, retain=retain)
         config = {"objective": name, **{k: getattr(cfg, k) for k in LOOP_OPTIONS},
                   "seed": cfg.seed, **obj.options, **own}
-        return MethodOutput(model, log.runtime, log.compile_time, True,
+        return MethodOutput(model, log.runtime, log.compile_time, obj.zero_shot,
                             {**log.to_dict(), "config": config})
 
     call.target = {**LOOP_OPTIONS, **{k: type(v) for k, v in obj.options.items()}}
     return call
+
+
+def _auto(req: Request, mesh=None, **options) -> MethodOutput:
+    """``--method auto``: JiT with sigma, step size and stopping chosen by rules that read only the
+    model and the forget set (``jit_jax/unlearn/auto.py``); ``options`` override
+    ``auto.AUTO_DEFAULTS`` (AutoConfig fields)."""
+    from jit_jax.functional import functionalize
+    from jit_jax.unlearn import auto
+
+    cfg = dataclasses.replace(auto.AUTO_DEFAULTS, seed=req.seed)
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cfg)})
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for method 'auto'; accepted: "
+                         f"{[f.name for f in dataclasses.fields(cfg)]}")
+    cfg = dataclasses.replace(cfg, **options)
+    x = req.forget_inputs()
+    sigma, chosen = auto.chosen_settings(x, cfg, default_jit_config(req).sigma)
+    fn = functionalize(req.model)
+    labels = np.argmax(model_logits(req.model, x), axis=-1)
+    stop, _ = auto.make_stop(fn.apply_fn, x, sigma, labels, cfg, fn.params)
+    model, log = jit_unlearn(req.model, x, auto.jit_config(cfg), mesh=mesh,
+                             optimizer=auto.relative_steps(cfg.step), aux={"sigma": sigma},
+                             stop=stop)
+    chosen["passes_run"] = log.passes_run
+    return MethodOutput(model, log.runtime, log.compile_time, True,
+                        {**log.to_dict(), "config": dataclasses.asdict(cfg), "chosen": chosen})
 
 
 def _no_options(name, options):
@@ -176,32 +233,35 @@ METHODS: dict[str, Method] = {
                         "train on D_r", False, lambda req, **o: _retrain(req, True, **o)),
     "jit": Method("jit", "JiT: Lipschitz smoothing around each forget sample (zero-shot)", True,
                   _jit),
-    # zero-shot objectives in JiT's update loop (jit_jax/unlearn/objectives.py)
-    "lipschitz": Method("lipschitz", "exact local Lipschitz smoothing, E_v ||J(x) v|| / ||v|| by "
-                        "jvp: JiT's sigma -> 0 limit (zero-shot; steps not tuned yet)", True,
-                        objective_method("lipschitz")),
-    "jacobian_fro": Method("jacobian_fro", "input-Jacobian Frobenius norm by Hutchinson (zero-shot; "
-                           "steps not tuned yet)", True, objective_method("jacobian_fro")),
-    # the paper's comparison methods (jit_jax/unlearn/peers.py)
+    "auto": Method("auto", "JiT with no hand-set settings: sigma from the forget set's "
+                   "nearest-neighbour radius, steps relative to the parameters' norm, stopped when "
+                   "the forget samples' confidence gap to their neighbourhood has closed "
+                   "(zero-shot)", True, _auto),
+    # objectives in JiT's update loop (jit_jax/unlearn/objectives.py)
+    **{name: Method(name, obj.description + ("" if obj.zero_shot else " (not zero-shot)"),
+                    obj.zero_shot, objective_method(name))
+       for name, obj in _objectives.OBJECTIVES.items()},
+    # the paper's comparison methods (one module per family: finetune, ssd, distill, boundary,
+    # noise, gkt)
     "fntn": Method("fntn", "fine-tune on D_r (5 epochs, SGD 0.02)", False,
-                   _peer("fntn", peers.finetune)),
+                   _peer("fntn", finetune.finetune)),
     "amn": Method("amn", "amnesiac: D_f relabelled at random, trained with D_r (3 epochs, Adam)",
-                  False, _peer("amn", peers.amnesiac)),
+                  False, _peer("amn", finetune.amnesiac)),
     "ssd": Method("ssd", "selective synaptic dampening (importances on D_f and D)", False,
-                  _peer("ssd", peers.ssd)),
+                  _peer("ssd", ssd.ssd)),
     "bt": Method("bt", "bad teacher: distil from a random teacher on D_f, the model on 30% of D_r",
-                 False, _peer("bt", peers.bad_teacher)),
+                 False, _peer("bt", distill.bad_teacher)),
     "bdsh": Method("bdsh", "boundary shrink: fine-tune D_f on the labels one FGSM step away "
-                   "(zero-shot)", True, _peer("bdsh", peers.boundary_shrink)),
+                   "(zero-shot)", True, _peer("bdsh", boundary.boundary_shrink)),
     "unsir": Method("unsir", "UNSIR: impair with error-maximising noise, repair on D_r samples "
-                    "(full class)", False, _peer("unsir", peers.unsir)),
+                    "(full class)", False, _peer("unsir", noise.unsir)),
     "emmn": Method("emmn", "error-min/max noise: train on optimised noise only (zero-shot, full "
-                   "class)", True, _peer("emmn", peers.emmn)),
+                   "class)", True, _peer("emmn", noise.emmn)),
     "scrub": Method("scrub", "SCRUB: max KL to the original on D_f, min CE + KL on D_r", False,
-                    _peer("scrub", peers.scrub)),
+                    _peer("scrub", distill.scrub)),
     "gkt": Method("gkt", "gated knowledge transfer: a student distilled from the model on generated "
                   "images the model does not call the forget class (zero-shot, full class)", True,
-                  _peer("gkt", peers.gkt)),
+                  _peer("gkt", gkt.gkt)),
 }
 
 
@@ -217,6 +277,9 @@ def option_types(name: str) -> dict:
         raise ValueError(f"unknown method {name!r}; accepted: {', '.join(METHODS)}")
     if name == "jit":
         return _types(JiTConfig)
+    if name == "auto":
+        from jit_jax.unlearn.auto import AutoConfig
+        return _types(AutoConfig)
     if name in ("rtrn", "rtrn_head"):
         return _types(TrainConfig)
     if name == "bsln":

@@ -65,9 +65,15 @@ def _flat(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
-def perturb(key: jax.Array, x: jax.Array, sigma: float, *, clip: bool = True,
+def perturb(key: jax.Array, x: jax.Array, sigma: float | jax.Array, *, clip: bool = True,
             mask: jax.Array | None = None) -> jax.Array:
-    """One noise draw ``clip(x + sigma * eps, min(x), max(x))`` over the (masked) batch's range."""
+    """One noise draw ``clip(x + sigma * eps, min(x), max(x))`` over the (masked) batch's range.
+
+    ``sigma`` is a scalar or one value per sample (shape (B,): the data-derived noise scale,
+    :func:`jit_jax.unlearn.radius.information_radius`)."""
+    sigma = jnp.asarray(sigma, x.dtype)
+    if sigma.ndim == 1:
+        sigma = sigma.reshape((-1,) + (1,) * (x.ndim - 1))
     xt = x + sigma * jax.random.normal(key, x.shape, x.dtype)
     if clip:
         if mask is None:
@@ -308,6 +314,8 @@ class JiTLog:
     runtime: float  # wall time of the pass, compile excluded
     num_steps: int
     batch_size: int
+    passes_run: int = 1
+    pass_info: list = dataclasses.field(default_factory=list)  # the stopping rule's, per pass
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -317,8 +325,10 @@ def _batches(n: int, b: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + b, n)) for s in range(0, n, b)]
 
 
-#: ``value_and_grad(apply_fn, params, x, key, *, mask, forward_keys) -> (loss, grads)``: what one
-#: step of the update loop minimises on a forget batch (JiT's by default; see ``objectives.py``)
+#: ``value_and_grad(apply_fn, params, x, key, *, mask, forward_keys, aux) -> (loss, grads)``: what
+#: one step of the update loop minimises on a forget batch (JiT's by default; see
+#: ``objectives.py``). ``aux`` holds the batch's rows of the loop's per-sample arrays (labels, the
+#: original model's logits, a per-sample sigma) and, for objectives that read D_r, a retain batch.
 ValueAndGrad = Callable[..., tuple[jax.Array, Any]]
 
 
@@ -326,24 +336,27 @@ def make_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, config: JiTCo
               forward_keys: bool, accumulate: bool,
               shardings: tuple[Any, Any] | None = None,
               value_and_grad: ValueAndGrad | None = None):
-    """A jitted ``step(params, opt_state, acc, x, mask, key) -> (params, opt_state, acc, loss)``.
+    """A jitted ``step(params, opt_state, acc, x, mask, key, aux=None) -> (params, opt_state, acc,
+    loss)`` (``aux``: a dict of the batch's per-sample arrays; the sharded step needs it given).
 
     ``shardings = (replicated, batch)`` pins the state and key to ``replicated`` and the forget
-    batch and its mask to ``batch`` (data parallelism); None leaves placement to jax.
-    ``value_and_grad`` replaces JiT's loss (then ``config`` gives only the loop's settings).
+    batch, its mask and ``aux`` to ``batch`` (data parallelism); None leaves placement to jax.
+    ``value_and_grad`` replaces JiT's loss (then ``config`` gives only the loop's settings). JiT's
+    own loss reads ``aux["sigma"]`` (one sigma per sample) when it is there.
     """
 
-    def jit_objective(apply_fn, params, x, key, *, mask, forward_keys):
+    def jit_objective(apply_fn, params, x, key, *, mask, forward_keys, aux):
         return jit_value_and_grad(
-            apply_fn, params, x, key, sigma=config.sigma, num_samples=config.num_samples,
-            p=config.p, stop_gradient=config.stop_gradient, clip=config.clip,
-            reduction=config.reduction, images_per_forward=config.images_per_forward,
-            mask=mask, forward_keys=forward_keys)
+            apply_fn, params, x, key, sigma=aux.get("sigma", config.sigma),
+            num_samples=config.num_samples, p=config.p, stop_gradient=config.stop_gradient,
+            clip=config.clip, reduction=config.reduction,
+            images_per_forward=config.images_per_forward, mask=mask, forward_keys=forward_keys)
 
     objective = value_and_grad or jit_objective
 
-    def step(params, opt_state, acc, x, mask, key):
-        loss, grads = objective(apply_fn, params, x, key, mask=mask, forward_keys=forward_keys)
+    def step(params, opt_state, acc, x, mask, key, aux=None):
+        loss, grads = objective(apply_fn, params, x, key, mask=mask, forward_keys=forward_keys,
+                                aux={} if aux is None else aux)
         if accumulate:  # torch's never-zeroed .grad: step k applies g_1 + ... + g_k
             acc = jax.tree.map(jnp.add, acc, grads)
             grads = acc
@@ -353,20 +366,36 @@ def make_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, config: JiTCo
     if shardings is None:
         return jax.jit(step, donate_argnums=(0, 1, 2))
     rep, bat = shardings
-    return jax.jit(step, donate_argnums=(0, 1, 2), in_shardings=(rep, rep, rep, bat, bat, rep),
+    return jax.jit(step, donate_argnums=(0, 1, 2),
+                   in_shardings=(rep, rep, rep, bat, bat, rep, bat),
                    out_shardings=(rep, rep, rep, rep))
+
+
+#: ``stop(params, pass_index) -> (stop, info)``: called after each pass with the current parameters
+#: (the functional state of the model); ``info`` (a dict of floats) is logged per pass
+StopFn = Callable[[Any, int], tuple[bool, dict]]
 
 
 def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
                 config: JiTConfig | None = None, *,
                 optimizer: optax.GradientTransformation | None = None,
                 mesh: Mesh | None = None, data_axis: str = "data",
-                value_and_grad: ValueAndGrad | None = None) -> tuple[nnx.Module, JiTLog]:
+                value_and_grad: ValueAndGrad | None = None,
+                aux: dict[str, np.ndarray] | None = None,
+                retain: dict[str, np.ndarray] | None = None,
+                stop: StopFn | None = None) -> tuple[nnx.Module, JiTLog]:
     """Run JiT on ``x_forget`` (normalised float inputs, NHWC or any batch-first shape).
 
     This is also the update loop of every zero-shot objective (``objectives.py``): with
     ``value_and_grad`` given, each step minimises that instead of JiT's loss, and ``config``
     supplies only the loop's settings (lr, batch_size, passes, train_mode, seed).
+
+    ``aux``: per-sample arrays aligned with ``x_forget`` (first dimension ``len(x_forget)``: labels,
+    the original model's logits, a per-sample sigma); each step's objective gets the rows of its
+    batch, padded like the batch. ``retain``: arrays aligned with a retain set (for objectives that
+    read D_r, which are then not zero-shot); each step gets ``aux["retain_" + name]``, a batch of
+    rows drawn without replacement (seeded by ``config.seed``). ``stop`` (:data:`StopFn`) is asked
+    after every pass whether to stop before ``config.passes``; what it reports is logged.
 
     Returns a new model (the input model is left untouched) and a :class:`JiTLog`. One pass over the
     forget set in order, one optimiser step per batch (``optax.sgd(config.lr)`` unless ``optimizer``
@@ -389,6 +418,15 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
         raise ValueError("the forget set is empty: JiT needs at least one sample")
     if not np.all(np.isfinite(x_forget)):
         raise ValueError("the forget set contains NaN or inf values")
+    aux = {k: np.asarray(v) for k, v in (aux or {}).items()}
+    for k, v in aux.items():
+        if v.shape[:1] != (n,):
+            raise ValueError(f"aux[{k!r}] has shape {v.shape}; accepted: first dimension {n} "
+                             "(one row per forget sample)")
+    retain = {k: np.asarray(v) for k, v in (retain or {}).items()}
+    m = {v.shape[0] for v in retain.values()}
+    if len(m) > 1 or 0 in m:
+        raise ValueError(f"retain arrays have lengths {sorted(m)}; accepted: one length >= 1")
     train_mode = config.train_mode or config.reference_quirks
     fn = functionalize(model, train=train_mode)
     forward_keys = train_mode
@@ -409,6 +447,8 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     if shardings is not None:
         params, opt_state, acc, key = replicate((params, opt_state, acc, key), shardings[0])
         b = -(-b // nd) * nd  # the batch fed to the step: a multiple of the data axis
+    retain_rng = np.random.default_rng(config.seed)
+    num_retain = next(iter(m)) if m else 0
 
     def place(a, rows=None):  # with a mesh, each process reads only its devices' rows
         if shardings is None:
@@ -420,28 +460,39 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
         idx = np.concatenate([idx, np.full(pad, idx[0])]) if pad else idx
         mask = np.ones((b,), np.float32)
         mask[b - pad:] = 0.0
-        return place(x_forget, idx), place(mask)
+        extra = {k: place(v, idx) for k, v in aux.items()}
+        if retain:
+            rows = retain_rng.choice(num_retain, size=b, replace=num_retain < b)
+            extra.update({"retain_" + k: place(v, rows) for k, v in retain.items()})
+        return place(x_forget, idx), place(mask), extra
 
     # Compile ahead of time so that the timed pass excludes compilation.
     t0 = time.perf_counter()
-    xb, mb = padded(batches[0])
-    step = step.lower(params, opt_state, acc, xb, mb, key).compile()
+    xb, mb, ab = padded(batches[0])
+    step = step.lower(params, opt_state, acc, xb, mb, key, ab).compile()
     compile_time = time.perf_counter() - t0
 
-    losses, times = [], []
+    losses, times, pass_info = [], [], []
+    passes_run = 0
     t_start = time.perf_counter()
-    for _ in range(config.passes):
+    for p in range(config.passes):
         for idx in batches:
             ts = time.perf_counter()
             key, sub = jax.random.split(key)
-            xb, mb = padded(idx)
-            params, opt_state, acc, loss = step(params, opt_state, acc, xb, mb, sub)
+            xb, mb, ab = padded(idx)
+            params, opt_state, acc, loss = step(params, opt_state, acc, xb, mb, sub, ab)
             loss = float(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"JiT loss became {loss} at step {len(losses)}: lower lr (now {config.lr})")
             losses.append(loss)
             times.append(time.perf_counter() - ts)
+        passes_run = p + 1
+        if stop is not None:
+            done, info = stop(params, p)
+            pass_info.append({k: float(v) for k, v in info.items()})
+            if done:
+                break
     jax.block_until_ready(params)
     runtime = time.perf_counter() - t_start
     # The loss of each step is computed before its update, so the last update can still overflow.
@@ -455,5 +506,5 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
         params = host_local(params)
     new_model = rebuild(fn, params)
     log = JiTLog(losses=losses, step_times=times, compile_time=compile_time, runtime=runtime,
-                 num_steps=len(losses), batch_size=b)
+                 num_steps=len(losses), batch_size=b, passes_run=passes_run, pass_info=pass_info)
     return new_model, log

@@ -1,0 +1,360 @@
+"""Choosing ``--method auto``'s constants on validation tasks, then testing them (issue 12).
+
+Three steps, each a subcommand:
+
+``trace``: for each validation task (dataset, model, forget request, seed) train the original and
+RTRN on the fit part of a stratified hold-out (``jit_jax.tune.references_in_process``: the
+hold-out stands in for the test set), then run auto's loop for ``--passes`` passes for each
+(``--scales`` x ``--steps``) with no stopping, and record after every pass the validation metrics
+(D_r, D_f, MIA, the retrain distance to the same seed's RTRN) and the statistics the stopping rule
+can watch (``jit_jax.unlearn.auto.STOP_STATS``)::
+
+    python experiments/auto_rules.py trace --dataset digits --model mlp \\
+        --forget class:0 class:5 random:100 --seeds 0 1 --out runs/auto/trace-digits.json
+
+``choose``: from one or more traces, every candidate rule (scale, step, lip ratio, gap peak on or
+off, pass budget) is replayed, each run stopping where ``auto.should_stop`` says (or at the
+budget); the rule with the lowest mean retrain distance among those whose mean D_r drop is at most
+``--max-dr-drop`` wins::
+
+    python experiments/auto_rules.py choose runs/auto/trace-digits.json
+
+``test``: ``--method auto`` with the frozen defaults (``AUTO_DEFAULTS``, or ``--set``) on test tasks,
+scored on the real test split against the same seed's RTRN trained on the full training set::
+
+    python experiments/auto_rules.py test --dataset digits --model mlp --forget class:3 \\
+        --seeds 3 4 5 --rule default "lodo:step=0.004,lip_ratio=0.8" --out runs/auto/test.json
+
+Datasets: anything ``load_dataset`` takes, plus ``identities`` (``jit_jax.data.synthetic``, the
+40-class 64x64 generated set) which is written to a temporary ``.npz``. Recipes: the dataset's
+(``recipes.train_recipe`` adapted to its size, as ``jit-jax train`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from jit_jax import recipes, unlearn
+from jit_jax.data import load_dataset, parse_forget
+from jit_jax.functional import functionalize, rebuild
+from jit_jax.metrics import evaluate_unlearning, retrain_distance
+from jit_jax.unlearn import auto
+from jit_jax.unlearn.jit import jit_unlearn
+
+
+def dataset(spec: str, seed: int = 0):
+    if spec == "identities":
+        from jit_jax.data.synthetic import identities
+
+        path = os.path.join(tempfile.gettempdir(), f"jit-jax-identities-{seed}.npz")
+        if not os.path.exists(path):
+            np.savez(path, **identities(seed=seed))
+        ds = load_dataset(f"npz:{path}")
+        return dataclasses.replace(ds, name="identities") if dataclasses.is_dataclass(ds) else ds
+    return load_dataset(spec)
+
+
+def recipe_options(ds) -> dict:
+    cfg = recipes.train_recipe(ds.name, "*", num_train=len(ds.x_train))
+    return {k: v for k, v in cfg.to_dict().items() if k != "seed"}
+
+
+def _result_row(r, ref) -> dict:
+    return {"retain_acc": r.retain_acc, "forget_acc": r.forget_acc, "mia": r.mia,
+            "retrain_distance": retrain_distance(r, ref.rtrn),
+            "dr_drop": ref.bsln.retain_acc - r.retain_acc}
+
+
+def trace(args) -> None:
+    from jit_jax import tune
+
+    ds = dataset(args.dataset)
+    refs = tune.references_in_process(ds, args.model, args.forget, seeds=args.seeds,
+                                      train_options=recipe_options(ds))
+    out = {"dataset": args.dataset, "model": args.model, "forget": args.forget,
+           "seeds": args.seeds, "passes": args.passes, "k": args.k,
+           "references": tune.references_info(refs), "runs": []}
+    for ref in refs:
+        prep = recipes.preprocess_fn(ref.dataset)
+        x = prep(ref.dataset.x_train[ref.split.forget_idx])
+        fn = functionalize(ref.model)
+        labels = np.argmax(unlearn.model_logits(ref.model, x), -1)
+        for scale, step in itertools.product(args.scales, args.steps):
+            cfg = dataclasses.replace(auto.AUTO_DEFAULTS, k=args.k, scale=scale, step=step,
+                                      max_passes=args.passes, seed=ref.seed)
+            sigma, chosen = auto.chosen_settings(x, cfg, 0.5)
+            stats = auto.forget_stats_fn(fn.apply_fn, x, sigma, labels, cfg.num_checks, cfg.seed)
+            rows = [{"pass": 0, **stats(fn.params), **_result_row(ref.bsln, ref)}]
+
+            def record(params, p, stats=stats, rows=rows, ref=ref, prep=prep, fn=fn):
+                r = evaluate_unlearning(rebuild(fn, params), ref.dataset, ref.split,
+                                        method="auto", preprocess=prep)
+                rows.append({"pass": p + 1, **stats(params), **_result_row(r, ref)})
+                return not np.isfinite(rows[-1]["lip"]), {}
+
+            t0 = time.time()
+            try:
+                jit_unlearn(ref.model, x, auto.jit_config(cfg),
+                            optimizer=auto.relative_steps(step), aux={"sigma": sigma},
+                            stop=record)
+                failed = None
+            except FloatingPointError as e:
+                failed = str(e)
+            best = min(rows, key=lambda r: r["retrain_distance"])
+            print(f"seed {ref.seed} {ref.split.description} scale {scale} step {step}: best pass "
+                  f"{best['pass']} dist {best['retrain_distance']:.1f} (D_r drop "
+                  f"{best['dr_drop']:.1f}, D_f {best['forget_acc']:.1f}); pass 0 dist "
+                  f"{rows[0]['retrain_distance']:.1f}; {time.time() - t0:.0f} s"
+                  + (f"; FAILED {failed}" if failed else ""), flush=True)
+            out["runs"].append({"seed": ref.seed, "forget": ref.split.description,
+                                "scale": scale, "step": step, "sigma_median":
+                                chosen["sigma_median"], "failed": failed, "passes": rows})
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print("wrote", args.out)
+
+
+def stop_pass(rows: list[dict], lip_ratio: float, gap_peak: bool, budget: int) -> dict:
+    """The row at which rule 3 (``auto.should_stop``) stops, else the last within ``budget``."""
+    rows = [r for r in rows if r["pass"] <= budget]
+    stats = [{k: r[k] for k in auto.STOP_STATS} for r in rows]
+    for p in range(1, len(rows)):
+        if auto.should_stop(stats[p], stats[p - 1], stats[0], lip_ratio, gap_peak):
+            return rows[p]
+    return rows[-1]
+
+
+def candidates(traces: list[dict], ratios, budgets):
+    # only (scale, step) pairs that every trace has: each rule is scored on every task
+    scales = sorted(set.intersection(*({r["scale"] for r in t["runs"]} for t in traces)))
+    steps = sorted(set.intersection(*({r["step"] for r in t["runs"]} for t in traces)))
+    return itertools.product(scales, steps, [0.0, *ratios], [False, True], budgets)
+
+
+def _task(t, r):
+    return f"{t['dataset']} {r['forget'].split(' ')[0]}"
+
+
+def score(traces: list[dict], scale, step, lip_ratio, gap_peak, budget) -> dict:
+    per_task, rows = {}, []
+    for t in traces:
+        for r in t["runs"]:
+            if r["scale"] == scale and r["step"] == step:
+                row = stop_pass(r["passes"], lip_ratio, gap_peak, budget)
+                rows.append(row)
+                per_task.setdefault(_task(t, r), []).append(row["retrain_distance"])
+    return {"scale": scale, "step": step, "lip_ratio": lip_ratio, "gap_peak": gap_peak,
+            "max_passes": budget, "n": len(rows),
+            "retrain_distance": float(np.mean([r["retrain_distance"] for r in rows])),
+            "dr_drop": float(np.mean([r["dr_drop"] for r in rows])),
+            "max_dr_drop": float(np.max([r["dr_drop"] for r in rows])),
+            "passes": float(np.mean([r["pass"] for r in rows])),
+            "per_task": {k: float(np.mean(v)) for k, v in per_task.items()}}
+
+
+def choose(args) -> dict:
+    traces = [json.load(open(p)) for p in args.traces]
+    rows = [score(traces, *c) for c in candidates(traces, args.ratios, args.budgets)]
+    ok = [r for r in rows if r["dr_drop"] <= args.max_dr_drop]
+    # ties (rules that stop at the same passes) go to the cheaper one: fewer passes on average
+    best = min(ok or rows, key=lambda r: (r["retrain_distance"], r["passes"]))
+    bsln = float(np.mean([r["passes"][0]["retrain_distance"] for t in traces for r in t["runs"]]))
+    print(f"{len(rows)} rules; {len(ok)} with mean D_r drop <= {args.max_dr_drop}; untouched "
+          f"model's mean distance {bsln:.2f}")
+    for r in sorted(ok or rows, key=lambda r: (r["retrain_distance"], r["passes"]))[:args.top]:
+        print(f"  scale {r['scale']:<5} step {r['step']:<7} lip {r['lip_ratio']:<4} "
+              f"peak {r['gap_peak']!s:<5} budget {r['max_passes']:<3} dist "
+              f"{r['retrain_distance']:6.2f} drop {r['dr_drop']:5.2f} (max {r['max_dr_drop']:5.1f})"
+              f" passes {r['passes']:4.1f}  " + "  ".join(f"{k}: {v:.1f}"
+                                                     for k, v in r["per_task"].items()))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"traces": args.traces, "max_dr_drop": args.max_dr_drop, "best": best,
+                       "rules": rows}, f, indent=1)
+        print("wrote", args.out)
+    return best
+
+
+def parse_rules(specs: list[str]) -> dict[str, dict]:
+    """``["default", "lodo:step=0.004,lip_ratio=0.8"]`` -> ``{name: auto options}``."""
+    from jit_jax.options import parse_options
+
+    rules = {}
+    for spec in specs or ["default"]:
+        name, _, opts = spec.partition(":")
+        rules[name] = parse_options([o for o in opts.split(",") if o], f"rule {name!r}",
+                                    unlearn.option_types("auto"))
+    return rules
+
+
+def test(args) -> None:
+    from jit_jax.demo import train_original
+    from jit_jax.models import ModelSpec
+
+    ds = dataset(args.dataset)
+    spec = ModelSpec(args.model, ds.num_classes, ds.image_shape, {})
+    recipe = recipes.train_recipe(ds.name, spec.name, num_train=len(ds.x_train))
+    prep = recipes.preprocess_fn(ds)
+    rules = parse_rules(args.rule)
+    names = ["rtrn", "bsln", *[f"auto[{r}]" for r in rules], *args.methods,
+             *[f"jit[lr x{f:g}]" for f in args.jit_lr_factors]]
+    out = {"dataset": args.dataset, "model": args.model, "rules": rules,
+           "defaults": dataclasses.asdict(auto.AUTO_DEFAULTS), "recipe": recipe.to_dict(),
+           "runs": []}
+    for seed in args.seeds:
+        cfg = recipe.replace(seed=seed)
+        original, _ = train_original(ds, spec, cfg)
+        for f in args.forget:
+            split = parse_forget(ds, f, seed=seed)
+            req = unlearn.Request(original, ds, split, spec, cfg, seed=seed, preprocess=prep)
+            res, logs = {}, {}
+            for name in names:
+                method, opts = name, {}
+                if name.startswith("auto["):
+                    method, opts = "auto", rules[name[5:-1]]
+                elif name.startswith("jit[lr x"):
+                    method = "jit"
+                    opts = {"lr": unlearn.default_jit_config(req).lr * float(name[8:-1])}
+                t0 = time.time()
+                try:
+                    o = unlearn.run(method, req, **opts)
+                except FloatingPointError as e:  # recorded as failed, the others go on
+                    logs[name] = {"failed": str(e)}
+                    continue
+                res[name] = evaluate_unlearning(o.model, ds, split, method=method,
+                                                runtime=o.runtime, preprocess=prep)
+                logs[name] = {"wall": time.time() - t0,
+                              **({"chosen": o.log["chosen"], "pass_info": o.log["pass_info"]}
+                                 if method == "auto" else {})}
+            row = {"seed": seed, "forget": split.description, "logs": logs}
+            for name, r in res.items():
+                row[name] = {**r.to_dict(), "retrain_distance": retrain_distance(r, res["rtrn"])}
+            out["runs"].append(row)
+            print(f"seed {seed} {split.description}: " + "  ".join(
+                f"{n} D_r {row[n]['retain_acc']:.1f} D_f {row[n]['forget_acc']:.1f} MIA "
+                f"{row[n]['mia']:.1f} dist {row[n]['retrain_distance']:.1f}"
+                + (f" ({logs[n]['chosen']['passes_run']} passes)" if "chosen" in logs[n] else "")
+                if n in row else f"{n} FAILED" for n in names), flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print("wrote", args.out)
+
+
+def _sweeps(row: dict, rules: dict) -> dict[str, list[tuple[float, dict]]]:
+    """{"auto": [(step, result)...], "jit": [(lr factor, result)...]} from one test row."""
+    out = {"auto": [], "jit": []}
+    for name, r in row.items():
+        if name.startswith("auto[") and "step" in rules.get(name[5:-1], {}):
+            out["auto"].append((rules[name[5:-1]]["step"], r))
+        elif name.startswith("jit[lr x"):
+            out["jit"].append((float(name[8:-1]), r))
+    return {k: sorted(v, key=lambda t: t[0]) for k, v in out.items() if v}
+
+
+def figure(args) -> None:
+    """Sensitivity: retrain distance, D_r and MIA against auto's step and JiT's lr factor, one
+    line per test task (mean over seeds), one column per test file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tests = [json.load(open(p)) for p in args.tests]
+    fig, axes = plt.subplots(3, 2 * len(tests), figsize=(4.2 * 2 * len(tests), 9), squeeze=False)
+    summary = {}
+    for c, t in enumerate(tests):
+        by_task = {}
+        for row in t["runs"]:
+            task = row["forget"].split(" ")[0]
+            for kind, pts in _sweeps(row, t["rules"]).items():
+                for x, r in pts:
+                    by_task.setdefault((kind, task), {}).setdefault(x, []).append(r)
+        for (kind, task), pts in sorted(by_task.items()):
+            xs = sorted(pts)
+            col = 2 * c + (0 if kind == "auto" else 1)
+            for i, key in enumerate(["retrain_distance", "retain_acc", "mia"]):
+                ys = [float(np.mean([r[key] for r in pts[x]])) for x in xs]
+                axes[i, col].plot(xs, ys, "o-", label=task)
+                axes[i, col].set_xscale("log", base=2)
+                axes[i, col].set_ylabel(key)
+            dist = [float(np.mean([r["retrain_distance"] for r in pts[x]])) for x in xs]
+            summary[f"{t['dataset']} {kind} {task}"] = {
+                "x": xs, "retrain_distance": dist,
+                "worst_over_best_in_8x": worst_in_window(xs, dist, 8.0)}
+            axes[0, col].set_title(f"{t['dataset']} {kind}: "
+                                   + ("step (x ||params||)" if kind == "auto" else "lr factor"))
+            axes[2, col].set_xlabel("step" if kind == "auto" else "lr / default lr")
+        for col in (2 * c, 2 * c + 1):
+            axes[0, col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=90)
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump(summary, f, indent=1)
+    for k, v in summary.items():
+        print(f"{k}: distance {[round(d, 1) for d in v['retrain_distance']]} at {v['x']}; worst/"
+              f"best over the best 8x window {v['worst_over_best_in_8x']:.2f}")
+    print("wrote", args.out)
+
+
+def worst_in_window(xs: list[float], dist: list[float], width: float) -> float:
+    """The acceptance's robustness number: over every window [x, width * x] of the swept values
+    (at least two points), the lowest ratio of its worst distance to the sweep's best."""
+    best = min(dist)
+    ratios = []
+    for x in xs:
+        inside = [d for xx, d in zip(xs, dist, strict=True) if x <= xx <= width * x * (1 + 1e-9)]
+        if len(inside) >= 2 and xs[-1] >= width * x * (1 - 1e-9):
+            ratios.append(max(inside) / max(best, 1e-9))
+    return float(min(ratios)) if ratios else float("nan")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("trace")
+    t.add_argument("--dataset", required=True)
+    t.add_argument("--model", default="mlp")
+    t.add_argument("--forget", nargs="+", required=True)
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    t.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    t.add_argument("--steps", type=float, nargs="+", default=[2.5e-4, 1e-3, 4e-3])
+    t.add_argument("--passes", type=int, default=12)
+    t.add_argument("--k", type=int, default=auto.AUTO_DEFAULTS.k)
+    t.add_argument("--out", required=True)
+    c = sub.add_parser("choose")
+    c.add_argument("traces", nargs="+")
+    c.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
+    c.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8, 12])
+    c.add_argument("--max-dr-drop", type=float, default=5.0)
+    c.add_argument("--top", type=int, default=10)
+    c.add_argument("--out")
+    s = sub.add_parser("test")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--model", default="mlp")
+    s.add_argument("--forget", nargs="+", required=True)
+    s.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
+    s.add_argument("--methods", nargs="*", default=["jit", "bdsh"])
+    s.add_argument("--jit-lr-factors", type=float, nargs="*", default=[],
+                   help="also JiT at its default lr times each factor (sensitivity)")
+    s.add_argument("--rule", nargs="*", default=["default"],
+                   help="NAME or NAME:key=value,...: auto with AUTO_DEFAULTS and these options")
+    s.add_argument("--out", required=True)
+    g = sub.add_parser("figure")
+    g.add_argument("tests", nargs="+")
+    g.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    {"trace": trace, "choose": choose, "test": test, "figure": figure}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""``--method auto`` (jit_jax/unlearn/auto.py) and the update loop's extensions it uses: the
+information radius against brute force, relative steps against their definition, the stopping
+statistics against a float64 loop, per-sample sigma, aux and retain rows, and the method end to
+end on digits with no options."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jit_jax.unlearn import auto
+from jit_jax.unlearn.jit import JiTConfig, jit_unlearn, perturb
+
+
+def test_information_radius_is_the_kth_nearest_other_sample():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 2, 3, 2))
+    x[7] = x[3]  # a copy: its nearest neighbour is at distance 0
+    flat = x.reshape(30, -1)
+    for k in (1, 2, 5, 29, 40):
+        got = auto.information_radius(x, k, batch_size=7)  # several blocks
+        for i in range(30):
+            d = sorted(np.linalg.norm(flat[i] - flat[j]) for j in range(30) if j != i)
+            assert got[i] == pytest.approx(d[min(k, 29) - 1], rel=1e-12, abs=1e-12), (k, i)
+    assert auto.information_radius(x, 1)[7] == 0.0
+    with pytest.raises(ValueError, match="at least 2 forget samples, got 1"):
+        auto.information_radius(x[:1], 3)
+    with pytest.raises(ValueError, match="k=0; accepted: an integer >= 1"):
+        auto.information_radius(x, 0)
+
+
+def test_chosen_sigma_scales_the_radius_and_falls_back_without_neighbours():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10, 4, 4, 1)).astype(np.float32)
+    cfg = dataclasses.replace(auto.AUTO_DEFAULTS, k=3, scale=0.5)
+    sig, info = auto.chosen_settings(x, cfg, 0.7)
+    np.testing.assert_allclose(sig, 0.5 * auto.information_radius(x, 3) / 4.0, rtol=1e-6)
+    assert info["sigma_median"] == pytest.approx(float(np.median(sig)))
+    one, info1 = auto.chosen_settings(x[:1], cfg, 0.7)
+    assert one.tolist() == [pytest.approx(0.7)] and "one forget sample" in info1["sigma_rule"]
+    same, _ = auto.chosen_settings(np.repeat(x[:1], 4, 0), cfg, 0.7)
+    assert np.allclose(same, 0.7)
+    x2 = np.concatenate([x, x[:1], x[:1], x[:1]])  # x[0] has 3 copies: its k=3 radius is 0
+    sig2, _ = auto.chosen_settings(x2, cfg, 0.7)
+    assert np.all(sig2 > 0)
+
+
+def test_relative_steps_move_the_parameters_by_step_times_their_norm():
+    params = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([[12.0]])}  # ||params|| = 13
+    g = {"a": jnp.array([0.0, 2.0]), "b": jnp.array([[0.0]])}
+    tx = auto.relative_steps(0.1)
+    upd, _ = tx.update(g, tx.init(params), params)
+    np.testing.assert_allclose(upd["a"], [0.0, -1.3], rtol=1e-6)
+    np.testing.assert_allclose(upd["b"], [[0.0]])
+    zero, _ = tx.update(jax.tree.map(jnp.zeros_like, g), tx.init(params), params)
+    assert all(float(jnp.max(jnp.abs(v))) == 0 for v in jax.tree.leaves(zero))
+
+
+def test_forget_stats_match_a_float64_loop():
+    """The gap and JiT's ratio from forget_stats_fn against numpy on a linear model, with the same
+    fixed draws (perturb, no clipping, keys from seed + 7919). Bound: logits are D = 6 term dot
+    products; everything after is a few roundings of O(1) quantities: 1e-4 relative."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((6, 3)).astype(np.float32)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0])
+    sig = np.array([0.1, 0.2, 0.3, 0.4, 0.5], np.float32)
+
+    def apply(p, xx):
+        return xx @ p
+
+    stats = auto.forget_stats_fn(apply, x, sig, y, num_checks=4, seed=11, chunk=2)(jnp.asarray(w))
+    keys = jax.random.split(jax.random.key(11 + 7919), 4)
+    gaps, lips = [], []
+    noisy = [np.asarray(perturb(k, jnp.asarray(x[s:s + 2]), jnp.asarray(sig[s:s + 2]),
+                                clip=False), np.float64) for k in keys for s in (0, 2, 4)]
+    noisy = np.stack([np.concatenate(noisy[m * 3:(m + 1) * 3]) for m in range(4)])  # (4, 5, 6)
+    w64, x64 = w.astype(np.float64), x.astype(np.float64)
+
+    def logp(v, c):
+        z = v @ w64
+        return z[c] - z.max() - np.log(np.exp(z - z.max()).sum())
+
+    for i in range(5):
+        gaps.append(logp(x64[i], y[i]) - np.mean([logp(noisy[m, i], y[i]) for m in range(4)]))
+        lips.append(np.mean([np.linalg.norm(x64[i] @ w64 - noisy[m, i] @ w64)
+                             / np.linalg.norm(x64[i] - noisy[m, i]) for m in range(4)]))
+    assert stats["gap"] == pytest.approx(np.mean(gaps), rel=1e-4, abs=1e-5)
+    assert stats["lip"] == pytest.approx(np.mean(lips), rel=1e-4)
+
+
+def test_should_stop_on_the_lip_ratio_the_gap_peak_or_a_non_finite_value():
+    first = {"gap": 1.0, "lip": 2.0}
+    assert not auto.should_stop({"gap": 3.0, "lip": 1.7}, {"gap": 2.0, "lip": 1.9}, first, 0.8,
+                                True)
+    assert auto.should_stop({"gap": 3.0, "lip": 1.6}, {"gap": 2.0, "lip": 1.9}, first, 0.8, True)
+    assert not auto.should_stop({"gap": 3.0, "lip": 1.6}, {"gap": 2.0, "lip": 1.9}, first, 0.0,
+                                True)  # lip_ratio 0: that test is off
+    assert auto.should_stop({"gap": 1.9, "lip": 1.9}, {"gap": 2.0, "lip": 1.9}, first, 0.0, True)
+    assert not auto.should_stop({"gap": 1.9, "lip": 1.9}, {"gap": 2.0, "lip": 1.9}, first, 0.0,
+                                False)
+    assert auto.should_stop({"gap": float("nan"), "lip": 1.9}, first, first, 0.0, False)
+
+
+def test_perturb_takes_one_sigma_per_sample():
+    x = jnp.zeros((3, 2, 2))
+    key = jax.random.key(0)
+    got = perturb(key, x, jnp.array([0.0, 1.0, 2.0]), clip=False)
+    eps = jax.random.normal(key, x.shape)
+    np.testing.assert_allclose(got, eps * jnp.array([0.0, 1.0, 2.0])[:, None, None], rtol=1e-6)
+
+
+def _model():
+    from flax import nnx
+
+    class M(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.asarray(np.random.default_rng(0).standard_normal((4, 3)),
+                                           jnp.float32))
+
+        def __call__(self, x):
+            return x.reshape(x.shape[0], -1) @ self.w
+
+    return M()
+
+
+def test_loop_passes_aux_rows_and_retain_batches_and_stops_when_told():
+    """Each step's objective sees its batch's aux rows (padded like the batch) and a retain batch
+    of distinct rows; the stop function ends the loop after pass 2 of 5."""
+    x = np.arange(7 * 4, dtype=np.float32).reshape(7, 4)
+    ids = np.arange(7, dtype=np.int32) + 100
+    retain = {"v": np.arange(50, dtype=np.int32)}
+    seen = []
+
+    def vg(apply_fn, params, xb, key, *, mask, forward_keys, aux):
+        jax.debug.callback(lambda *a: seen.append(a), aux["ids"], aux["retain_v"], mask)
+        return jnp.float32(0.0), jax.tree.map(jnp.zeros_like, params)
+
+    calls = []
+
+    def stop(params, p):
+        calls.append(p)
+        return p == 1, {"p": p}
+
+    _, log = jit_unlearn(_model(), x, JiTConfig(batch_size=3, passes=5), value_and_grad=vg,
+                         aux={"ids": ids}, retain=retain, stop=stop)
+    steps = seen
+    assert log.passes_run == 2 and calls == [0, 1] and log.num_steps == 6
+    assert [p["p"] for p in log.pass_info] == [0.0, 1.0]
+    got = [np.asarray(a).tolist() for a, _, _ in steps[:3]]
+    assert got == [[100, 101, 102], [103, 104, 105], [106, 106, 106]]
+    assert np.asarray(steps[2][2]).tolist() == [1, 0, 0]
+    for _, r, _ in steps:
+        r = np.asarray(r)
+        assert len(r) == 3 and len(set(r.tolist())) == 3 and r.max() < 50
+
+
+def test_loop_rejects_misaligned_aux_and_empty_retain():
+    x = np.zeros((5, 4), np.float32)
+    with pytest.raises(ValueError, match=r"aux\['ids'\] has shape \(4,\); accepted: first "
+                                         r"dimension 5"):
+        jit_unlearn(_model(), x, JiTConfig(), aux={"ids": np.zeros(4)})
+    with pytest.raises(ValueError, match="retain arrays have lengths"):
+        jit_unlearn(_model(), x, JiTConfig(), retain={"x": np.zeros((0, 4))})
+
+
+def test_auto_config_rejects_bad_values():
+    for field, bad, accepted in [("k", 0, "an integer >= 1"), ("scale", -1.0, "> 0"),
+                                 ("step", float("nan"), "> 0"),
+                                 ("lip_ratio", 1.0, r"in \[0, 1\)"),
+                                 ("max_passes", 0, ">= 1")]:
+        with pytest.raises(ValueError, match=rf"auto: {field}=.*accepted: .*{accepted}"):
+            dataclasses.replace(auto.AUTO_DEFAULTS, **{field: bad})
+
+
+def test_auto_runs_with_no_options_and_reports_what_it_chose(digits):
+    """On a digits class with no options: a new model (the source untouched), zero-shot, the
+    chosen sigma/step/passes in the log, the stopping statistic logged per pass; an unknown option
+    is an error naming the accepted ones; a single-sample forget set runs."""
+    from jit_jax import recipes, unlearn
+    from jit_jax.data import parse_forget
+    from jit_jax.demo import train_original
+    from jit_jax.functional import functionalize
+    from jit_jax.models import ModelSpec
+
+    spec = ModelSpec("mlp", digits.num_classes, digits.image_shape, {"hidden": 32, "depth": 1})
+    cfg = recipes.train_recipe(digits.name, "mlp").replace(epochs=3)
+    model, _ = train_original(digits, spec, cfg)
+    split = parse_forget(digits, "class:3")
+    req = unlearn.Request(model=model, dataset=digits, split=split, spec=spec, train_config=cfg,
+                          preprocess=recipes.preprocess_fn(digits))
+    before = jax.tree.map(np.asarray, functionalize(model).params)
+    out = unlearn.run("auto", req, max_passes=2)
+    assert out.zero_shot
+    chosen = out.log["chosen"]
+    assert chosen["sigma_min"] > 0 and 1 <= chosen["passes_run"] <= 2
+    assert len(out.log["pass_info"]) == chosen["passes_run"]
+    assert {"gap", "lip", "gap0", "lip0"} <= set(out.log["pass_info"][0])
+    after = jax.tree.map(np.asarray, functionalize(out.model).params)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
+                                                         jax.tree.leaves(after), strict=True))
+    jax.tree.map(np.testing.assert_array_equal, before,
+                 jax.tree.map(np.asarray, functionalize(model).params))
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['sigma'\] for method 'auto'; "
+                                         r"accepted: \['k', 'scale'"):
+        unlearn.run("auto", req, sigma=0.5)
+    one = dataclasses.replace(split, forget_idx=split.forget_idx[:1])
+    out1 = unlearn.run("auto", dataclasses.replace(req, split=one), max_passes=1)
+    assert "one forget sample" in out1.log["chosen"]["sigma_rule"]
+
+
+def test_label_objectives_run_as_methods(digits):
+    """ga/npo/dpo/idkpo/graddiff/curvature as registered methods: they change the model, and
+    graddiff is marked as not zero-shot (it reads D_r)."""
+    from jit_jax import recipes, unlearn
+    from jit_jax.data import parse_forget
+    from jit_jax.demo import train_original
+    from jit_jax.metrics import evaluate_unlearning
+    from jit_jax.models import ModelSpec
+
+    spec = ModelSpec("mlp", digits.num_classes, digits.image_shape, {"hidden": 32, "depth": 1})
+    cfg = recipes.train_recipe(digits.name, "mlp").replace(epochs=3)
+    model, _ = train_original(digits, spec, cfg)
+    split = parse_forget(digits, "class:3")
+    req = unlearn.Request(model=model, dataset=digits, split=split, spec=spec, train_config=cfg,
+                          preprocess=recipes.preprocess_fn(digits))
+    base = evaluate_unlearning(model, digits, split, method="bsln").forget_acc
+    for name in ("ga", "npo", "dpo", "idkpo", "graddiff"):
+        out = unlearn.run(name, req, lr=0.05, passes=3)
+        assert out.zero_shot == (name != "graddiff"), name
+        got = evaluate_unlearning(out.model, digits, split, method=name).forget_acc
+        assert got < base, (name, got, base)
+    out = unlearn.run("curvature", req, lr=1e-4)
+    assert out.log["num_steps"] >= 1 and np.isfinite(out.log["losses"]).all()
