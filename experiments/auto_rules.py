@@ -318,6 +318,56 @@ def worst_in_window(xs: list[float], dist: list[float], width: float) -> float:
     return float(min(ratios)) if ratios else float("nan")
 
 
+def report(args) -> None:
+    """Markdown tables from test files: per task, the mean (and sd) over seeds of each method's
+    D_r, D_f, MIA and retrain distance, and the acceptance checks for ``auto[default]``."""
+    lines = []
+    for path in args.tests:
+        t = json.load(open(path))
+        tasks = {}
+        for row in t["runs"]:
+            tasks.setdefault(row["forget"].split(" ")[0], []).append(row)
+        names = [n for n in t["runs"][0] if n not in ("seed", "forget", "logs")]
+        names = [n for n in names if args.methods is None or n in args.methods]
+        lines += [f"### {t['dataset']} ({t['model']}), seeds "
+                  f"{sorted({r['seed'] for r in t['runs']})}", "",
+                  "| task | method | D_r | D_f | MIA | retrain distance | passes |",
+                  "|---|---|---|---|---|---|---|"]
+        for task, rows in tasks.items():
+            for n in names:
+                got = [r[n] for r in rows if n in r]
+                if not got:
+                    lines.append(f"| {task} | {n} | failed | | | | |")
+                    continue
+
+                def ms(k, got=got):
+                    v = [g[k] for g in got]
+                    return f"{np.mean(v):.1f} ± {np.std(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+
+                passes = [r["logs"][n]["chosen"]["passes_run"] for r in rows
+                          if "chosen" in r["logs"].get(n, {})]
+                lines.append(f"| {task} | {n} | {ms('retain_acc')} | {ms('forget_acc')} | "
+                             f"{ms('mia')} | {ms('retrain_distance')} | "
+                             f"{np.mean(passes):.1f} |" if passes else
+                             f"| {task} | {n} | {ms('retain_acc')} | {ms('forget_acc')} | "
+                             f"{ms('mia')} | {ms('retrain_distance')} | |")
+            a = [r["auto[default]"] for r in rows if "auto[default]" in r]
+            if a:
+                df = np.mean([x["forget_acc"] - r["rtrn"]["forget_acc"] for x, r in
+                              zip(a, rows, strict=True)])
+                dr = np.mean([r["bsln"]["retain_acc"] - x["retain_acc"] for x, r in
+                              zip(a, rows, strict=True)])
+                ok = abs(df) <= 10 and dr <= 5
+                lines.append(f"| {task} | *auto vs targets* | D_r drop {dr:.1f} (<= 5) | D_f - "
+                             f"RTRN {df:+.1f} (within 10) | | {'met' if ok else 'not met'} | |")
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -352,8 +402,13 @@ def main(argv=None) -> None:
     g = sub.add_parser("figure")
     g.add_argument("tests", nargs="+")
     g.add_argument("--out", required=True)
+    r = sub.add_parser("report")
+    r.add_argument("tests", nargs="+")
+    r.add_argument("--methods", nargs="*")
+    r.add_argument("--out")
     args = ap.parse_args(argv)
-    {"trace": trace, "choose": choose, "test": test, "figure": figure}[args.cmd](args)
+    {"trace": trace, "choose": choose, "test": test, "figure": figure,
+     "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":
