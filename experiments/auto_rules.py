@@ -250,14 +250,20 @@ def test(args) -> None:
     print("wrote", args.out)
 
 
-def _sweeps(row: dict, rules: dict) -> dict[str, list[tuple[float, dict]]]:
-    """{"auto": [(step, result)...], "jit": [(lr factor, result)...]} from one test row."""
+def _sweeps(row: dict, rules: dict, defaults: dict) -> dict[str, list[tuple[float, dict]]]:
+    """{"auto": [(step, result)...], "jit": [(lr factor, result)...]} from one test row: the
+    rules that set only the step (and "default", at the default step), and JiT's lr factors (and
+    "jit", factor 1)."""
     out = {"auto": [], "jit": []}
     for name, r in row.items():
-        if name.startswith("auto[") and "step" in rules.get(name[5:-1], {}):
-            out["auto"].append((rules[name[5:-1]]["step"], r))
+        if name.startswith("auto["):
+            opts = rules.get(name[5:-1], {})
+            if set(opts) <= {"step"}:
+                out["auto"].append((opts.get("step", defaults["step"]), r))
         elif name.startswith("jit[lr x"):
             out["jit"].append((float(name[8:-1]), r))
+        elif name == "jit":
+            out["jit"].append((1.0, r))
     return {k: sorted(v, key=lambda t: t[0]) for k, v in out.items() if v}
 
 
@@ -269,14 +275,22 @@ def figure(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tests = [json.load(open(p)) for p in args.tests]
+    tests = []  # files of the same dataset are merged (an extra sweep run later, same seeds)
+    for path in args.tests:
+        t = json.load(open(path))
+        same = [u for u in tests if u["dataset"] == t["dataset"]]
+        if same:
+            same[0]["runs"] += t["runs"]
+            same[0]["rules"].update(t["rules"])
+        else:
+            tests.append(t)
     fig, axes = plt.subplots(3, 2 * len(tests), figsize=(4.2 * 2 * len(tests), 9), squeeze=False)
     summary = {}
     for c, t in enumerate(tests):
         by_task = {}
         for row in t["runs"]:
             task = row["forget"].split(" ")[0]
-            for kind, pts in _sweeps(row, t["rules"]).items():
+            for kind, pts in _sweeps(row, t["rules"], t["defaults"]).items():
                 for x, r in pts:
                     by_task.setdefault((kind, task), {}).setdefault(x, []).append(r)
         for (kind, task), pts in sorted(by_task.items()):

@@ -8,7 +8,10 @@ Variants, run round-robin so machine drift hits them alike (medians reported, wi
   to 1024 images per forward on accelerators);
 - ``one_forward``: ``images_per_forward=None``, all B*N perturbed images in one vmapped forward;
 - ``fused_sg``: clean and perturbed images in one differentiated forward with a stop-gradient on the
-  perturbed outputs (what the split in ``jit_value_and_grad`` avoids).
+  perturbed outputs (what the split in ``jit_value_and_grad`` avoids);
+- ``obj:NAME``: the step of objective NAME (``jit_jax/unlearn/objectives.py``) with its default
+  options (labels, the original's logits and a retain batch made up for the timing), e.g.
+  ``--variants chunked obj:lipschitz obj:curvature obj:npo`` for the cost of each against JiT's.
 A 2048^2 float32 matmul is timed before and after as a calibration of the machine's state.
 """
 
@@ -53,8 +56,22 @@ def make_step(fn, variant, sigma, n):
         dx = jnp.sqrt(jnp.sum(jnp.square((x[None] - xt).reshape(n, x.shape[0], -1)), -1))
         return J.loss_from_outputs(out[0], jax.lax.stop_gradient(out[1:]), dx)
 
-    def step(params, opt_state, x, key):
-        if variant == "fused_sg":
+    aux_fn = None
+    if variant.startswith("obj:"):
+        from jit_jax.unlearn import objectives
+
+        vg = objectives.value_and_grad(variant[4:])
+
+        def aux_fn(x):
+            b = x.shape[0]
+            out = fn.apply_fn(fn.params, x)
+            return {"labels": jnp.arange(b) % out.shape[-1], "ref_logits": out,
+                    "retain_x": x, "retain_y": jnp.arange(b) % out.shape[-1]}
+
+    def step(params, opt_state, x, key, aux):
+        if aux_fn is not None:
+            loss, g = vg(fn.apply_fn, params, x, key, mask=None, forward_keys=False, aux=aux)
+        elif variant == "fused_sg":
             loss, g = jax.value_and_grad(fused_loss)(params, x, key)
         else:
             ipf = {"chunked": 32, "one_forward": None,
@@ -64,7 +81,7 @@ def make_step(fn, variant, sigma, n):
         upd, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, upd), opt_state, loss
 
-    return jax.jit(step), tx
+    return jax.jit(step), tx, aux_fn
 
 
 def main(argv=None):
@@ -94,19 +111,21 @@ def main(argv=None):
     for b in args.batch:
         x = jnp.asarray(np.random.default_rng(0).normal(size=(b, size, size, 3)).clip(-1.9, 2.0),
                         jnp.float32)
-        steps, times = {}, {v: [] for v in args.variants}
+        steps, auxs, times = {}, {}, {v: [] for v in args.variants}
         for v in args.variants:
-            step, tx = make_step(fn, v, 0.5, args.num_samples)
-            t = time.perf_counter()
-            steps[v] = step.lower(fn.params, tx.init(fn.params), x, jax.random.key(0)).compile()
+            step, tx, aux_fn = make_step(fn, v, 0.5, args.num_samples)
+            auxs[v] = {} if aux_fn is None else jax.block_until_ready(aux_fn(x))  # precomputed,
+            t = time.perf_counter()                                          # as in the loop
+            steps[v] = step.lower(fn.params, tx.init(fn.params), x, jax.random.key(0),
+                                  auxs[v]).compile()
             state = (fn.params, tx.init(fn.params))
-            jax.block_until_ready(steps[v](*state, x, jax.random.key(0)))  # warm-up
+            jax.block_until_ready(steps[v](*state, x, jax.random.key(0), auxs[v]))  # warm-up
             print(f"  B={b} {v}: compile {time.perf_counter() - t:.1f}s", flush=True)
         for r in range(args.rounds):
             for v in args.variants:
                 state = (fn.params, tx.init(fn.params))
                 t = time.perf_counter()
-                jax.block_until_ready(steps[v](*state, x, jax.random.key(r + 1)))
+                jax.block_until_ready(steps[v](*state, x, jax.random.key(r + 1), auxs[v]))
                 times[v].append(time.perf_counter() - t)
         base = np.median(times[args.variants[0]])
         for v in args.variants:

@@ -229,11 +229,11 @@ class _JaxSteps:
         xj = jnp.asarray(x.astype(np.float32))
         self.steps, self.compile_s, self.names = {}, [], []
         for jv, impl in [(jv, impl) for jv in variants for impl in conv_impls]:
-            jstep, tx = make_step(fn, jv, sigma, n)
+            jstep, tx, _ = make_step(fn, jv, sigma, n)
             t = time.perf_counter()
             with layers.conv_impl(impl):
                 jstep = jstep.lower(fn.params, tx.init(fn.params), xj,
-                                    jax.random.key(0)).compile()
+                                    jax.random.key(0), {}).compile()
             self.compile_s.append(time.perf_counter() - t)
             name = "jitjax" if jv == "chunked" else f"jitjax_{jv}"
             if len(conv_impls) > 1 or impl != "auto":
@@ -246,7 +246,7 @@ class _JaxSteps:
         jstep, state, xj = self.steps[name]
         self.calls += 1
         t = time.perf_counter()
-        jax.block_until_ready(jstep(*state, xj, jax.random.key(self.calls)))
+        jax.block_until_ready(jstep(*state, xj, jax.random.key(self.calls), {}))
         return time.perf_counter() - t
 
 

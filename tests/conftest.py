@@ -17,6 +17,22 @@ def digits():
 
 
 @pytest.fixture(scope="session")
+def digits_class3_request(digits):
+    """A small MLP trained 3 epochs on digits, and the request to forget class 3 (tests of the
+    update loop's methods; a method never modifies the request's model)."""
+    from jit_jax import recipes, unlearn
+    from jit_jax.data import parse_forget
+    from jit_jax.demo import train_original
+    from jit_jax.models import ModelSpec
+
+    spec = ModelSpec("mlp", digits.num_classes, digits.image_shape, {"hidden": 32, "depth": 1})
+    cfg = recipes.train_recipe(digits.name, "mlp").replace(epochs=3)
+    model, _ = train_original(digits, spec, cfg)
+    return unlearn.Request(model=model, dataset=digits, split=parse_forget(digits, "class:3"),
+                           spec=spec, train_config=cfg, preprocess=recipes.preprocess_fn(digits))
+
+
+@pytest.fixture(scope="session")
 def tiny_images():
     """A small learnable 3-class image problem: class = which quadrant is bright."""
     rng = np.random.default_rng(0)

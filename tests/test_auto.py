@@ -177,22 +177,15 @@ def test_auto_config_rejects_bad_values():
             dataclasses.replace(auto.AUTO_DEFAULTS, **{field: bad})
 
 
-def test_auto_runs_with_no_options_and_reports_what_it_chose(digits):
+def test_auto_runs_with_no_options_and_reports_what_it_chose(digits_class3_request):
     """On a digits class with no options: a new model (the source untouched), zero-shot, the
     chosen sigma/step/passes in the log, the stopping statistic logged per pass; an unknown option
     is an error naming the accepted ones; a single-sample forget set runs."""
-    from jit_jax import recipes, unlearn
-    from jit_jax.data import parse_forget
-    from jit_jax.demo import train_original
+    from jit_jax import unlearn
     from jit_jax.functional import functionalize
-    from jit_jax.models import ModelSpec
 
-    spec = ModelSpec("mlp", digits.num_classes, digits.image_shape, {"hidden": 32, "depth": 1})
-    cfg = recipes.train_recipe(digits.name, "mlp").replace(epochs=3)
-    model, _ = train_original(digits, spec, cfg)
-    split = parse_forget(digits, "class:3")
-    req = unlearn.Request(model=model, dataset=digits, split=split, spec=spec, train_config=cfg,
-                          preprocess=recipes.preprocess_fn(digits))
+    req = digits_class3_request
+    model, split = req.model, req.split
     before = jax.tree.map(np.asarray, functionalize(model).params)
     out = unlearn.run("auto", req, max_passes=2)
     assert out.zero_shot
@@ -213,21 +206,14 @@ def test_auto_runs_with_no_options_and_reports_what_it_chose(digits):
     assert "one forget sample" in out1.log["chosen"]["sigma_rule"]
 
 
-def test_label_objectives_run_as_methods(digits):
+def test_label_objectives_run_as_methods(digits_class3_request):
     """ga/npo/dpo/idkpo/graddiff/curvature as registered methods: they change the model, and
     graddiff is marked as not zero-shot (it reads D_r)."""
-    from jit_jax import recipes, unlearn
-    from jit_jax.data import parse_forget
-    from jit_jax.demo import train_original
+    from jit_jax import unlearn
     from jit_jax.metrics import evaluate_unlearning
-    from jit_jax.models import ModelSpec
 
-    spec = ModelSpec("mlp", digits.num_classes, digits.image_shape, {"hidden": 32, "depth": 1})
-    cfg = recipes.train_recipe(digits.name, "mlp").replace(epochs=3)
-    model, _ = train_original(digits, spec, cfg)
-    split = parse_forget(digits, "class:3")
-    req = unlearn.Request(model=model, dataset=digits, split=split, spec=spec, train_config=cfg,
-                          preprocess=recipes.preprocess_fn(digits))
+    req = digits_class3_request
+    model, split, digits = req.model, req.split, req.dataset
     base = evaluate_unlearning(model, digits, split, method="bsln").forget_acc
     for name in ("ga", "npo", "dpo", "idkpo", "graddiff"):
         out = unlearn.run(name, req, lr=0.05, passes=3)

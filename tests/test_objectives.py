@@ -133,21 +133,14 @@ def test_unknown_options_and_bad_values():
         O.lipschitz(apply, params, jnp.asarray(x), jax.random.key(0), reduction="max")
 
 
-def test_objective_methods_run_in_the_update_loop(digits):
+def test_objective_methods_run_in_the_update_loop(digits_class3_request):
     """As registered methods: zero-shot, the objective on the forget set goes down over a pass,
     the source model is untouched, and a wrong --set name is an error naming the accepted ones."""
-    from jit_jax import recipes, unlearn
-    from jit_jax.data import parse_forget
-    from jit_jax.demo import train_original
+    from jit_jax import unlearn
     from jit_jax.functional import functionalize
-    from jit_jax.models import ModelSpec
 
-    spec = ModelSpec("mlp", digits.num_classes, digits.image_shape, {"hidden": 32, "depth": 1})
-    cfg = recipes.train_recipe(digits.name, "mlp").replace(epochs=3)
-    model, _ = train_original(digits, spec, cfg)
-    split = parse_forget(digits, "class:3")
-    req = unlearn.Request(model=model, dataset=digits, split=split, spec=spec, train_config=cfg,
-                          preprocess=recipes.preprocess_fn(digits))
+    req = digits_class3_request
+    model, split = req.model, req.split
     xf = jnp.asarray(req.forget_inputs())
     before = jax.tree.map(np.asarray, functionalize(model).params)
     for name in ("lipschitz", "jacobian_fro"):
