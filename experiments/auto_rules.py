@@ -46,6 +46,7 @@ from jit_jax import recipes, unlearn
 from jit_jax.data import load_dataset, parse_forget
 from jit_jax.functional import functionalize, rebuild
 from jit_jax.metrics import evaluate_unlearning, retrain_distance
+from jit_jax.train import predict
 from jit_jax.unlearn import auto
 from jit_jax.unlearn.jit import jit_unlearn
 
@@ -86,7 +87,7 @@ def trace(args) -> None:
         prep = recipes.preprocess_fn(ref.dataset)
         x = prep(ref.dataset.x_train[ref.split.forget_idx])
         fn = functionalize(ref.model)
-        labels = np.argmax(unlearn.model_logits(ref.model, x), -1)
+        labels = np.argmax(predict(ref.model, x), -1)
         for scale, step in itertools.product(args.scales, args.steps):
             cfg = dataclasses.replace(auto.AUTO_DEFAULTS, k=args.k, scale=scale, step=step,
                                       max_passes=args.passes, seed=ref.seed)

@@ -10,7 +10,6 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-import jax
 import numpy as np
 from flax import nnx
 
@@ -18,7 +17,7 @@ from jit_jax.data import Dataset, normalize
 from jit_jax.data.splits import ForgetSplit
 from jit_jax.models import ModelSpec
 from jit_jax.parallel import data_mesh
-from jit_jax.train import TrainConfig
+from jit_jax.train import TrainConfig, predict
 from jit_jax.unlearn import boundary, distill, finetune, gkt, noise, ssd
 from jit_jax.unlearn import objectives as _objectives
 from jit_jax.unlearn.baselines import reset_head, retrain
@@ -121,16 +120,6 @@ def _jit(req: Request, mesh=None, **options) -> MethodOutput:
 LOOP_OPTIONS = {"lr": float, "batch_size": int, "passes": int, "train_mode": bool}
 
 
-def model_logits(model: nnx.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The model's eval-mode logits on ``x`` (float32, batched)."""
-    from jit_jax.functional import functionalize
-
-    fn = functionalize(model)
-    apply = jax.jit(fn.apply_fn)
-    return np.concatenate([np.asarray(apply(fn.params, x[s:s + batch_size]), np.float32)
-                           for s in range(0, len(x), batch_size)])
-
-
 def objective_inputs(req: Request, needs: tuple[str, ...]) -> tuple[dict, dict]:
     """``(aux, retain)`` for ``jit_unlearn``: what an objective ``needs`` from the request (the
     forget labels, the original model's forget logits, the retain set's inputs and labels)."""
@@ -138,7 +127,7 @@ def objective_inputs(req: Request, needs: tuple[str, ...]) -> tuple[dict, dict]:
     if "labels" in needs:
         aux["labels"] = req.dataset.train_targets[req.split.forget_idx].astype(np.int32)
     if "ref_logits" in needs:
-        aux["ref_logits"] = model_logits(req.model, req.forget_inputs())
+        aux["ref_logits"] = predict(req.model, req.forget_inputs())
     if "retain_x" in needs:
         if len(req.split.retain_idx) == 0:
             raise ValueError("this objective reads the retain set, which is empty")
@@ -193,7 +182,7 @@ def _auto(req: Request, mesh=None, **options) -> MethodOutput:
     x = req.forget_inputs()
     sigma, chosen = auto.chosen_settings(x, cfg, default_jit_config(req).sigma)
     fn = functionalize(req.model)
-    labels = np.argmax(model_logits(req.model, x), axis=-1)
+    labels = np.argmax(predict(req.model, x), axis=-1)
     stop, _ = auto.make_stop(fn.apply_fn, x, sigma, labels, cfg, fn.params)
     model, log = jit_unlearn(req.model, x, auto.jit_config(cfg), mesh=mesh,
                              optimizer=auto.relative_steps(cfg.step), aux={"sigma": sigma},
@@ -235,7 +224,7 @@ METHODS: dict[str, Method] = {
                   _jit),
     "auto": Method("auto", "JiT with no hand-set settings: sigma from the forget set's "
                    "nearest-neighbour radius, steps relative to the parameters' norm, stopped when "
-                   "the forget samples' confidence gap to their neighbourhood has closed "
+                   "JiT's ratio on the forget set has fallen to a set fraction of its start "
                    "(zero-shot)", True, _auto),
     # objectives in JiT's update loop (jit_jax/unlearn/objectives.py)
     **{name: Method(name, obj.description + ("" if obj.zero_shot else " (not zero-shot)"),

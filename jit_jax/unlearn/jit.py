@@ -70,7 +70,7 @@ def perturb(key: jax.Array, x: jax.Array, sigma: float | jax.Array, *, clip: boo
     """One noise draw ``clip(x + sigma * eps, min(x), max(x))`` over the (masked) batch's range.
 
     ``sigma`` is a scalar or one value per sample (shape (B,): the data-derived noise scale,
-    :func:`jit_jax.unlearn.radius.information_radius`)."""
+    :func:`jit_jax.unlearn.auto.chosen_settings`)."""
     sigma = jnp.asarray(sigma, x.dtype)
     if sigma.ndim == 1:
         sigma = sigma.reshape((-1,) + (1,) * (x.ndim - 1))

@@ -48,7 +48,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jit_jax.unlearn.jit import _flat, _safe_norm, reduce_draws
+from jit_jax.unlearn.jit import _flat, _safe_norm, jit_loss, reduce_draws
 
 
 def _jvps(apply_fn, params, x, key, num_samples: int):
@@ -180,8 +180,6 @@ def jit_curvature(apply_fn, params, x, key, *, mask=None, labels, sigma: float =
                   reduction: str = "sum") -> jax.Array:
     """JiT's loss (its defaults: p = 1, stop-gradient, clipping) plus ``lam`` times
     :func:`curvature`."""
-    from jit_jax.unlearn.jit import jit_loss
-
     k_jit, k_curv = jax.random.split(key)
     base = jit_loss(apply_fn, params, x, k_jit, sigma=sigma, num_samples=num_samples,
                     reduction=reduction, mask=mask)
