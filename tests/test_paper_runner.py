@@ -278,3 +278,31 @@ def test_an_interrupted_original_resumes(runner, tmp_path, monkeypatch):
     assert any("(resuming)" in line for line in logs), logs
     meta = json.loads((out / "original" / "metadata.json").read_text())
     assert [h["epoch"] for h in meta["history"]] == [1, 2]
+
+
+def test_an_interrupted_retraining_resumes(runner, tmp_path, monkeypatch):
+    """The same for a seed's RTRN: stopped after its first epoch was saved, the next run continues
+    it with --resume (before, the runner stopped on the saved state and asked for --resume)."""
+    import jit_jax.unlearn.baselines as baselines
+
+    run, _ = runner
+    real = baselines.train
+
+    def stop_after_epoch_1(*a, **kw):
+        def cb(rec):
+            if rec["epoch"] == 1:
+                raise KeyboardInterrupt  # after epoch 1 was saved (the save precedes the callback)
+        return real(*a, **kw, callback=cb)
+
+    monkeypatch.setattr(baselines, "train", stop_after_epoch_1)
+    cfg = run.load_config("table2_vgg", "tiny")
+    out = tmp_path / "t"
+    with pytest.raises(KeyboardInterrupt):
+        run.run(cfg, out, seeds=[0], methods=["bsln"], log=lambda *_: None)
+    assert (out / "original" / "metadata.json").exists()
+    assert (out / "rtrn-s0.partial").is_dir() and not (out / "rtrn-s0" / "result.json").exists()
+    monkeypatch.setattr(baselines, "train", real)
+    logs = []
+    run.run(cfg, out, seeds=[0], methods=["bsln"], log=logs.append)
+    assert any("seed 0: rtrn (resuming)" in line for line in logs), logs
+    assert (out / "rtrn-s0" / "result.json").exists()

@@ -137,11 +137,7 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
     orig = out / "original"
     t0 = time.perf_counter()
     if not (orig / "metadata.json").exists():
-        from jit_jax.checkpoint import saved_epochs
-        from jit_jax.cli import _state_dir_of
-
-        # an interrupted training (the runner stopped mid-way) continues from its saved epochs
-        resume = bool(saved_epochs(_state_dir_of(orig)))
+        resume = _interrupted(orig)
         log(f"[{cfg.name}] training the original ({cfg.model}){' (resuming)' if resume else ''}")
         _cli(["train", "--dataset", f"npz:{npz}", "--model", cfg.model, "--out", str(orig),
               "--no-progress", *(["--resume"] if resume else []),
@@ -154,9 +150,11 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
     for seed in seeds:
         rtrn = out / f"rtrn-s{seed}"
         if not (rtrn / "result.json").exists():
-            log(f"[{cfg.name}] seed {seed}: rtrn")
+            resume = _interrupted(rtrn)
+            log(f"[{cfg.name}] seed {seed}: rtrn{' (resuming)' if resume else ''}")
             _cli(["unlearn", "--checkpoint", str(orig), "--method", "rtrn", "--forget",
-                  cfg.forget, "--seed", str(seed), "--out", str(rtrn), "--no-progress"])
+                  cfg.forget, "--seed", str(seed), "--out", str(rtrn), "--no-progress",
+                  *(["--resume"] if resume else [])])
         for m in methods:
             d = out / f"{m}-s{seed}"
             failed = _failed_path(out, m, seed)
@@ -225,6 +223,15 @@ def rescore(cfg: Config, out: Path, seeds, methods, *, log=print) -> None:
                                     original_forget_acc=original_df)
             (d / "metrics.json").write_text(json.dumps(
                 {**r.metrics, "seconds": time.perf_counter() - t}, indent=1) + "\n")
+
+
+def _interrupted(out: Path) -> bool:
+    """Whether the training that writes ``out`` (the original or a seed's RTRN) was interrupted
+    with saved epochs, so that the runner continues it (``--resume``) instead of stopping."""
+    from jit_jax.checkpoint import saved_epochs
+    from jit_jax.cli import _state_dir_of
+
+    return bool(saved_epochs(_state_dir_of(out)))
 
 
 def _failed_path(out: Path, method: str, seed: int) -> Path:
