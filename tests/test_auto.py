@@ -62,35 +62,40 @@ def test_relative_steps_move_the_parameters_by_step_times_their_norm():
 
 def test_forget_stats_match_a_float64_loop():
     """The gap and JiT's ratio from forget_stats_fn against numpy on a linear model, with the same
-    fixed draws (perturb, no clipping, keys from seed + 7919). Bound: logits are D = 6 term dot
-    products; everything after is a few roundings of O(1) quantities: 1e-4 relative."""
+    fixed draws (perturb, no clipping, keys from seed + 7919), both in float64. Bound: logits are
+    D = 6 term dot products, then a log-softmax over 3 and means over <= 5 x 4: O(10) roundings of
+    O(1) quantities, ~1e-14 relative between the two orders; 1e-10 leaves a factor 1e4. A wrong
+    statistic (the draws' mean in the wrong place, the norm of the wrong difference) is off by
+    O(1)."""
     rng = np.random.default_rng(2)
-    w = rng.standard_normal((6, 3)).astype(np.float32)
-    x = rng.standard_normal((5, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 3))
+    x = rng.standard_normal((5, 6))
     y = np.array([0, 1, 2, 1, 0])
-    sig = np.array([0.1, 0.2, 0.3, 0.4, 0.5], np.float32)
+    sig = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
 
     def apply(p, xx):
         return xx @ p
 
-    stats = auto.forget_stats_fn(apply, x, sig, y, num_checks=4, seed=11, chunk=2)(jnp.asarray(w))
-    keys = jax.random.split(jax.random.key(11 + 7919), 4)
-    gaps, lips = [], []
-    noisy = [np.asarray(perturb(k, jnp.asarray(x[s:s + 2]), jnp.asarray(sig[s:s + 2]),
-                                clip=False), np.float64) for k in keys for s in (0, 2, 4)]
+    with jax.enable_x64(True):
+        stats = auto.forget_stats_fn(apply, x, sig, y, num_checks=4, seed=11,
+                                     chunk=2)(jnp.asarray(w))
+        keys = jax.random.split(jax.random.key(11 + 7919), 4)
+        noisy = [np.asarray(perturb(k, jnp.asarray(x[s:s + 2]), jnp.asarray(sig[s:s + 2]),
+                                    clip=False)) for k in keys for s in (0, 2, 4)]
+    assert noisy[0].dtype == np.float64
     noisy = np.stack([np.concatenate(noisy[m * 3:(m + 1) * 3]) for m in range(4)])  # (4, 5, 6)
-    w64, x64 = w.astype(np.float64), x.astype(np.float64)
+    gaps, lips = [], []
 
     def logp(v, c):
-        z = v @ w64
+        z = v @ w
         return z[c] - z.max() - np.log(np.exp(z - z.max()).sum())
 
     for i in range(5):
-        gaps.append(logp(x64[i], y[i]) - np.mean([logp(noisy[m, i], y[i]) for m in range(4)]))
-        lips.append(np.mean([np.linalg.norm(x64[i] @ w64 - noisy[m, i] @ w64)
-                             / np.linalg.norm(x64[i] - noisy[m, i]) for m in range(4)]))
-    assert stats["gap"] == pytest.approx(np.mean(gaps), rel=1e-4, abs=1e-5)
-    assert stats["lip"] == pytest.approx(np.mean(lips), rel=1e-4)
+        gaps.append(logp(x[i], y[i]) - np.mean([logp(noisy[m, i], y[i]) for m in range(4)]))
+        lips.append(np.mean([np.linalg.norm(x[i] @ w - noisy[m, i] @ w)
+                             / np.linalg.norm(x[i] - noisy[m, i]) for m in range(4)]))
+    assert stats["gap"] == pytest.approx(np.mean(gaps), rel=1e-10, abs=1e-12)
+    assert stats["lip"] == pytest.approx(np.mean(lips), rel=1e-10)
 
 
 def test_should_stop_on_the_lip_ratio_the_gap_peak_or_a_non_finite_value():

@@ -229,18 +229,32 @@ def test_runner_up_is_the_best_class_other_than_the_label():
     np.testing.assert_array_equal(O.runner_up(ref, jnp.array([0, 2, 0])), [2, 0, 1])
 
 
+def _f64(tree):
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
+
+
+# float64 comparisons: the objective and its float64 reference differ only in the order of O(10)
+# roundings of O(1) quantities (logits of D = 12 terms, a log-softmax over C = 3, a mean over <= 7),
+# so they agree to ~1e2 * 2^-53 ~ 1e-14 relative; RTOL64 leaves a factor 1e4 for any CPU's kernels.
+# A wrong objective (a sign, a missing alpha, the wrong label) is off by O(1).
+RTOL64 = 1e-10
+
+
 def test_graddiff_is_ascent_on_forget_plus_alpha_descent_on_retain():
     apply, params, x = _linear()
     rng = np.random.default_rng(2)
     y = rng.integers(0, C, B)
-    xr = rng.standard_normal((7, 3, 4)).astype(np.float32)
+    xr = rng.standard_normal((7, 3, 4))
     yr = rng.integers(0, C, 7)
-    got = float(O.graddiff(apply, params, jnp.asarray(x), jax.random.key(0), labels=jnp.asarray(y),
-                           retain_x=jnp.asarray(xr), retain_y=jnp.asarray(yr), alpha=0.3))
-    lp = _log_softmax64(apply(params, jnp.asarray(x)))
-    lpr = _log_softmax64(apply(params, jnp.asarray(xr)))
+    with jax.enable_x64(True):
+        p64, x64, xr64 = _f64(params), jnp.asarray(x, jnp.float64), jnp.asarray(xr)
+        got = O.graddiff(apply, p64, x64, jax.random.key(0), labels=jnp.asarray(y),
+                         retain_x=xr64, retain_y=jnp.asarray(yr), alpha=0.3)
+        assert got.dtype == jnp.float64
+        lp = _log_softmax64(apply(p64, x64))
+        lpr = _log_softmax64(apply(p64, xr64))
     want = np.mean(lp[np.arange(B), y]) + 0.3 * np.mean(-lpr[np.arange(7), yr])
-    assert abs(got - want) < 1e-4 * (1 + abs(want))
+    assert abs(float(got) - want) <= RTOL64 * (1 + abs(want))
 
 
 def _tanh_mlp():
@@ -257,28 +271,37 @@ def _tanh_mlp():
 def test_input_hvps_are_each_samples_hessian_times_its_probe():
     """The batched jvp-of-grad gives H_i v_i with H_i the explicit (jax.hessian) Hessian of
     log p(y_i | x_i) for that sample alone; with all 2^3 sign vectors as probes the Hutchinson mean
-    is ||H_i||_F^2 exactly (sum_v v v^T = 8 I)."""
+    is ||H_i||_F^2 exactly (sum_v v v^T = 8 I). In float64: the two routes are different orders of
+    O(10) roundings through a 3-5-3 tanh network (RTOL64 above), entries near 0 measured against the
+    Hessian's largest."""
     apply, p, x, y = _tanh_mlp()
-    x64 = jnp.asarray(x)
-    signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], np.float32)
+    signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], np.float64)
     probes = np.stack([np.stack([s] * len(x)) for s in signs])  # (8, B, 3)
-    probes = probes * np.array([1, -1, 1, -1], np.float32)[None, :, None]  # differ per sample
-    hv = np.asarray(O.input_hvps(apply, p, x64, jnp.asarray(y), jnp.asarray(probes)),
-                    np.float64)
-    fro = []
-    for i in range(len(x)):
-        def f(xi, i=i):
-            return jax.nn.log_softmax(apply(p, xi[None]))[0, y[i]]
+    probes = probes * np.array([1, -1, 1, -1], np.float64)[None, :, None]  # differ per sample
+    with jax.enable_x64(True):
+        p64, x64 = _f64(p), jnp.asarray(x, jnp.float64)
+        hv = O.input_hvps(apply, p64, x64, jnp.asarray(y), jnp.asarray(probes))
+        assert hv.dtype == jnp.float64
+        hv = np.asarray(hv)
+        hs = []
+        for i in range(len(x)):
+            def f(xi, i=i):
+                return jax.nn.log_softmax(apply(p64, xi[None]))[0, y[i]]
 
-        h = np.asarray(jax.hessian(f)(x64[i]), np.float64)
-        np.testing.assert_allclose(hv[:, i], probes[:, i] @ h.T, rtol=1e-4, atol=1e-5)
+            hs.append(np.asarray(jax.hessian(f)(x64[i])))
+    fro = []
+    for i, h in enumerate(hs):
+        scale = np.abs(h).max()
+        np.testing.assert_allclose(hv[:, i], probes[:, i] @ h.T, rtol=RTOL64, atol=RTOL64 * scale)
         fro.append(np.sum(h * h))
     sq = np.mean(np.sum(hv * hv, -1), 0)
-    np.testing.assert_allclose(sq, fro, rtol=1e-4, atol=1e-6)
-    got = O.curvature(apply, p, x64, jax.random.key(0), labels=jnp.asarray(y), num_probes=4096,
-                      reduction="mean")
-    # Rademacher Hutchinson: variance per probe 2 (||H||_F^4-ish terms); 4096 probes put the mean
-    # within 5 standard errors of ||H||_F^2 for these 3x3 Hessians
+    np.testing.assert_allclose(sq, fro, rtol=RTOL64)
+    with jax.enable_x64(True):
+        got = O.curvature(apply, p64, x64, jax.random.key(0), labels=jnp.asarray(y),
+                          num_probes=4096, reduction="mean")
+    # Rademacher Hutchinson: the variance of ||H v||^2 per probe is 2 (||H^2||_F^2 - sum_j
+    # (H^2)_jj^2) <= 2 ||H||_F^4, so 4096 probes put each sample's mean, and so the mean over
+    # samples, within 5 standard errors sqrt(2 max ||H||_F^4 / 4096) of ||H||_F^2 (doubled: slack)
     off = 2 * np.sqrt(2 * np.max(fro) ** 2 / 4096) * 5
     assert abs(float(got) - np.mean(fro)) <= off
 

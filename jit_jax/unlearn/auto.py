@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from jit_jax.unlearn.jit import JiTConfig, perturb
+from jit_jax.unlearn.objectives import at_least_float32
 
 #: the statistics rule 3 watches, both from fixed draws around the forget samples: "gap", the
 #: confidence gap; "lip", JiT's ratio ``||f(x) - f(x~)|| / ||x - x~||``
@@ -168,8 +169,8 @@ def forget_stats_fn(apply_fn, x_forget: np.ndarray, sigma: np.ndarray, labels: n
     @jax.jit
     def sums(params, xb, yb, sb):
         noisy = jax.vmap(lambda kk: perturb(kk, xb, sb, clip=False))(keys)  # (M, b, ...)
-        out = apply_fn(params, xb).astype(jnp.float32)
-        out_t = jax.lax.map(lambda xx: apply_fn(params, xx).astype(jnp.float32), noisy)
+        out = at_least_float32(apply_fn(params, xb))
+        out_t = jax.lax.map(lambda xx: at_least_float32(apply_fn(params, xx)), noisy)
         lp = jax.nn.log_softmax(out, -1)
         lp_t = jax.nn.log_softmax(out_t, -1)
         pick = jnp.take_along_axis(lp, yb[:, None], -1)[:, 0]
@@ -180,7 +181,7 @@ def forget_stats_fn(apply_fn, x_forget: np.ndarray, sigma: np.ndarray, labels: n
         lip = jnp.linalg.norm(out[None] - out_t, axis=-1) / jnp.where(dx > 0, dx, 1.0)
         return {"gap": jnp.sum(pick - jnp.mean(pick_t, 0)), "lip": jnp.sum(jnp.mean(lip, 0))}
 
-    sig = np.asarray(sigma, np.float32)
+    sig = np.asarray(sigma, np.result_type(np.asarray(x_forget).dtype, np.float32))
     data = [(jnp.asarray(x_forget[s:s + chunk]), jnp.asarray(labels[s:s + chunk], jnp.int32),
              jnp.asarray(sig[s:s + chunk])) for s in range(0, len(x_forget), chunk)]
 

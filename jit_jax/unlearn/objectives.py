@@ -77,8 +77,13 @@ def jacobian_fro(apply_fn, params, x, key, *, mask=None, num_samples: int = 4,
     return reduce_draws(jnp.sum(jnp.square(jv), axis=-1), mask, reduction)
 
 
+def at_least_float32(a: jax.Array) -> jax.Array:
+    """``a`` in at least float32 (half-precision logits are upcast; float64 stays float64)."""
+    return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+
+
 def _log_probs(apply_fn, params, x) -> jax.Array:
-    return jax.nn.log_softmax(apply_fn(params, x).astype(jnp.float32), axis=-1)
+    return jax.nn.log_softmax(at_least_float32(apply_fn(params, x)), axis=-1)
 
 
 def _pick(logp: jax.Array, labels: jax.Array) -> jax.Array:
@@ -108,7 +113,7 @@ def npo(apply_fn, params, x, key, *, mask=None, labels, ref_logits, beta: float 
     ``(2/beta) log(1 + (p(y|x) / p_ref(y|x))^beta)``, the forget label as the only, dispreferred,
     answer; ``p_ref`` is the original model. Bounded below by 0, unlike gradient ascent."""
     lp = _pick(_log_probs(apply_fn, params, x), labels)
-    lr = _pick(jax.nn.log_softmax(ref_logits.astype(jnp.float32), -1), labels)
+    lr = _pick(jax.nn.log_softmax(at_least_float32(ref_logits), -1), labels)
     return _reduce(2.0 / beta * jax.nn.softplus(beta * (lp - lr)), mask, reduction)
 
 
@@ -122,7 +127,7 @@ def dpo(apply_fn, params, x, key, *, mask=None, labels, ref_logits, beta: float 
     """Direct preference optimisation with the forget label dispreferred and the original model's
     runner-up class preferred (the classifier's "alternative answer")."""
     logp = _log_probs(apply_fn, params, x)
-    ref = jax.nn.log_softmax(ref_logits.astype(jnp.float32), -1)
+    ref = jax.nn.log_softmax(at_least_float32(ref_logits), -1)
     alt = runner_up(ref_logits, labels)
     per = _preference(_pick(logp, alt), _pick(ref, alt), _pick(logp, labels), _pick(ref, labels),
                       beta)
@@ -134,7 +139,7 @@ def idkpo(apply_fn, params, x, key, *, mask=None, labels, ref_logits, beta: floa
     """DPO with "I don't know" preferred: for a classifier, the uniform answer, whose
     log-likelihood is the mean log-probability over the classes (``-CE(uniform, p)``)."""
     logp = _log_probs(apply_fn, params, x)
-    ref = jax.nn.log_softmax(ref_logits.astype(jnp.float32), -1)
+    ref = jax.nn.log_softmax(at_least_float32(ref_logits), -1)
     per = _preference(jnp.mean(logp, -1), jnp.mean(ref, -1), _pick(logp, labels),
                       _pick(ref, labels), beta)
     return _reduce(per, mask, reduction)
