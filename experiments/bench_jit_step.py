@@ -127,6 +127,8 @@ def main(argv=None):
                 t = time.perf_counter()
                 jax.block_until_ready(steps[v](*state, x, jax.random.key(r + 1), auxs[v]))
                 times[v].append(time.perf_counter() - t)
+            print(f"  round {r + 1}: " + " ".join(f"{v} {times[v][-1]:.3f}s"
+                                                 for v in args.variants), flush=True)
         base = np.median(times[args.variants[0]])
         for v in args.variants:
             med = np.median(times[v])

@@ -203,3 +203,33 @@ def test_environment_switch_off():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"False | turned off by ${onednn.ENV_SWITCH} | custom"
+
+
+_CONCURRENT = """
+import jax, jax.numpy as jnp, numpy as np
+from jit_jax.functional import functionalize
+from jit_jax.models import ModelSpec
+from jit_jax.unlearn import objectives
+fn = functionalize(ModelSpec("resnet18", 10, (32, 32, 3), {"width": 8}).build(0))
+x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+vg = jax.jit(lambda p, k: objectives.value_and_grad("jacobian_fro")(
+    fn.apply_fn, p, x, k, mask=None, forward_keys=False, aux={}))
+for k in (0, 2, 1, 1, 1, 1):
+    loss, _ = jax.block_until_ready(vg(fn.params, jax.random.key(k)))
+print("done", float(loss))
+"""
+
+
+def test_concurrent_executions_do_not_share_a_scratchpad():
+    """XLA runs independent convolutions of one program on several threads at once. With oneDNN's
+    default (library, shared) scratchpad, the ResNet18 Jacobian objective's step hung on its
+    second or third call on this machine (a kernel-gradient reduction spinning on a barrier that
+    another execution overwrote); each call now gets its own scratchpad. A hang is caught by the
+    subprocess timeout (the step compiles in ~10 s and then takes well under 1 s a call)."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _CONCURRENT], capture_output=True, text=True,
+                             timeout=150)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the Jacobian objective's step did not finish in 150 s (a oneDNN hang)")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "done" in out.stdout

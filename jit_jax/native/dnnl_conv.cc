@@ -8,6 +8,13 @@
 // convolution with its preferred (blocked) kernel layout runs close to the matmul rate in all
 // three. The kernel is reordered each call between the HWIO layout and oneDNN's (a few MB at
 // most), so the handlers are stateless apart from a cache of primitives per shape.
+//
+// XLA runs independent ops of one program concurrently on its worker threads, so the same
+// primitive can execute in two threads at once. oneDNN's default (library) scratchpad is shared
+// between executions, and its kernel-gradient reductions keep their thread barriers there: two
+// concurrent executions then corrupt each other and could spin forever (seen: a ResNet18
+// Jacobian objective hung on its third call). Every primitive here therefore uses a user
+// scratchpad, allocated per call, which oneDNN documents as safe for concurrent execution.
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -36,11 +43,12 @@ struct Geometry {
   dnnl::memory::desc user_weights() const { return {{o, c, kh, kw}, dt::f32, tag::hwio}; }
   dnnl::memory::desc any_weights() const { return {{o, c, kh, kw}, dt::f32, tag::any}; }
   bool empty() const { return n == 0 || c == 0 || o == 0 || ho == 0 || wo == 0; }
-  dnnl::convolution_forward::primitive_desc forward(dnnl::prop_kind kind,
-                                                    const dnnl::engine& e) const {
+  dnnl::convolution_forward::primitive_desc forward(
+      dnnl::prop_kind kind, const dnnl::engine& e,
+      const dnnl::primitive_attr& attr = dnnl::primitive_attr()) const {
     return dnnl::convolution_forward::primitive_desc(
         e, kind, dnnl::algorithm::convolution_direct, src(), any_weights(), dst(), {sh, sw},
-        {pt, pl}, {pb, pr});
+        {pt, pl}, {pb, pr}, attr);
   }
 };
 
@@ -49,10 +57,26 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// Attributes of every primitive here: the scratchpad is the caller's (see the top of the file).
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// A reorder between two layouts, with its own scratchpad.
+void Reorder(dnnl::stream& stream, dnnl::memory& from, dnnl::memory& to) {
+  auto pd = dnnl::reorder::primitive_desc(from, to, UserScratchpad());
+  dnnl::memory scratch(pd.scratchpad_desc(), Engine());
+  dnnl::reorder(pd).execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                     {DNNL_ARG_SCRATCHPAD, scratch}});
+}
+
 // A primitive and the weights layout it wants, cached per (kind, geometry).
 struct Cached {
   dnnl::primitive prim;
-  dnnl::memory::desc weights;  // oneDNN's kernel layout for this primitive
+  dnnl::memory::desc weights;     // oneDNN's kernel layout for this primitive
+  dnnl::memory::desc scratchpad;  // the scratchpad one execution needs
 };
 
 enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
@@ -67,23 +91,25 @@ std::shared_ptr<Cached> Lookup(Kind kind, const Geometry& g) {
   if (it != cache.end()) return it->second;
   auto& e = Engine();
   std::shared_ptr<Cached> out;
+  auto attr = UserScratchpad();
   if (kind == kForward) {
-    auto pd = g.forward(dnnl::prop_kind::forward_inference, e);
-    out = std::make_shared<Cached>(Cached{dnnl::convolution_forward(pd), pd.weights_desc()});
+    auto pd = g.forward(dnnl::prop_kind::forward_inference, e, attr);
+    out = std::make_shared<Cached>(
+        Cached{dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc()});
   } else if (kind == kBackwardData) {
     auto hint = g.forward(dnnl::prop_kind::forward_training, e);
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         e, dnnl::algorithm::convolution_direct, g.src(), g.any_weights(), g.dst(),
-        {g.sh, g.sw}, {g.pt, g.pl}, {g.pb, g.pr}, hint);
+        {g.sh, g.sw}, {g.pt, g.pl}, {g.pb, g.pr}, hint, attr);
     out = std::make_shared<Cached>(
-        Cached{dnnl::convolution_backward_data(pd), pd.weights_desc()});
+        Cached{dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()});
   } else {
     auto hint = g.forward(dnnl::prop_kind::forward_training, e);
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         e, dnnl::algorithm::convolution_direct, g.src(), g.any_weights(), g.dst(),
-        {g.sh, g.sw}, {g.pt, g.pl}, {g.pb, g.pr}, hint);
-    out = std::make_shared<Cached>(
-        Cached{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc()});
+        {g.sh, g.sw}, {g.pt, g.pl}, {g.pb, g.pr}, hint, attr);
+    out = std::make_shared<Cached>(Cached{dnnl::convolution_backward_weights(pd),
+                                          pd.diff_weights_desc(), pd.scratchpad_desc()});
   }
   cache[key] = out;
   return out;
@@ -119,21 +145,23 @@ ffi::Error Run(Kind kind, const Geometry& g, float* x, float* w, float* y) {
     dnnl::memory dst(g.dst(), e, y);
     dnnl::memory w_user(g.user_weights(), e, w);
     dnnl::memory weights = w_user;
+    dnnl::memory scratch(cached->scratchpad, e);  // this call's own
     bool reorder = cached->weights != g.user_weights();
     if (reorder) weights = dnnl::memory(cached->weights, e);
     if (kind == kForward || kind == kBackwardData) {
-      if (reorder) dnnl::reorder(w_user, weights).execute(stream, w_user, weights);
+      if (reorder) Reorder(stream, w_user, weights);
       if (kind == kForward) {
         cached->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
-                                      {DNNL_ARG_DST, dst}});
+                                      {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
       } else {
         cached->prim.execute(stream, {{DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_WEIGHTS, weights},
-                                      {DNNL_ARG_DIFF_SRC, src}});
+                                      {DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_SCRATCHPAD, scratch}});
       }
     } else {
       cached->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, dst},
-                                    {DNNL_ARG_DIFF_WEIGHTS, weights}});
-      if (reorder) dnnl::reorder(weights, w_user).execute(stream, weights, w_user);
+                                    {DNNL_ARG_DIFF_WEIGHTS, weights},
+                                    {DNNL_ARG_SCRATCHPAD, scratch}});
+      if (reorder) Reorder(stream, weights, w_user);
     }
     stream.wait();
   } catch (const dnnl::error& err) {
