@@ -173,9 +173,25 @@ def test_differences_locate_each_gap(runner):
         ("bsln", (80.0, 90.0, 95.0), (82.0, 90.0, 95.0))]))
 
 
-def test_figures_from_a_tiny_run(runner, tmp_path):
-    """Figure 5 from a runner folder and the Figure 7/8 sweep on a 2 x 1 grid: PNG and JSON."""
+def test_figures_from_a_tiny_run(runner, tmp_path, monkeypatch):
+    """Figure 5 from a runner folder and the Figure 7/8 sweep on a 3 x 1 grid: PNG and JSON. A
+    grid point that fails (here: forced to) is recorded and drawn as failed; the sweep goes on,
+    and a second call neither recomputes nor retries anything."""
+    from jit_jax.unlearn import paper
+
     run, _ = runner
+    real, calls = run.cli_main, []
+    cfg = run.load_config("table2_vgg", "tiny")
+    base_lr = paper.jit_config(cfg.task, cfg.model).lr
+
+    def cli(argv):
+        calls.append(argv)
+        if f"lr={2.0 * base_lr!r}" in argv:  # the grid's middle lr
+            print("error: JiT diverged: loss nan at batch 1", file=sys.stderr)
+            return 2
+        return real(argv)
+
+    monkeypatch.setattr(run, "cli_main", cli)
     sys.path.insert(0, str(PAPER))
     try:
         figures = importlib.import_module("figures")
@@ -188,19 +204,24 @@ def test_figures_from_a_tiny_run(runner, tmp_path):
     assert set(data["median_runtime_s"]) == {"rtrn", "jit"}
     assert (tmp_path / "figs" / "figure5-table2_vgg-tiny.png").stat().st_size > 1000
     sw = figures.sweep("table2_vgg", "tiny", runs, tmp_path / "figs", log=lambda *_: None,
-                       lr_factors=(1.0, 3.0), sigma_factors=(1.0,))
-    assert [g["lr_factor"] for g in sw["grid"]] == [1.0, 3.0]
+                       lr_factors=(1.0, 2.0, 3.0), sigma_factors=(1.0,))
+    assert [g["lr_factor"] for g in sw["grid"]] == [1.0, 2.0, 3.0]
     base = sw["paper_setting"]
-    assert sw["grid"][1]["lr"] == 3.0 * base["lr"] and sw["grid"][1]["sigma"] == base["sigma"]
+    assert sw["grid"][2]["lr"] == 3.0 * base["lr"] and sw["grid"][2]["sigma"] == base["sigma"]
+    assert sw["grid"][1]["failed"] == "JiT diverged: loss nan at batch 1"
+    assert sw["grid"][1]["retain_acc"] is None and sw["grid"][2]["retain_acc"] is not None
     for n in (7, 8):
         assert (tmp_path / "figs" / f"figure{n}-table2_vgg-tiny.png").stat().st_size > 1000
         saved = json.loads((tmp_path / "figs" / f"figure{n}-table2_vgg-tiny.json").read_text())
-        assert saved["figure"] == n and len(saved["grid"]) == 2
-    # resumable: a second call recomputes nothing (the grid's folders hold their results)
+        assert saved["figure"] == n and len(saved["grid"]) == 3
+    # resumable: a second call recomputes nothing (the grid's folders hold their results) and
+    # does not retry the failed point
     before = sorted(p.stat().st_mtime_ns for p in (runs / "sweep").glob("*/result.json"))
+    n = len(calls)
     figures.sweep("table2_vgg", "tiny", runs, tmp_path / "figs", log=lambda *_: None,
-                  lr_factors=(1.0, 3.0), sigma_factors=(1.0,))
+                  lr_factors=(1.0, 2.0, 3.0), sigma_factors=(1.0,))
     assert sorted(p.stat().st_mtime_ns for p in (runs / "sweep").glob("*/result.json")) == before
+    assert len(calls) == n
 
 
 def test_pretrained_vit_configs_need_weights(runner, tmp_path):

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from run import _cli, load_config  # noqa: E402
+from run import load_config, run_step  # noqa: E402
 
 LR_FACTORS = (1 / 9, 1 / 3, 1.0, 3.0, 9.0)
 SIGMA_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -75,10 +75,15 @@ def fig5(runs: Path, out: Path, name: str | None = None) -> dict:
     return data
 
 
+METRICS = ("retain_acc", "forget_acc", "mia", "retrain_distance", "test_acc")
+
+
 def sweep(config: str, scale: str, runs: Path, out: Path, seed: int = 0, log=print,
           lr_factors=LR_FACTORS, sigma_factors=SIGMA_FACTORS) -> dict:
     """JiT over the lr x sigma grid on the runner's original (``runs/original``), scored against
-    ``runs/rtrn-s<seed>``; writes Figures 7 (D_r) and 8 (MIA) with their JSON."""
+    ``runs/rtrn-s<seed>``; writes Figures 7 (D_r) and 8 (MIA) with their JSON. A grid point whose
+    run fails (e.g. diverges) is recorded beside its folder (``.failed.json``), kept in the JSON
+    with its error and drawn as a "failed" cell; it is not retried."""
     from jit_jax.unlearn import paper
 
     cfg = load_config(config, scale)
@@ -94,16 +99,21 @@ def sweep(config: str, scale: str, runs: Path, out: Path, seed: int = 0, log=pri
         for sf in sigma_factors:
             lr, sigma = base.lr * lf, base.sigma * sf
             d = runs / "sweep" / f"lr{lr:.3g}-sigma{sigma:.3g}-s{seed}"
-            if not (d / "result.json").exists():
+            failed = d.with_name(d.name + ".failed.json")
+            if not (d / "result.json").exists() and not failed.exists():
                 log(f"[{config} sweep] lr {lr:.3g} sigma {sigma:.3g}")
-                _cli(["unlearn", "--checkpoint", str(orig), "--method", "jit", "--forget",
-                      cfg.forget, "--seed", str(seed), "--rtrn", str(rtrn), "--out", str(d),
-                      "--no-progress", "--paper", "--set", f"lr={lr!r}", "--set",
-                      f"sigma={sigma!r}"])
-            res = json.loads((d / "result.json").read_text())
-            grid.append({"lr": lr, "sigma": sigma, "lr_factor": lf, "sigma_factor": sf,
-                         **{k: res.get(k) for k in ("retain_acc", "forget_acc", "mia",
-                                                     "retrain_distance", "test_acc")}})
+                run_step(["unlearn", "--checkpoint", str(orig), "--method", "jit", "--forget",
+                          cfg.forget, "--seed", str(seed), "--rtrn", str(rtrn), "--out", str(d),
+                          "--no-progress", "--paper", "--set", f"lr={lr!r}", "--set",
+                          f"sigma={sigma!r}"], failed, {"lr": lr, "sigma": sigma, "seed": seed},
+                         log=lambda msg: log(f"[{config} sweep] {msg}"))
+            point = {"lr": lr, "sigma": sigma, "lr_factor": lf, "sigma_factor": sf}
+            if failed.exists():  # e.g. diverged: shown as failed in the figures
+                point.update({k: None for k in METRICS}, failed=json.loads(failed.read_text())["error"])
+            else:
+                res = json.loads((d / "result.json").read_text())
+                point.update({k: res.get(k) for k in METRICS})
+            grid.append(point)
     rtrn_res = json.loads((rtrn / "result.json").read_text())
     data = {"config": cfg.name, "scale": scale, "model": cfg.model, "forget": cfg.forget,
             "seed": seed, "paper_setting": {"lr": base.lr, "sigma": base.sigma,
@@ -121,15 +131,20 @@ def sweep(config: str, scale: str, runs: Path, out: Path, seed: int = 0, log=pri
                                                      indent=1) + "\n")
         table = [[next(g[key] for g in grid if g["lr"] == lr and g["sigma"] == s)
                   for lr in lrs] for s in sigmas]
+        values = [v for r in table for v in r if v is not None]
         fig, ax = plt.subplots(figsize=(5.2, 4))
-        im = ax.imshow(table, origin="lower", cmap="viridis", aspect="auto")
+        im = ax.imshow([[float("nan") if v is None else v for v in r] for r in table],
+                       origin="lower", cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(lrs)), [f"{v:.2g}" for v in lrs], fontsize=8)
         ax.set_yticks(range(len(sigmas)), [f"{v:.2g}" for v in sigmas], fontsize=8)
         ax.set_xlabel("lr")
         ax.set_ylabel("sigma")
-        lo, hi = min(min(r) for r in table), max(max(r) for r in table)
+        lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
         for i, row in enumerate(table):
             for j, v in enumerate(row):  # dark text on the light (high) end of viridis
+                if v is None:  # a failed grid point: a blank (NaN) cell marked as such
+                    ax.text(j, i, "failed", ha="center", va="center", fontsize=7, color="k")
+                    continue
                 light = hi > lo and (v - lo) / (hi - lo) > 0.6
                 ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
                         color="k" if light else "w")

@@ -164,12 +164,8 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
             argv = ["unlearn", "--checkpoint", str(orig), "--method", m, "--forget", cfg.forget,
                     "--seed", str(seed), "--rtrn", str(rtrn), "--out", str(d), "--no-progress",
                     *(["--paper"] if cfg.paper_setting else [])]
-            try:
-                _cli(argv)
-            except StepFailed as e:  # e.g. a method that diverges: a result, not a crash
-                log(f"[{cfg.name}] seed {seed}: {m} failed: {e.message}")
-                failed.write_text(json.dumps({"method": m, "seed": seed, "error": e.message,
-                                              "command": ["jit-jax", *argv]}, indent=1) + "\n")
+            run_step(argv, failed, {"method": m, "seed": seed},
+                     log=lambda msg, m=m, seed=seed: log(f"[{cfg.name}] seed {seed}: {m} {msg}"))
     if metrics != "paper":
         rescore(cfg, out, seeds, ["rtrn", *methods], log=log)
     summary = summarise(cfg, out, seeds, ["rtrn", *methods])
@@ -223,6 +219,20 @@ def rescore(cfg: Config, out: Path, seeds, methods, *, log=print) -> None:
                                     original_forget_acc=original_df)
             (d / "metrics.json").write_text(json.dumps(
                 {**r.metrics, "seconds": time.perf_counter() - t}, indent=1) + "\n")
+
+
+def run_step(argv: list[str], failed: Path, info: dict, *, log=print) -> bool:
+    """Run one jit-jax command of a table or sweep. A command that fails (e.g. a method that
+    diverges) is a result, not a crash: its error is written to ``failed`` (with ``info`` and the
+    command), logged, and False returned; a resumed run sees the file and does not retry it."""
+    try:
+        _cli(argv)
+        return True
+    except StepFailed as e:
+        log(f"failed: {e.message}")
+        failed.write_text(json.dumps({**info, "error": e.message, "command": ["jit-jax", *argv]},
+                                     indent=1) + "\n")
+        return False
 
 
 def _interrupted(out: Path) -> bool:
