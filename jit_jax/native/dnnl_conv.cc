@@ -14,12 +14,16 @@
 // between executions, and its kernel-gradient reductions keep their thread barriers there: two
 // concurrent executions then corrupt each other and could spin forever (seen: a ResNet18
 // Jacobian objective hung on its third call). Every primitive here therefore uses a user
-// scratchpad, allocated per call, which oneDNN documents as safe for concurrent execution.
+// scratchpad, which oneDNN documents as safe for concurrent execution: a buffer of the calling
+// thread's own (an XLA thread runs one handler at a time), kept and grown as needed rather than
+// allocated per call.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <tuple>
 
@@ -64,10 +68,35 @@ dnnl::primitive_attr UserScratchpad() {
   return attr;
 }
 
-// A reorder between two layouts, with its own scratchpad.
+// A scratchpad buffer owned by the calling thread (one per use, so a reorder and the convolution
+// of one call never share), 64-byte aligned and grown to the largest request seen.
+class ThreadScratch {
+ public:
+  ~ThreadScratch() { std::free(data_); }
+  dnnl::memory For(const dnnl::memory::desc& desc) {
+    size_t need = desc.get_size();
+    if (need > size_) {
+      std::free(data_);
+      size_ = (need + 63) / 64 * 64;
+      data_ = std::aligned_alloc(64, size_);
+      if (data_ == nullptr) {
+        size_ = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return dnnl::memory(desc, Engine(), need ? data_ : nullptr);
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// A reorder between two layouts, with a scratchpad of its own.
 void Reorder(dnnl::stream& stream, dnnl::memory& from, dnnl::memory& to) {
+  thread_local ThreadScratch reorder_scratch;
   auto pd = dnnl::reorder::primitive_desc(from, to, UserScratchpad());
-  dnnl::memory scratch(pd.scratchpad_desc(), Engine());
+  dnnl::memory scratch = reorder_scratch.For(pd.scratchpad_desc());
   dnnl::reorder(pd).execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
                                      {DNNL_ARG_SCRATCHPAD, scratch}});
 }
@@ -145,7 +174,8 @@ ffi::Error Run(Kind kind, const Geometry& g, float* x, float* w, float* y) {
     dnnl::memory dst(g.dst(), e, y);
     dnnl::memory w_user(g.user_weights(), e, w);
     dnnl::memory weights = w_user;
-    dnnl::memory scratch(cached->scratchpad, e);  // this call's own
+    thread_local ThreadScratch conv_scratch;
+    dnnl::memory scratch = conv_scratch.For(cached->scratchpad);  // this thread's own
     bool reorder = cached->weights != g.user_weights();
     if (reorder) weights = dnnl::memory(cached->weights, e);
     if (kind == kForward || kind == kBackwardData) {
@@ -166,6 +196,8 @@ ffi::Error Run(Kind kind, const Geometry& g, float* x, float* w, float* y) {
     stream.wait();
   } catch (const dnnl::error& err) {
     return ffi::Error::Internal(std::string("jit_jax dnnl conv: oneDNN error: ") + err.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("jit_jax dnnl conv: out of memory for a oneDNN scratchpad");
   }
   return ffi::Error::Success();
 }
