@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from run import load_config, run_step  # noqa: E402
+from run import failed_path, load_config, run_step  # noqa: E402
 
 LR_FACTORS = (1 / 9, 1 / 3, 1.0, 3.0, 9.0)
 SIGMA_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -99,7 +99,7 @@ def sweep(config: str, scale: str, runs: Path, out: Path, seed: int = 0, log=pri
         for sf in sigma_factors:
             lr, sigma = base.lr * lf, base.sigma * sf
             d = runs / "sweep" / f"lr{lr:.3g}-sigma{sigma:.3g}-s{seed}"
-            failed = d.with_name(d.name + ".failed.json")
+            failed = failed_path(d)
             if not (d / "result.json").exists() and not failed.exists():
                 log(f"[{config} sweep] lr {lr:.3g} sigma {sigma:.3g}")
                 run_step(["unlearn", "--checkpoint", str(orig), "--method", "jit", "--forget",
@@ -109,7 +109,8 @@ def sweep(config: str, scale: str, runs: Path, out: Path, seed: int = 0, log=pri
                          log=lambda msg: log(f"[{config} sweep] {msg}"))
             point = {"lr": lr, "sigma": sigma, "lr_factor": lf, "sigma_factor": sf}
             if failed.exists():  # e.g. diverged: shown as failed in the figures
-                point.update({k: None for k in METRICS}, failed=json.loads(failed.read_text())["error"])
+                error = json.loads(failed.read_text())["error"]
+                point.update({k: None for k in METRICS}, failed=error)
             else:
                 res = json.loads((d / "result.json").read_text())
                 point.update({k: res.get(k) for k in METRICS})

@@ -157,7 +157,7 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
                   *(["--resume"] if resume else [])])
         for m in methods:
             d = out / f"{m}-s{seed}"
-            failed = _failed_path(out, m, seed)
+            failed = failed_path(out / f"{m}-s{seed}")
             if (d / "result.json").exists() or failed.exists():
                 continue
             log(f"[{cfg.name}] seed {seed}: {m}")
@@ -244,10 +244,11 @@ def _interrupted(out: Path) -> bool:
     return bool(saved_epochs(_state_dir_of(out)))
 
 
-def _failed_path(out: Path, method: str, seed: int) -> Path:
-    """Where a failed (method, seed) is recorded; the runner skips it on resume (the runs are
-    seeded, so a failure repeats); delete the file to try again."""
-    return out / f"{method}-s{seed}.failed.json"
+def failed_path(run_dir: Path) -> Path:
+    """Where a failed run (a table's (method, seed), a sweep's grid point) writing ``run_dir`` is
+    recorded: beside it, ``<run_dir>.failed.json``. The runner and the sweep skip it on resume
+    (the runs are seeded, so a failure repeats); delete the file to try again."""
+    return run_dir.with_name(run_dir.name + ".failed.json")
 
 
 def summarise(cfg: Config, out: Path, seeds, methods) -> dict:
@@ -259,7 +260,7 @@ def summarise(cfg: Config, out: Path, seeds, methods) -> dict:
     for m in methods:
         per_seed, failures = [], []
         for seed in seeds:
-            failed = _failed_path(out, m, seed)
+            failed = failed_path(out / f"{m}-s{seed}")
             if failed.exists():
                 failures.append(json.loads(failed.read_text()))
                 runs.append({"method": m, "seed": seed, "failed": failures[-1]["error"]})

@@ -1,7 +1,7 @@
 """Table 3 (b), CIFAR-20, sub-class forgetting of "rocket", ViT, every method of the table,
 3 seeds. Paper scale: ViT-B/16 fine-tuned 9 epochs from the official ImageNet-21k weights
-(``run.py --vit-weights PATH``) on CIFAR upsampled to 224x224. CPU twin: a small ViT from scratch at 32x32, 100 / 50 images per fine class. Measured
-result: not run yet.
+(``run.py --vit-weights PATH``) on CIFAR upsampled to 224x224. CPU twin: a small ViT from scratch
+at 32x32, 100 / 50 images per fine class. Measured result: not run yet.
 """
 
 from common import CPU_VIT_TRAIN, SMALL_VIT, TINY_VIT, make
