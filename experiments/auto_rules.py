@@ -74,13 +74,30 @@ def _result_row(r, ref) -> dict:
             "dr_drop": ref.bsln.retain_acc - r.retain_acc}
 
 
+def _kv(items: list[str] | None, flag: str) -> dict:
+    """``["width=16", "lr=0.001"]`` -> ``{"width": 16, "lr": 0.001}`` (numbers parsed as JSON)."""
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ValueError(f"{flag} {item!r}; accepted: KEY=VALUE")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
 def trace(args) -> None:
     from jit_jax import tune
 
     ds = dataset(args.dataset)
+    model_options = _kv(args.model_set, "--model-set")
+    train_options = {**recipe_options(ds), **_kv(args.train_set, "--train-set")}
     refs = tune.references_in_process(ds, args.model, args.forget, seeds=args.seeds,
-                                      train_options=recipe_options(ds))
-    out = {"dataset": args.dataset, "model": args.model, "forget": args.forget,
+                                      model_options=model_options, train_options=train_options)
+    out = {"dataset": args.dataset, "model": args.model, "model_options": model_options,
+           "train_options": train_options, "forget": args.forget,
            "seeds": args.seeds, "passes": args.passes, "k": args.k,
            "references": tune.references_info(refs), "runs": []}
     for ref in refs:
@@ -88,9 +105,9 @@ def trace(args) -> None:
         x = prep(ref.dataset.x_train[ref.split.forget_idx])
         fn = functionalize(ref.model)
         labels = np.argmax(predict(ref.model, x), -1)
-        for scale, step in itertools.product(args.scales, args.steps):
+        for norm, scale, step in itertools.product(args.norms, args.scales, args.steps):
             cfg = dataclasses.replace(auto.AUTO_DEFAULTS, k=args.k, scale=scale, step=step,
-                                      max_passes=args.passes, seed=ref.seed)
+                                      norm=norm, max_passes=args.passes, seed=ref.seed)
             sigma, chosen = auto.chosen_settings(x, cfg, 0.5)
             stats = auto.forget_stats_fn(fn.apply_fn, x, sigma, labels, cfg.num_checks, cfg.seed)
             rows = [{"pass": 0, **stats(fn.params), **_result_row(ref.bsln, ref)}]
@@ -104,19 +121,20 @@ def trace(args) -> None:
             t0 = time.time()
             try:
                 jit_unlearn(ref.model, x, auto.jit_config(cfg),
-                            optimizer=auto.relative_steps(step), aux={"sigma": sigma},
+                            optimizer=auto.relative_steps(step, norm), aux={"sigma": sigma},
                             stop=record)
                 failed = None
             except FloatingPointError as e:
                 failed = str(e)
             best = min(rows, key=lambda r: r["retrain_distance"])
-            print(f"seed {ref.seed} {ref.split.description} scale {scale} step {step}: best pass "
+            print(f"seed {ref.seed} {ref.split.description} {norm} scale {scale} step {step}: "
+                  f"best pass "
                   f"{best['pass']} dist {best['retrain_distance']:.1f} (D_r drop "
                   f"{best['dr_drop']:.1f}, D_f {best['forget_acc']:.1f}); pass 0 dist "
                   f"{rows[0]['retrain_distance']:.1f}; {time.time() - t0:.0f} s"
                   + (f"; FAILED {failed}" if failed else ""), flush=True)
             out["runs"].append({"seed": ref.seed, "forget": ref.split.description,
-                                "scale": scale, "step": step, "sigma_median":
+                                "norm": norm, "scale": scale, "step": step, "sigma_median":
                                 chosen["sigma_median"], "failed": failed, "passes": rows})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -124,37 +142,47 @@ def trace(args) -> None:
     print("wrote", args.out)
 
 
-def stop_pass(rows: list[dict], lip_ratio: float, gap_peak: bool, budget: int) -> dict:
-    """The row at which rule 3 (``auto.should_stop``) stops, else the last within ``budget``."""
+def stop_pass(rows: list[dict], lip_ratio: float, gap_peak: bool, budget: int,
+              lip_rise: float = 0.0) -> dict:
+    """The row rule 3 keeps: where ``auto.should_stop`` stops, the row before the first pass that
+    ``auto.has_risen`` undoes, else the last within ``budget``."""
     rows = [r for r in rows if r["pass"] <= budget]
     stats = [{k: r[k] for k in auto.STOP_STATS} for r in rows]
     for p in range(1, len(rows)):
+        if auto.has_risen(stats[p], stats[0], lip_rise):
+            return {**rows[p - 1], "pass": rows[p]["pass"]}  # the passes run, the model kept
         if auto.should_stop(stats[p], stats[p - 1], stats[0], lip_ratio, gap_peak):
             return rows[p]
     return rows[-1]
 
 
-def candidates(traces: list[dict], ratios, budgets):
-    # only (scale, step) pairs that every trace has: each rule is scored on every task
-    scales = sorted(set.intersection(*({r["scale"] for r in t["runs"]} for t in traces)))
-    steps = sorted(set.intersection(*({r["step"] for r in t["runs"]} for t in traces)))
-    return itertools.product(scales, steps, [0.0, *ratios], [False, True], budgets)
+def _norm(run: dict) -> str:
+    return run.get("norm", "global")  # traces written before the layer rule used global norms
+
+
+def candidates(traces: list[dict], ratios, budgets, rises=(0.0,)):
+    # only (norm, scale, step) triples that every trace has: each rule is scored on every task
+    keys = sorted(set.intersection(*({(_norm(r), r["scale"], r["step"]) for r in t["runs"]}
+                                     for t in traces)))
+    return ((*k, *rest) for k in keys
+            for rest in itertools.product([0.0, *ratios], [False, True], budgets, rises))
 
 
 def _task(t, r):
-    return f"{t['dataset']} {r['forget'].split(' ')[0]}"
+    return f"{t['dataset']} {t.get('model', 'mlp')} {r['forget'].split(' ')[0]}"
 
 
-def score(traces: list[dict], scale, step, lip_ratio, gap_peak, budget) -> dict:
+def score(traces: list[dict], norm, scale, step, lip_ratio, gap_peak, budget, lip_rise=0.0
+          ) -> dict:
     per_task, rows = {}, []
     for t in traces:
         for r in t["runs"]:
-            if r["scale"] == scale and r["step"] == step:
-                row = stop_pass(r["passes"], lip_ratio, gap_peak, budget)
+            if _norm(r) == norm and r["scale"] == scale and r["step"] == step:
+                row = stop_pass(r["passes"], lip_ratio, gap_peak, budget, lip_rise)
                 rows.append(row)
                 per_task.setdefault(_task(t, r), []).append(row["retrain_distance"])
-    return {"scale": scale, "step": step, "lip_ratio": lip_ratio, "gap_peak": gap_peak,
-            "max_passes": budget, "n": len(rows),
+    return {"norm": norm, "scale": scale, "step": step, "lip_ratio": lip_ratio,
+            "gap_peak": gap_peak, "max_passes": budget, "lip_rise": lip_rise, "n": len(rows),
             "retrain_distance": float(np.mean([r["retrain_distance"] for r in rows])),
             "dr_drop": float(np.mean([r["dr_drop"] for r in rows])),
             "max_dr_drop": float(np.max([r["dr_drop"] for r in rows])),
@@ -164,7 +192,7 @@ def score(traces: list[dict], scale, step, lip_ratio, gap_peak, budget) -> dict:
 
 def choose(args) -> dict:
     traces = [json.load(open(p)) for p in args.traces]
-    rows = [score(traces, *c) for c in candidates(traces, args.ratios, args.budgets)]
+    rows = [score(traces, *c) for c in candidates(traces, args.ratios, args.budgets, args.rises)]
     ok = [r for r in rows if r["dr_drop"] <= args.max_dr_drop]
     # ties (rules that stop at the same passes) go to the cheaper one: fewer passes on average
     best = min(ok or rows, key=lambda r: (r["retrain_distance"], r["passes"]))
@@ -172,8 +200,8 @@ def choose(args) -> dict:
     print(f"{len(rows)} rules; {len(ok)} with mean D_r drop <= {args.max_dr_drop}; untouched "
           f"model's mean distance {bsln:.2f}")
     for r in sorted(ok or rows, key=lambda r: (r["retrain_distance"], r["passes"]))[:args.top]:
-        print(f"  scale {r['scale']:<5} step {r['step']:<7} lip {r['lip_ratio']:<4} "
-              f"peak {r['gap_peak']!s:<5} budget {r['max_passes']:<3} dist "
+        print(f"  {r['norm']:<6} scale {r['scale']:<4} step {r['step']:<7} lip {r['lip_ratio']:<4} "
+              f"rise {r['lip_rise']:<4} peak {r['gap_peak']!s:<5} budget {r['max_passes']:<3} dist "
               f"{r['retrain_distance']:6.2f} drop {r['dr_drop']:5.2f} (max {r['max_dr_drop']:5.1f})"
               f" passes {r['passes']:4.1f}  " + "  ".join(f"{k}: {v:.1f}"
                                                      for k, v in r["per_task"].items()))
@@ -393,6 +421,10 @@ def main(argv=None) -> None:
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     t.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     t.add_argument("--steps", type=float, nargs="+", default=[2.5e-4, 1e-3, 4e-3])
+    t.add_argument("--norms", nargs="+", default=["global"], choices=auto.NORMS)
+    t.add_argument("--model-set", nargs="*", help="model options, KEY=VALUE (e.g. width=16)")
+    t.add_argument("--train-set", nargs="*",
+                   help="training recipe overrides, KEY=VALUE (e.g. epochs=30 optimizer=adam)")
     t.add_argument("--passes", type=int, default=12)
     t.add_argument("--k", type=int, default=auto.AUTO_DEFAULTS.k)
     t.add_argument("--out", required=True)
@@ -400,6 +432,8 @@ def main(argv=None) -> None:
     c.add_argument("traces", nargs="+")
     c.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
     c.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8, 12])
+    c.add_argument("--rises", type=float, nargs="+", default=[0.0],
+                   help="lip_rise values to offer (0: off; auto.has_risen)")
     c.add_argument("--max-dr-drop", type=float, default=5.0)
     c.add_argument("--top", type=int, default=10)
     c.add_argument("--out")

@@ -60,6 +60,51 @@ def test_relative_steps_move_the_parameters_by_step_times_their_norm():
     assert all(float(jnp.max(jnp.abs(v))) == 0 for v in jax.tree.leaves(zero))
 
 
+def test_layer_steps_move_each_tensor_by_step_times_its_own_norm():
+    """norm="layer": each tensor moves by step x its norm along its own normalised gradient; a
+    tensor whose norm is below LAYER_NORM_FLOOR moves by step x the floor; a zero gradient, not
+    at all. The global rule on the same input scales every gradient by 0.1 ||params|| / ||g||."""
+    params = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([[12.0]]), "c": jnp.zeros(2),
+              "d": jnp.array([1.0])}
+    g = {"a": jnp.array([0.0, 2.0]), "b": jnp.array([[-3.0]]), "c": jnp.array([4.0, 3.0]),
+         "d": jnp.array([0.0])}
+    tx = auto.relative_steps(0.1, "layer")
+    upd, _ = tx.update(g, tx.init(params), params)
+    np.testing.assert_allclose(upd["a"], [0.0, -0.5], rtol=1e-6)
+    np.testing.assert_allclose(upd["b"], [[1.2]], rtol=1e-6)
+    floor = auto.LAYER_NORM_FLOOR
+    np.testing.assert_allclose(upd["c"], [-0.1 * floor * 0.8, -0.1 * floor * 0.6], rtol=1e-6)
+    np.testing.assert_array_equal(upd["d"], [0.0])
+    glob, _ = auto.relative_steps(0.1).update(g, tx.init(params), params)  # norms over all
+    np.testing.assert_allclose(glob["a"], [0.0, -0.2 * np.sqrt(170 / 38)], rtol=1e-6)
+    with pytest.raises(ValueError, match="norm='unit'; accepted: global, layer"):
+        auto.relative_steps(0.1, "unit")
+
+
+def test_a_pass_that_raises_jits_ratio_is_undone(monkeypatch):
+    """With lip_rise, the stop rule ends the run at the first pass whose ratio exceeds lip_rise x
+    its start and hands back the parameters from before that pass; without it, the same
+    statistics run on; a pass that stays at or below the threshold is kept."""
+    lips = iter([2.0, 1.9, 2.1, 2.5, 9.0])  # start, then after passes 0, 1, 2, 3
+
+    def fake_stats_fn(*a, **k):
+        return lambda params: {"gap": 0.0, "lip": next(lips)}
+
+    monkeypatch.setattr(auto, "forget_stats_fn", fake_stats_fn)
+    cfg = dataclasses.replace(auto.AUTO_DEFAULTS, lip_ratio=0.0, lip_rise=1.2)
+    stop = auto.Stop(None, None, None, None, cfg, "p-init")
+    assert stop("p0", 0)[0] is False and stop.result("p0") == "p0"
+    assert stop("p1", 1)[0] is False and stop.result("p1") == "p1"  # 2.1 <= 1.2 x 2.0
+    done, info = stop("p2", 2)  # 2.5 > 2.4
+    assert done and info["undone"] == 1.0 and stop.result("p2") == "p1"
+    lips = iter([2.0, 2.5, 9.0])
+    off = auto.Stop(None, None, None, None, dataclasses.replace(cfg, lip_rise=0.0), "p-init")
+    assert off("p0", 0)[0] is False and off("p1", 1)[0] is False and off.result("p1") == "p1"
+    lips = iter([2.0, 3.0])
+    first = auto.Stop(None, None, None, None, cfg, "p-init")
+    assert first("p0", 0)[0] and first.result("p0") == "p-init"  # the first pass undone
+
+
 def test_forget_stats_match_a_float64_loop():
     """The gap and JiT's ratio from forget_stats_fn against numpy on a linear model, with the same
     fixed draws (perturb, no clipping, keys from seed + 7919), both in float64. Bound: logits are
@@ -177,6 +222,8 @@ def test_auto_config_rejects_bad_values():
     for field, bad, accepted in [("k", 0, "an integer >= 1"), ("scale", -1.0, "> 0"),
                                  ("step", float("nan"), "> 0"),
                                  ("lip_ratio", 1.0, r"in \[0, 1\)"),
+                                 ("lip_rise", 0.5, r"0 \(off\) or a finite number >= 1"),
+                                 ("norm", "unit", "'global' or 'layer'"),
                                  ("max_passes", 0, ">= 1")]:
         with pytest.raises(ValueError, match=rf"auto: {field}=.*accepted: .*{accepted}"):
             dataclasses.replace(auto.AUTO_DEFAULTS, **{field: bad})

@@ -185,9 +185,16 @@ def _auto(req: Request, mesh=None, **options) -> MethodOutput:
     labels = np.argmax(predict(req.model, x), axis=-1)
     stop, _ = auto.make_stop(fn.apply_fn, x, sigma, labels, cfg, fn.params)
     model, log = jit_unlearn(req.model, x, auto.jit_config(cfg), mesh=mesh,
-                             optimizer=auto.relative_steps(cfg.step), aux={"sigma": sigma},
-                             stop=stop)
+                             optimizer=auto.relative_steps(cfg.step, cfg.norm),
+                             aux={"sigma": sigma}, stop=stop)
     chosen["passes_run"] = log.passes_run
+    chosen["passes_kept"] = log.passes_run - int(stop.undone)
+    if stop.undone:  # JiT's ratio rose in the last pass: keep the parameters from before it
+        from jit_jax.functional import rebuild
+        from jit_jax.parallel import host_local, is_multiprocess
+
+        kept = stop.result(None)
+        model = rebuild(fn, host_local(kept) if mesh is not None and is_multiprocess() else kept)
     return MethodOutput(model, log.runtime, log.compile_time, True,
                         {**log.to_dict(), "config": dataclasses.asdict(cfg), "chosen": chosen})
 
