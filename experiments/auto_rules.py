@@ -174,25 +174,40 @@ def _task(t, r):
 
 def score(traces: list[dict], norm, scale, step, lip_ratio, gap_peak, budget, lip_rise=0.0
           ) -> dict:
-    per_task, rows = {}, []
+    per_task, per_model, rows = {}, {}, []
     for t in traces:
         for r in t["runs"]:
             if _norm(r) == norm and r["scale"] == scale and r["step"] == step:
                 row = stop_pass(r["passes"], lip_ratio, gap_peak, budget, lip_rise)
                 rows.append(row)
                 per_task.setdefault(_task(t, r), []).append(row["retrain_distance"])
+                per_model.setdefault(t.get("model", "mlp"), []).append(row)
     return {"norm": norm, "scale": scale, "step": step, "lip_ratio": lip_ratio,
             "gap_peak": gap_peak, "max_passes": budget, "lip_rise": lip_rise, "n": len(rows),
             "retrain_distance": float(np.mean([r["retrain_distance"] for r in rows])),
             "dr_drop": float(np.mean([r["dr_drop"] for r in rows])),
             "max_dr_drop": float(np.max([r["dr_drop"] for r in rows])),
             "passes": float(np.mean([r["pass"] for r in rows])),
-            "per_task": {k: float(np.mean(v)) for k, v in per_task.items()}}
+            "per_task": {k: float(np.mean(v)) for k, v in per_task.items()},
+            "per_model": {m: {"retrain_distance": float(np.mean([r["retrain_distance"] for r in v])),
+                              "dr_drop": float(np.mean([r["dr_drop"] for r in v]))}
+                          for m, v in per_model.items()}}
+
+
+def balanced(row: dict) -> dict:
+    """``--balance-models``: the mean over model families of each family's mean distance and
+    D_r drop, and the worst family's D_r drop, so that the many MLP tasks do not outvote the
+    conv ones."""
+    pm = row["per_model"].values()
+    return {**row, "retrain_distance": float(np.mean([v["retrain_distance"] for v in pm])),
+            "dr_drop": float(max(v["dr_drop"] for v in pm))}
 
 
 def choose(args) -> dict:
     traces = [json.load(open(p)) for p in args.traces]
     rows = [score(traces, *c) for c in candidates(traces, args.ratios, args.budgets, args.rises)]
+    if args.balance_models:  # equal weight per model family; every family within the D_r bound
+        rows = [balanced(r) for r in rows]
     ok = [r for r in rows if r["dr_drop"] <= args.max_dr_drop]
     # ties (rules that stop at the same passes) go to the cheaper one: fewer passes on average
     best = min(ok or rows, key=lambda r: (r["retrain_distance"], r["passes"]))
@@ -432,6 +447,9 @@ def main(argv=None) -> None:
     c.add_argument("traces", nargs="+")
     c.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
     c.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8, 12])
+    c.add_argument("--balance-models", action="store_true",
+                   help="score a rule by the mean over model families of their mean distance, "
+                        "and require every family's mean D_r drop within --max-dr-drop")
     c.add_argument("--rises", type=float, nargs="+", default=[0.0],
                    help="lip_rise values to offer (0: off; auto.has_risen)")
     c.add_argument("--max-dr-drop", type=float, default=5.0)
