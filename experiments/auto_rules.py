@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import os
 import tempfile
 import time
@@ -149,8 +150,8 @@ def stop_pass(rows: list[dict], lip_ratio: float, gap_peak: bool, budget: int,
     rows = [r for r in rows if r["pass"] <= budget]
     stats = [{k: r[k] for k in auto.STOP_STATS} for r in rows]
     for p in range(1, len(rows)):
-        if auto.has_risen(stats[p], stats[0], lip_rise):
-            return {**rows[p - 1], "pass": rows[p]["pass"]}  # the passes run, the model kept
+        if auto.has_risen(stats[p], stats[0], lip_rise):  # the passes run, the model kept
+            return {**rows[p - 1], "pass": rows[p]["pass"], "undone_first": p == 1}
         if auto.should_stop(stats[p], stats[p - 1], stats[0], lip_ratio, gap_peak):
             return rows[p]
     return rows[-1]
@@ -160,30 +161,60 @@ def _norm(run: dict) -> str:
     return run.get("norm", "global")  # traces written before the layer rule used global norms
 
 
-def candidates(traces: list[dict], ratios, budgets, rises=(0.0,)):
+def candidates(traces: list[dict], ratios, budgets, rises=(0.0,), retries=(0,)):
     # only (norm, scale, step) triples that every trace has: each rule is scored on every task
     keys = sorted(set.intersection(*({(_norm(r), r["scale"], r["step"]) for r in t["runs"]}
                                      for t in traces)))
     return ((*k, *rest) for k in keys
-            for rest in itertools.product([0.0, *ratios], [False, True], budgets, rises))
+            for rest in itertools.product([0.0, *ratios], [False, True], budgets, rises, retries)
+            if rest[3] > 0 or rest[4] == 0)  # retries act only with the damage test on
+
+
+def _run_at(t: dict, r: dict, step: float) -> dict | None:
+    """The run of trace ``t`` for ``r``'s task and seed at another step (None: not traced)."""
+    for q in t["runs"]:
+        if (q["seed"], q["forget"], _norm(q), q["scale"]) == (r["seed"], r["forget"], _norm(r),
+                                                             r["scale"]) \
+                and math.isclose(q["step"], step, rel_tol=1e-9):
+            return q
+    return None
+
+
+def replay(t: dict, r: dict, lip_ratio, gap_peak, budget, lip_rise, retries) -> dict | None:
+    """The row ``--method auto`` keeps on run ``r``, with the retries of ``auto.RETRY_FACTOR``
+    times the step after an undone first pass replayed exactly from the traced runs at those
+    steps (they restart from the original model); None when such a step was not traced."""
+    passes = 0
+    for attempt in range(retries + 1):
+        row = stop_pass(r["passes"], lip_ratio, gap_peak, budget, lip_rise)
+        passes += row["pass"]
+        if not (row.get("undone_first") and attempt < retries):
+            break
+        r = _run_at(t, r, r["step"] * auto.RETRY_FACTOR)
+        if r is None:
+            return None
+    return {**row, "pass": passes}
 
 
 def _task(t, r):
     return f"{t['dataset']} {t.get('model', 'mlp')} {r['forget'].split(' ')[0]}"
 
 
-def score(traces: list[dict], norm, scale, step, lip_ratio, gap_peak, budget, lip_rise=0.0
-          ) -> dict:
+def score(traces: list[dict], norm, scale, step, lip_ratio, gap_peak, budget, lip_rise=0.0,
+          retries=0) -> dict | None:
     per_task, per_model, rows = {}, {}, []
     for t in traces:
         for r in t["runs"]:
             if _norm(r) == norm and r["scale"] == scale and r["step"] == step:
-                row = stop_pass(r["passes"], lip_ratio, gap_peak, budget, lip_rise)
+                row = replay(t, r, lip_ratio, gap_peak, budget, lip_rise, retries)
+                if row is None:
+                    return None
                 rows.append(row)
                 per_task.setdefault(_task(t, r), []).append(row["retrain_distance"])
                 per_model.setdefault(t.get("model", "mlp"), []).append(row)
     return {"norm": norm, "scale": scale, "step": step, "lip_ratio": lip_ratio,
-            "gap_peak": gap_peak, "max_passes": budget, "lip_rise": lip_rise, "n": len(rows),
+            "gap_peak": gap_peak, "max_passes": budget, "lip_rise": lip_rise,
+            "retries": retries, "n": len(rows),
             "retrain_distance": float(np.mean([r["retrain_distance"] for r in rows])),
             "dr_drop": float(np.mean([r["dr_drop"] for r in rows])),
             "max_dr_drop": float(np.max([r["dr_drop"] for r in rows])),
@@ -205,7 +236,9 @@ def balanced(row: dict) -> dict:
 
 def choose(args) -> dict:
     traces = [json.load(open(p)) for p in args.traces]
-    rows = [score(traces, *c) for c in candidates(traces, args.ratios, args.budgets, args.rises)]
+    rows = [score(traces, *c)
+            for c in candidates(traces, args.ratios, args.budgets, args.rises, args.retries)]
+    rows = [r for r in rows if r is not None]  # rules that need a step some trace lacks
     if args.balance_models:  # equal weight per model family; every family within the D_r bound
         rows = [balanced(r) for r in rows]
     ok = [r for r in rows if r["dr_drop"] <= args.max_dr_drop]
@@ -216,7 +249,7 @@ def choose(args) -> dict:
           f"model's mean distance {bsln:.2f}")
     for r in sorted(ok or rows, key=lambda r: (r["retrain_distance"], r["passes"]))[:args.top]:
         print(f"  {r['norm']:<6} scale {r['scale']:<4} step {r['step']:<7} lip {r['lip_ratio']:<4} "
-              f"rise {r['lip_rise']:<4} peak {r['gap_peak']!s:<5} budget {r['max_passes']:<3} dist "
+              f"rise {r['lip_rise']:<4} retry {r['retries']} peak {r['gap_peak']!s:<5} budget {r['max_passes']:<3} dist "
               f"{r['retrain_distance']:6.2f} drop {r['dr_drop']:5.2f} (max {r['max_dr_drop']:5.1f})"
               f" passes {r['passes']:4.1f}  " + "  ".join(f"{k}: {v:.1f}"
                                                      for k, v in r["per_task"].items()))
@@ -447,6 +480,9 @@ def main(argv=None) -> None:
     c.add_argument("traces", nargs="+")
     c.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
     c.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8, 12])
+    c.add_argument("--retries", type=int, nargs="+", default=[0],
+                   help="retries values to offer (auto.RETRY_FACTOR x the step after an undone "
+                        "first pass; replayed from the traced smaller steps)")
     c.add_argument("--balance-models", action="store_true",
                    help="score a rule by the mean over model families of their mean distance, "
                         "and require every family's mean D_r drop within --max-dr-drop")

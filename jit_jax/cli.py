@@ -385,12 +385,15 @@ def cmd_unlearn(args) -> int:
     if "chosen" in res.log:  # --method auto: what its rules chose
         c = res.log["chosen"]
         print(f"auto chose: sigma per sample {c['sigma_min']:.3g}..{c['sigma_max']:.3g} (median "
-              f"{c['sigma_median']:.3g}; {c['sigma_rule']}), steps of {c['step']:g} x ||params|| "
+              f"{c['sigma_median']:.3g}; {c['sigma_rule']}), steps of {c['step_used']:g} x ||params|| "
               f"({c['norm']} norms),"
               f" batch {c['batch_size']}, N {c['num_samples']}; stopped after "
               f"{c['passes_run']} of {c['max_passes']} passes (lip ratio {c['lip_ratio']:g}, gap "
               f"peak {'on' if c['gap_peak'] else 'off'}, lip rise {c['lip_rise']:g}"
-              + ("; the last pass undone" if c["passes_kept"] < c["passes_run"] else "") + ")",
+              + ("; the last pass undone" if c["passes_kept"] < c["passes_run"] else "") + ")"
+              + (f"; {len(c['attempts'])} attempts, steps "
+                 + ", ".join(f"{a['step']:g}" for a in c["attempts"])
+                 if len(c["attempts"]) > 1 else ""),
               flush=True)
     extra = {"options": options, "source": str(args.checkpoint), "paper_setting": args.paper}
     if mesh_opt:

@@ -274,3 +274,37 @@ def test_label_objectives_run_as_methods(digits_class3_request):
         assert got < base, (name, got, base)
     out = unlearn.run("curvature", req, lr=1e-4)
     assert out.log["num_steps"] >= 1 and np.isfinite(out.log["losses"]).all()
+
+
+def test_auto_starts_again_with_a_smaller_step_when_its_first_pass_is_undone(
+        digits_class3_request, monkeypatch):
+    """Scripted statistics: the first attempt's first pass raises JiT's ratio above lip_rise x its
+    start, so it is undone; with retries=1 the run starts again from the original with
+    RETRY_FACTOR x the step and keeps both passes; with retries=0 the original parameters come
+    back unchanged."""
+    from jit_jax import unlearn
+    from jit_jax.functional import functionalize
+
+    def scripted(lips):
+        it = iter(lips)
+        monkeypatch.setattr(auto, "forget_stats_fn",
+                            lambda *a, **k: (lambda params: {"gap": 0.0, "lip": next(it)}))
+
+    req = digits_class3_request
+    opts = dict(step=0.01, max_passes=2, lip_ratio=0.0, gap_peak=False, lip_rise=1.25)
+    scripted([1.0, 2.0, 1.0, 0.9, 0.8])  # attempt 1: start, pass 0; attempt 2: start, 0, 1
+    out = unlearn.run("auto", req, retries=1, **opts)
+    c = out.log["chosen"]
+    assert c["attempts"] == [{"step": 0.01, "passes_run": 1, "passes_kept": 0},
+                             {"step": pytest.approx(0.01 * auto.RETRY_FACTOR), "passes_run": 2,
+                              "passes_kept": 2}]
+    assert c["step_used"] == pytest.approx(0.0025)
+    original = jax.tree.map(np.asarray, functionalize(req.model).params)
+    after = jax.tree.map(np.asarray, functionalize(out.model).params)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(original),
+                                                         jax.tree.leaves(after), strict=True))
+    scripted([1.0, 2.0])
+    out0 = unlearn.run("auto", req, retries=0, **opts)
+    assert out0.log["chosen"]["passes_kept"] == 0 and len(out0.log["chosen"]["attempts"]) == 1
+    jax.tree.map(np.testing.assert_array_equal, original,
+                 jax.tree.map(np.asarray, functionalize(out0.model).params))

@@ -183,20 +183,29 @@ def _auto(req: Request, mesh=None, **options) -> MethodOutput:
     sigma, chosen = auto.chosen_settings(x, cfg, default_jit_config(req).sigma)
     fn = functionalize(req.model)
     labels = np.argmax(predict(req.model, x), axis=-1)
-    stop, _ = auto.make_stop(fn.apply_fn, x, sigma, labels, cfg, fn.params)
-    model, log = jit_unlearn(req.model, x, auto.jit_config(cfg), mesh=mesh,
-                             optimizer=auto.relative_steps(cfg.step, cfg.norm),
-                             aux={"sigma": sigma}, stop=stop)
-    chosen["passes_run"] = log.passes_run
-    chosen["passes_kept"] = log.passes_run - int(stop.undone)
+    step, attempts, runtime, compile_time = cfg.step, [], 0.0, 0.0
+    for attempt in range(cfg.retries + 1):
+        stop, _ = auto.make_stop(fn.apply_fn, x, sigma, labels, cfg, fn.params)
+        model, log = jit_unlearn(req.model, x, auto.jit_config(cfg), mesh=mesh,
+                                 optimizer=auto.relative_steps(step, cfg.norm),
+                                 aux={"sigma": sigma}, stop=stop)
+        kept = log.passes_run - int(stop.undone)
+        attempts.append({"step": step, "passes_run": log.passes_run, "passes_kept": kept})
+        runtime, compile_time = runtime + log.runtime, compile_time + log.compile_time
+        if not (stop.undone and kept == 0 and attempt < cfg.retries):
+            break
+        step *= auto.RETRY_FACTOR  # the first pass was undone: start again with a smaller step
+    chosen.update(passes_run=log.passes_run, passes_kept=kept, step_used=step, attempts=attempts)
     if stop.undone:  # JiT's ratio rose in the last pass: keep the parameters from before it
         from jit_jax.functional import rebuild
         from jit_jax.parallel import host_local, is_multiprocess
 
-        kept = stop.result(None)
-        model = rebuild(fn, host_local(kept) if mesh is not None and is_multiprocess() else kept)
-    return MethodOutput(model, log.runtime, log.compile_time, True,
-                        {**log.to_dict(), "config": dataclasses.asdict(cfg), "chosen": chosen})
+        kept_params = stop.result(None)
+        model = rebuild(fn, host_local(kept_params) if mesh is not None and is_multiprocess()
+                        else kept_params)
+    return MethodOutput(model, runtime, compile_time, True,
+                        {**log.to_dict(), "runtime": runtime, "compile_time": compile_time,
+                         "config": dataclasses.asdict(cfg), "chosen": chosen})
 
 
 def _no_options(name, options):
