@@ -303,6 +303,15 @@ def test_auto_starts_again_with_a_smaller_step_when_its_first_pass_is_undone(
     after = jax.tree.map(np.asarray, functionalize(out.model).params)
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(original),
                                                          jax.tree.leaves(after), strict=True))
+    # undone after the second pass: the parameters kept are those after the first, which the
+    # loop donated to its next step (kept as a copy; without it, the buffers are deleted)
+    scripted([1.0, 0.9, 2.0])
+    out1 = unlearn.run("auto", req, retries=1, **{**opts, "max_passes": 3})
+    assert out1.log["chosen"]["passes_run"] == 2 and out1.log["chosen"]["passes_kept"] == 1
+    one = jax.tree.map(np.asarray, functionalize(out1.model).params)
+    assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(one))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(original),
+                                                         jax.tree.leaves(one), strict=True))
     scripted([1.0, 2.0])
     out0 = unlearn.run("auto", req, retries=0, **opts)
     assert out0.log["chosen"]["passes_kept"] == 0 and len(out0.log["chosen"]["attempts"]) == 1

@@ -281,8 +281,8 @@ class Stop:
         done = self.undone or should_stop(now, self.history[-1], self.first, c.lip_ratio,
                                           c.gap_peak)
         self.history.append(now)
-        if not self.undone:
-            self.previous_params = params
+        if not self.undone:  # a copy: the loop donates ``params`` to its next step
+            self.previous_params = jax.block_until_ready(jax.tree.map(jnp.copy, params))
         return done, {**now, **{k + "0": self.first[k] for k in STOP_STATS},
                       "undone": float(self.undone)}
 

@@ -372,7 +372,8 @@ def make_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, config: JiTCo
 
 
 #: ``stop(params, pass_index) -> (stop, info)``: called after each pass with the current parameters
-#: (the functional state of the model); ``info`` (a dict of floats) is logged per pass
+#: (the functional state of the model); ``info`` (a dict of floats) is logged per pass. The loop
+#: donates those parameters to its next step: a stop function that keeps them must copy them
 StopFn = Callable[[Any, int], tuple[bool, dict]]
 
 
