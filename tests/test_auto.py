@@ -91,18 +91,25 @@ def test_a_pass_that_raises_jits_ratio_is_undone(monkeypatch):
         return lambda params: {"gap": 0.0, "lip": next(lips)}
 
     monkeypatch.setattr(auto, "forget_stats_fn", fake_stats_fn)
-    cfg = dataclasses.replace(auto.AUTO_DEFAULTS, lip_ratio=0.0, lip_rise=1.2)
-    stop = auto.Stop(None, None, None, None, cfg, "p-init")
-    assert stop("p0", 0)[0] is False and stop.result("p0") == "p0"
-    assert stop("p1", 1)[0] is False and stop.result("p1") == "p1"  # 2.1 <= 1.2 x 2.0
-    done, info = stop("p2", 2)  # 2.5 > 2.4
-    assert done and info["undone"] == 1.0 and stop.result("p2") == "p1"
+    cfg = dataclasses.replace(auto.AUTO_DEFAULTS, lip_ratio=0.0, gap_peak=False, lip_rise=1.2)
+    p = {name: {"w": jnp.full((2,), float(i))} for i, name in enumerate(["init", "0", "1", "2"])}
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                          strict=True))
+
+    stop = auto.Stop(None, None, None, None, cfg, p["init"])
+    assert stop(p["0"], 0)[0] is False and same(stop.result(p["0"]), p["0"])
+    assert stop(p["1"], 1)[0] is False and same(stop.result(p["1"]), p["1"])  # 2.1 <= 1.2 x 2
+    done, info = stop(p["2"], 2)  # 2.5 > 2.4
+    assert done and info["undone"] == 1.0 and same(stop.result(p["2"]), p["1"])
     lips = iter([2.0, 2.5, 9.0])
-    off = auto.Stop(None, None, None, None, dataclasses.replace(cfg, lip_rise=0.0), "p-init")
-    assert off("p0", 0)[0] is False and off("p1", 1)[0] is False and off.result("p1") == "p1"
+    off = auto.Stop(None, None, None, None, dataclasses.replace(cfg, lip_rise=0.0), p["init"])
+    assert off(p["0"], 0)[0] is False and off(p["1"], 1)[0] is False
+    assert same(off.result(p["1"]), p["1"])
     lips = iter([2.0, 3.0])
-    first = auto.Stop(None, None, None, None, cfg, "p-init")
-    assert first("p0", 0)[0] and first.result("p0") == "p-init"  # the first pass undone
+    first = auto.Stop(None, None, None, None, cfg, p["init"])
+    assert first(p["0"], 0)[0] and same(first.result(p["0"]), p["init"])  # first pass undone
 
 
 def test_forget_stats_match_a_float64_loop():
