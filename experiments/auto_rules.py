@@ -12,10 +12,12 @@ can watch (``jit_jax.unlearn.auto.STOP_STATS``)::
     python experiments/auto_rules.py trace --dataset digits --model mlp \\
         --forget class:0 class:5 random:100 --seeds 0 1 --out runs/auto/trace-digits.json
 
-``choose``: from one or more traces, every candidate rule (scale, step, lip ratio, gap peak on or
-off, pass budget) is replayed, each run stopping where ``auto.should_stop`` says (or at the
-budget); the rule with the lowest mean retrain distance among those whose mean D_r drop is at most
-``--max-dr-drop`` wins::
+``choose``: from one or more traces, every candidate rule (norm, scale, step, lip ratio, gap peak
+on or off, pass budget, the damage test's ``--rises`` and ``--retries``) is replayed, each run
+stopping where ``auto.should_stop`` says, keeping the pass before one that ``auto.has_risen``
+undoes (a retry after an undone first pass is replayed from the trace at the smaller step), or at
+the budget; the rule with the lowest mean retrain distance among those whose mean D_r drop is at
+most ``--max-dr-drop`` wins (with ``--balance-models``: means per model family, averaged)::
 
     python experiments/auto_rules.py choose runs/auto/trace-digits.json
 
