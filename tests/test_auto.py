@@ -324,3 +324,51 @@ def test_auto_starts_again_with_a_smaller_step_when_its_first_pass_is_undone(
     assert out0.log["chosen"]["passes_kept"] == 0 and len(out0.log["chosen"]["attempts"]) == 1
     jax.tree.map(np.testing.assert_array_equal, original,
                  jax.tree.map(np.asarray, functionalize(out0.model).params))
+
+
+def _rules_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "auto_rules.py"
+    spec = importlib.util.spec_from_file_location("auto_rules_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_choose_replays_the_damage_test_and_its_retry_from_the_traces():
+    """auto_rules' replay of a rule on traced passes: the pass before the first rise beyond
+    lip_rise is kept (the passes run counted); a rise on the first pass with retries moves to
+    the run traced at RETRY_FACTOR x the step, which restarts from the original; a step not traced
+    makes the rule unscorable; per-family balance averages the families and takes the worst
+    family's D_r drop."""
+    ar = _rules_module()
+
+    def rows(lips, dists, drops):
+        return [{"pass": p, "lip": lip, "gap": float(p), "retrain_distance": d, "dr_drop": dr}
+                for p, (lip, d, dr) in enumerate(zip(lips, dists, drops, strict=True))]
+
+    big = {"seed": 0, "forget": "class:1", "scale": 1.0, "step": 0.004, "norm": "layer",
+           "passes": rows([1.0, 2.0, 3.0], [50, 90, 95], [0, 20, 25])}
+    small = {**big, "step": 0.001, "passes": rows([1.0, 0.9, 1.1, 1.5], [50, 30, 20, 60],
+                                                  [0, 1, 2, 9])}
+    t = {"dataset": "d", "model": "vgg", "runs": [big, small]}
+    kept = ar.stop_pass(small["passes"], 0.0, False, 8, 1.25)
+    assert kept["retrain_distance"] == 20 and kept["pass"] == 3  # pass 3 undone, pass 2 kept
+    assert ar.replay(t, big, 0.0, False, 8, 1.25, 0)["retrain_distance"] == 50  # untouched
+    got = ar.replay(t, big, 0.0, False, 8, 1.25, 1)
+    assert got["retrain_distance"] == 20 and got["pass"] == 1 + 3  # passes of both attempts
+    assert ar.replay(t, small, 0.0, False, 8, 1.25, 0)["retrain_distance"] == 20
+    assert ar.stop_pass(small["passes"], 0.0, False, 8, 0.0)["retrain_distance"] == 60  # no test
+    rising = {**small, "passes": rows([1.0, 2.0], [50, 80], [0, 10])}
+    t2 = {**t, "runs": [big, rising]}
+    assert ar.replay(t2, big, 0.0, False, 8, 1.25, 1)["retrain_distance"] == 50
+    assert ar.replay(t2, big, 0.0, False, 8, 1.25, 2) is None  # 0.004 / 16 was not traced
+    mlp = {"dataset": "e", "model": "mlp", "runs": [{**small, "passes": rows(
+        [1.0, 0.5], [10, 4], [0, 3])}]}
+    row = ar.score([t, mlp], "layer", 1.0, 0.001, 0.0, False, 8, 1.25, 0)
+    assert row["per_model"] == {"vgg": {"retrain_distance": 20.0, "dr_drop": 2.0},
+                                "mlp": {"retrain_distance": 4.0, "dr_drop": 3.0}}
+    bal = ar.balanced(row)
+    assert bal["retrain_distance"] == 12.0 and bal["dr_drop"] == 3.0
