@@ -49,7 +49,9 @@ from jit_jax import recipes, unlearn
 from jit_jax.data import load_dataset, parse_forget
 from jit_jax.functional import functionalize, rebuild
 from jit_jax.metrics import evaluate_unlearning, retrain_distance
-from jit_jax.train import predict
+from jit_jax.models import option_types as model_option_types
+from jit_jax.options import parse_options
+from jit_jax.train import TrainConfig, predict
 from jit_jax.unlearn import auto
 from jit_jax.unlearn.jit import jit_unlearn
 
@@ -77,26 +79,13 @@ def _result_row(r, ref) -> dict:
             "dr_drop": ref.bsln.retain_acc - r.retain_acc}
 
 
-def _kv(items: list[str] | None, flag: str) -> dict:
-    """``["width=16", "lr=0.001"]`` -> ``{"width": 16, "lr": 0.001}`` (numbers parsed as JSON)."""
-    out = {}
-    for item in items or []:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise ValueError(f"{flag} {item!r}; accepted: KEY=VALUE")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
 def trace(args) -> None:
     from jit_jax import tune
 
     ds = dataset(args.dataset)
-    model_options = _kv(args.model_set, "--model-set")
-    train_options = {**recipe_options(ds), **_kv(args.train_set, "--train-set")}
+    model_options = parse_options(args.model_set, "model", model_option_types(args.model))
+    train_options = {**recipe_options(ds), **parse_options(args.train_set, "training",
+                                                           TrainConfig)}
     refs = tune.references_in_process(ds, args.model, args.forget, seeds=args.seeds,
                                       model_options=model_options, train_options=train_options)
     out = {"dataset": args.dataset, "model": args.model, "model_options": model_options,
@@ -250,8 +239,9 @@ def choose(args) -> dict:
     print(f"{len(rows)} rules; {len(ok)} with mean D_r drop <= {args.max_dr_drop}; untouched "
           f"model's mean distance {bsln:.2f}")
     for r in sorted(ok or rows, key=lambda r: (r["retrain_distance"], r["passes"]))[:args.top]:
-        print(f"  {r['norm']:<6} scale {r['scale']:<4} step {r['step']:<7} lip {r['lip_ratio']:<4} "
-              f"rise {r['lip_rise']:<4} retry {r['retries']} peak {r['gap_peak']!s:<5} budget {r['max_passes']:<3} dist "
+        print(f"  {r['norm']:<6} scale {r['scale']:<4} step {r['step']:<7} "
+              f"lip {r['lip_ratio']:<4} rise {r['lip_rise']:<4} retry {r['retries']} "
+              f"peak {r['gap_peak']!s:<5} budget {r['max_passes']:<3} dist "
               f"{r['retrain_distance']:6.2f} drop {r['dr_drop']:5.2f} (max {r['max_dr_drop']:5.1f})"
               f" passes {r['passes']:4.1f}  " + "  ".join(f"{k}: {v:.1f}"
                                                      for k, v in r["per_task"].items()))
@@ -265,8 +255,6 @@ def choose(args) -> dict:
 
 def parse_rules(specs: list[str]) -> dict[str, dict]:
     """``["default", "lodo:step=0.004,lip_ratio=0.8"]`` -> ``{name: auto options}``."""
-    from jit_jax.options import parse_options
-
     rules = {}
     for spec in specs or ["default"]:
         name, _, opts = spec.partition(":")
