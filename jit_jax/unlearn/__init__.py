@@ -183,9 +183,11 @@ def _auto(req: Request, mesh=None, **options) -> MethodOutput:
     sigma, chosen = auto.chosen_settings(x, cfg, default_jit_config(req).sigma)
     fn = functionalize(req.model)
     labels = np.argmax(predict(req.model, x), axis=-1)
+    stats = auto.forget_stats_fn(fn.apply_fn, x, sigma, labels, cfg.num_checks, cfg.seed)
+    first = stats(fn.params)
     step, attempts, runtime, compile_time = cfg.step, [], 0.0, 0.0
-    for attempt in range(cfg.retries + 1):
-        stop, _ = auto.make_stop(fn.apply_fn, x, sigma, labels, cfg, fn.params)
+    for attempt in range(cfg.retries + 1):  # each attempt restarts from the original
+        stop = auto.Stop(stats, first, cfg, fn.params)
         model, log = jit_unlearn(req.model, x, auto.jit_config(cfg), mesh=mesh,
                                  optimizer=auto.relative_steps(step, cfg.norm),
                                  aux={"sigma": sigma}, stop=stop)

@@ -33,8 +33,8 @@ so ``auto`` stays zero-shot:
    class has left the forget samples' predictions (its ratio hardly moves), while on random
    forget sets the ratio falls steadily and the gap keeps growing (docs/results/auto/README.md).
 
-The constants (``scale``, ``step``, ``norm``, ``lip_ratio``, ``lip_rise``, ``gap_peak``,
-``max_passes``; ``k`` = 5 was fixed
+The constants (``scale``, ``step``, ``norm``, ``lip_ratio``, ``lip_rise``, ``retries``,
+``gap_peak``, ``max_passes``; ``k`` = 5 was fixed
 beforehand, not searched) were chosen on
 validation tasks and frozen (:data:`AUTO_DEFAULTS`; docs/results/auto/README.md says on which and
 how); ``--set`` overrides any of them.
@@ -261,16 +261,15 @@ def has_risen(now: dict, first: dict, lip_rise: float) -> bool:
 class Stop:
     """Rule 3 as the update loop's ``stop(params, pass) -> (stop, info)``: stop on
     :func:`should_stop`, or on :func:`has_risen`, in which case :meth:`result` hands back the
-    parameters from before the pass that raised JiT's ratio. ``first``: the statistics of the
-    initial parameters."""
+    parameters from before the pass that raised JiT's ratio. ``stats``: from
+    :func:`forget_stats_fn`; ``first``: ``stats(initial_params)`` (both shared by a retry's runs,
+    which restart from the same parameters)."""
 
-    def __init__(self, apply_fn, x_forget: np.ndarray, sigma: np.ndarray, labels: np.ndarray,
-                 config: AutoConfig, initial_params: Any):
+    def __init__(self, stats, first: dict, config: AutoConfig, initial_params: Any):
         self.config = config
-        self.stats = forget_stats_fn(apply_fn, x_forget, sigma, labels, config.num_checks,
-                                     config.seed)
-        self.first = self.stats(initial_params)
-        self.history = [self.first]
+        self.stats = stats
+        self.first = first
+        self.previous = first
         self.previous_params = initial_params
         self.undone = False
 
@@ -278,9 +277,9 @@ class Stop:
         now = self.stats(params)
         c = self.config
         self.undone = has_risen(now, self.first, c.lip_rise)
-        done = self.undone or should_stop(now, self.history[-1], self.first, c.lip_ratio,
+        done = self.undone or should_stop(now, self.previous, self.first, c.lip_ratio,
                                           c.gap_peak)
-        self.history.append(now)
+        self.previous = now
         if not self.undone:  # a copy: the loop donates ``params`` to its next step
             self.previous_params = jax.block_until_ready(jax.tree.map(jnp.copy, params))
         return done, {**now, **{k + "0": self.first[k] for k in STOP_STATS},
@@ -289,14 +288,6 @@ class Stop:
     def result(self, params):
         """The parameters to keep: ``params``, or those before the pass that was undone."""
         return self.previous_params if self.undone else params
-
-
-def make_stop(apply_fn, x_forget: np.ndarray, sigma: np.ndarray, labels: np.ndarray,
-              config: AutoConfig, initial_params: Any):
-    """Rule 3 as the update loop's ``stop(params, pass) -> (stop, info)`` (:class:`Stop`).
-    Returns ``(stop, the statistics of initial_params)``."""
-    stop = Stop(apply_fn, x_forget, sigma, labels, config, initial_params)
-    return stop, stop.first
 
 
 def jit_config(config: AutoConfig) -> JiTConfig:
