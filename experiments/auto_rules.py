@@ -225,8 +225,21 @@ def balanced(row: dict) -> dict:
             "dr_drop": float(max(v["dr_drop"] for v in pm))}
 
 
+def merged(traces: list[dict]) -> list[dict]:
+    """Traces of the same dataset and model as one (their runs together), so that a dataset
+    traced in parts (first the global norms, then the per-tensor ones) counts as one task set."""
+    out: dict[tuple, dict] = {}
+    for t in traces:
+        key = (t["dataset"], t.get("model", "mlp"))
+        if key in out:
+            out[key] = {**out[key], "runs": out[key]["runs"] + t["runs"]}
+        else:
+            out[key] = t
+    return list(out.values())
+
+
 def choose(args) -> dict:
-    traces = [json.load(open(p)) for p in args.traces]
+    traces = merged([json.load(open(p)) for p in args.traces])
     rows = [score(traces, *c)
             for c in candidates(traces, args.ratios, args.budgets, args.rises, args.retries)]
     rows = [r for r in rows if r is not None]  # rules that need a step some trace lacks

@@ -163,9 +163,9 @@ class AutoConfig:
 #: of digits, the generated identities set and the CIFAR-10 subset (MLPs) and of a CIFAR-100
 #: subset with a BatchNorm-free VGG11 (classes other than the test tasks', random sets; 2 seeds,
 #: hold-out splits): MLPs 19.4 (untouched 106), VGG 41.9 (untouched 48.1), mean D_r drops 1.5 and
-#: 1.2. ``python experiments/auto_rules.py choose runs/auto/merged-*.json --balance-models --rises
-#: 0 1.0 1.1 1.25 --retries 0 1 2``; docs/results/auto/README.md. The rule before (global norms,
-#: lip_ratio 0.8, no damage test; chosen on the MLP traces alone) collapsed the VGG to chance.
+#: 1.2. The ``choose`` command is on docs/results/auto/README.md, over the traces kept there. The
+#: rule before (global norms, lip_ratio 0.8, no damage test; chosen on the MLP traces alone)
+#: collapsed the VGG to chance.
 AUTO_DEFAULTS = AutoConfig(norm="layer", lip_ratio=0.0, gap_peak=True, lip_rise=1.25, retries=1)
 
 
