@@ -100,8 +100,9 @@ def test_a_pass_that_raises_jits_ratio_is_undone():
     stop = auto.Stop(stats, stats(None), cfg, p["init"])
     assert stop(p["0"], 0)[0] is False and same(stop.result(p["0"]), p["0"])
     assert stop(p["1"], 1)[0] is False and same(stop.result(p["1"]), p["1"])  # 2.1 <= 1.2 x 2
-    done, info = stop(p["2"], 2)  # 2.5 > 2.4
-    assert done and info["undone"] == 1.0 and same(stop.result(p["2"]), p["1"])
+    done, info, keep = stop(p["2"], 2)  # 2.5 > 2.4: the loop is handed the parameters before
+    assert done and info["undone"] == 1.0 and same(keep, p["1"])
+    assert same(stop.result(p["2"]), p["1"])
     lips = iter([2.0, 2.5, 9.0])
     off = auto.Stop(stats, stats(None), dataclasses.replace(cfg, lip_rise=0.0), p["init"])
     assert off(p["0"], 0)[0] is False and off(p["1"], 1)[0] is False

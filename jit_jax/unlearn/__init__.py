@@ -197,14 +197,8 @@ def _auto(req: Request, mesh=None, **options) -> MethodOutput:
         if not (stop.undone and kept == 0 and attempt < cfg.retries):
             break
         step *= auto.RETRY_FACTOR  # the first pass was undone: start again with a smaller step
+    # (an undone last pass: the loop returned the parameters from before it)
     chosen.update(passes_run=log.passes_run, passes_kept=kept, step_used=step, attempts=attempts)
-    if stop.undone:  # JiT's ratio rose in the last pass: keep the parameters from before it
-        from jit_jax.functional import rebuild
-        from jit_jax.parallel import host_local, is_multiprocess
-
-        kept_params = stop.result(None)
-        model = rebuild(fn, host_local(kept_params) if mesh is not None and is_multiprocess()
-                        else kept_params)
     return MethodOutput(model, runtime, compile_time, True,
                         {**log.to_dict(), "runtime": runtime, "compile_time": compile_time,
                          "config": dataclasses.asdict(cfg), "chosen": chosen})

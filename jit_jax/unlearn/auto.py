@@ -259,9 +259,9 @@ def has_risen(now: dict, first: dict, lip_rise: float) -> bool:
 
 
 class Stop:
-    """Rule 3 as the update loop's ``stop(params, pass) -> (stop, info)``: stop on
-    :func:`should_stop`, or on :func:`has_risen`, in which case :meth:`result` hands back the
-    parameters from before the pass that raised JiT's ratio. ``stats``: from
+    """Rule 3 as the update loop's ``stop(params, pass) -> (stop, info, keep)``: stop on
+    :func:`should_stop`, or on :func:`has_risen`, in which case ``keep`` (and :meth:`result`) are
+    the parameters from before the pass that raised JiT's ratio, which the loop returns. ``stats``: from
     :func:`forget_stats_fn`; ``first``: ``stats(initial_params)`` (both shared by a retry's runs,
     which restart from the same parameters)."""
 
@@ -283,7 +283,7 @@ class Stop:
         if not self.undone:  # a copy: the loop donates ``params`` to its next step
             self.previous_params = jax.block_until_ready(jax.tree.map(jnp.copy, params))
         return done, {**now, **{k + "0": self.first[k] for k in STOP_STATS},
-                      "undone": float(self.undone)}
+                      "undone": float(self.undone)}, self.result(params)
 
     def result(self, params):
         """The parameters to keep: ``params``, or those before the pass that was undone."""

@@ -371,10 +371,12 @@ def make_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, config: JiTCo
                    out_shardings=(rep, rep, rep, rep))
 
 
-#: ``stop(params, pass_index) -> (stop, info)``: called after each pass with the current parameters
-#: (the functional state of the model); ``info`` (a dict of floats) is logged per pass. The loop
-#: donates those parameters to its next step: a stop function that keeps them must copy them
-StopFn = Callable[[Any, int], tuple[bool, dict]]
+#: ``stop(params, pass_index) -> (stop, info)`` or ``(stop, info, keep)``: called after each pass
+#: with the current parameters (the functional state of the model); ``info`` (a dict of floats) is
+#: logged per pass. ``keep``, read only when ``stop`` is true, is None or the parameters the loop
+#: returns instead of the current ones (an undo of the last pass(es): auto's damage test). The loop
+#: donates the current parameters to its next step: a stop function that keeps them must copy them
+StopFn = Callable[[Any, int], tuple[bool, dict] | tuple[bool, dict, Any]]
 
 
 def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
@@ -396,7 +398,8 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     batch, padded like the batch. ``retain``: arrays aligned with a retain set (for objectives that
     read D_r, which are then not zero-shot); each step gets ``aux["retain_" + name]``, a batch of
     rows drawn without replacement (seeded by ``config.seed``). ``stop`` (:data:`StopFn`) is asked
-    after every pass whether to stop before ``config.passes``; what it reports is logged.
+    after every pass whether to stop before ``config.passes``, and may hand back earlier
+    parameters to return; what it reports is logged.
 
     Returns a new model (the input model is left untouched) and a :class:`JiTLog`. One pass over the
     forget set in order, one optimiser step per batch (``optax.sgd(config.lr)`` unless ``optimizer``
@@ -490,9 +493,11 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
             times.append(time.perf_counter() - ts)
         passes_run = p + 1
         if stop is not None:
-            done, info = stop(params, p)
+            done, info, *keep = stop(params, p)
             pass_info.append({k: float(v) for k, v in info.items()})
             if done:
+                if keep and keep[0] is not None:
+                    params = keep[0]
                 break
     jax.block_until_ready(params)
     runtime = time.perf_counter() - t_start
