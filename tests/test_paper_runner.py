@@ -38,6 +38,7 @@ def test_configs_cover_the_tables(runner):
             assert set(methods) <= set(unlearn.METHODS), methods
             assert {"bsln", "rtrn", "jit"} <= set(methods)
             assert len(cfg.seeds) == (1 if scale == "tiny" else 3)
+            assert set(cfg.train) <= set(run.TRAIN_FLAGS), cfg.train  # passed as train's flags
         tables.add(cfg.table)
     # every sub-table of the paper has a config
     assert tables == {"table1", "table2a", "table2b", "table3a", "table3b", "table4a", "table4b"}
@@ -45,6 +46,25 @@ def test_configs_cover_the_tables(runner):
         run.load_config("table9")
     with pytest.raises(ValueError, match="scale 'huge'"):
         run.load_config("table2_vgg", "huge")
+
+
+def test_model_and_recipe_overrides(runner):
+    """--model/--model-set/--train-set: another model takes only its own options, options alone
+    update the config's, values are typed, and unknown names are errors naming what is accepted."""
+    run, _ = runner
+    cfg = run.load_config("table4_vgg", "cpu")
+    r18 = run.override(cfg, "resnet18", ["width=16"], ["epochs=12"])
+    assert (r18.model, r18.model_opts) == ("resnet18", {"width": 16})
+    assert r18.train == {**cfg.train, "epochs": 12} and r18.forget == cfg.forget
+    wider = run.override(cfg, None, ["width=32"], [])
+    assert (wider.model, wider.model_opts) == (cfg.model, {**cfg.model_opts, "width": 32})
+    assert run.override(cfg, None, [], []) is cfg
+    with pytest.raises(ValueError, match="resnet99"):
+        run.override(cfg, "resnet99", [], [])
+    with pytest.raises(ValueError, match="depth"):
+        run.override(cfg, "resnet18", ["depth=3"], [])
+    with pytest.raises(ValueError, match="epoch"):
+        run.override(cfg, None, [], ["epoch=3"])
 
 
 def _run_tiny(runner, tmp_path, names):
@@ -65,17 +85,21 @@ def _run_tiny(runner, tmp_path, names):
         assert json.loads((out / "results.json").read_text())["rows"]
 
 
-@pytest.fixture
-def compile_cache(tmp_path):
-    """JAX's persistent compilation cache in a fresh folder: every tiny config trains and scores
-    the same width-4 cnn on the same 8x8 images, and each jit-jax command builds its functions
-    anew, so without it each of the 28 commands recompiled the same programs (85 s in all)."""
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """JAX's persistent compilation cache in a fresh folder shared by the module: every tiny
+    config trains and scores the same width-4 cnn (or the same tiny ViT) on the same 8x8 images,
+    and each jit-jax command builds its functions anew, so without a shared cache each of the 28
+    commands recompiled the same programs. JAX opens the cache once per process, so it is reset
+    before (a test of another module may have opened one) and after (none of them sees this one)."""
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
     keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
             "jax_persistent_cache_min_entry_size_bytes")
     saved = {k: getattr(jax.config, k) for k in keys}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax-cache"))
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     try:
@@ -83,6 +107,7 @@ def compile_cache(tmp_path):
     finally:
         for k, v in saved.items():
             jax.config.update(k, v)
+        compilation_cache.reset_cache()
 
 
 #: one config per code path (a VGG on CIFAR-like data, a ViT, a ``folder:`` dataset) in the default

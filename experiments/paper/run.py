@@ -450,6 +450,35 @@ def differences_markdown(summary: dict, threshold: float = 10.0) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the recipe fields jit-jax train takes as flags (the runner passes the config's ``train`` so)
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "momentum", "weight_decay",
+               "augment")
+
+
+def override(cfg: Config, model: str | None, model_set: list[str],
+             train_set: list[str]) -> Config:
+    """``cfg`` with another model and/or changed model options and training recipe (typed by the
+    model's options and :class:`jit_jax.train.TrainConfig`; unknown names are errors)."""
+    from jit_jax.models import option_types
+    from jit_jax.options import parse_options
+    from jit_jax.train import TrainConfig
+
+    name = model or cfg.model
+    types = option_types(name)
+    opts = parse_options(model_set, "model", types)
+    train = parse_options(train_set, "training", TrainConfig)
+    fields = list(TRAIN_FLAGS)
+    for what, given, accepted in (("model", opts, sorted(types)), ("training", train, fields)):
+        unknown = sorted(set(given) - set(accepted))
+        if unknown:
+            raise ValueError(f"unknown {what} option(s) {unknown} for {name}; accepted: "
+                             f"{accepted}")
+    if not (model or opts or train):
+        return cfg
+    return cfg.replace(model=name, model_opts=opts if model else {**cfg.model_opts, **opts},
+                       train={**cfg.train, **train})
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="a config module in experiments/paper (e.g. table2_vgg)")
@@ -460,11 +489,20 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+")
     p.add_argument("--vit-weights", type=Path,
                    help="ViT configs at the gpu/paper scale: the published ViT .npz to fine-tune")
+    p.add_argument("--model", help="run the table's task with another model of the registry "
+                   "(e.g. resnet18): its own output folder, the page names the model")
+    p.add_argument("--model-set", nargs="*", default=[],
+                   help="model options, KEY=VALUE (e.g. width=16); with --model they replace the "
+                        "config's, without it they update them")
+    p.add_argument("--train-set", nargs="*", default=[],
+                   help="training recipe overrides, KEY=VALUE (jit-jax train's options, e.g. "
+                        "epochs=20)")
     p.add_argument("--metrics", default="paper", choices=["paper", "full"],
                    help="full: also the stronger attacks, output distances to RTRN and relearn "
                         "time, from each finished run's checkpoint (kept in metrics.json)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.scale)
+    cfg = override(load_config(args.config, args.scale), args.model, args.model_set,
+                   args.train_set)
     summary = run(cfg, args.out, data=args.data, seeds=args.seeds, methods=args.methods,
                   vit_weights=args.vit_weights, metrics=args.metrics)
     print(markdown(cfg, summary))
