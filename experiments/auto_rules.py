@@ -238,6 +238,23 @@ def merged(traces: list[dict]) -> list[dict]:
     return list(out.values())
 
 
+def untouched_distance(traces: list[dict], balance_models: bool = False) -> float:
+    """The untouched model's mean retrain distance over the traced tasks: each (dataset, model,
+    forget request, seed) once, however many steps and scales were traced for it; with
+    ``balance_models``, the mean over model families of their means (as the rules are scored)."""
+    per = {}
+    for t in traces:
+        for r in t["runs"]:
+            key = (t["dataset"], t.get("model", "mlp"), r["forget"], r["seed"])
+            per[key] = r["passes"][0]["retrain_distance"]
+    if not balance_models:
+        return float(np.mean(list(per.values())))
+    fams = {}
+    for (_, model, _, _), d in per.items():
+        fams.setdefault(model, []).append(d)
+    return float(np.mean([np.mean(v) for v in fams.values()]))
+
+
 def choose(args) -> dict:
     traces = merged([json.load(open(p)) for p in args.traces])
     rows = [score(traces, *c)
@@ -248,7 +265,7 @@ def choose(args) -> dict:
     ok = [r for r in rows if r["dr_drop"] <= args.max_dr_drop]
     # ties (rules that stop at the same passes) go to the cheaper one: fewer passes on average
     best = min(ok or rows, key=lambda r: (r["retrain_distance"], r["passes"]))
-    bsln = float(np.mean([r["passes"][0]["retrain_distance"] for t in traces for r in t["runs"]]))
+    bsln = untouched_distance(traces, args.balance_models)
     print(f"{len(rows)} rules; {len(ok)} with mean D_r drop <= {args.max_dr_drop}; untouched "
           f"model's mean distance {bsln:.2f}")
     for r in sorted(ok or rows, key=lambda r: (r["retrain_distance"], r["passes"]))[:args.top]:

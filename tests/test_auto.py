@@ -372,3 +372,19 @@ def test_choose_replays_the_damage_test_and_its_retry_from_the_traces():
                                 "mlp": {"retrain_distance": 4.0, "dr_drop": 3.0}}
     bal = ar.balanced(row)
     assert bal["retrain_distance"] == 12.0 and bal["dr_drop"] == 3.0
+
+
+def test_the_untouched_distance_counts_each_task_once():
+    """choose's reference line: each (dataset, model, request, seed) once, whatever number of
+    steps was traced for it; balanced over model families when the rules are (numbers by hand)."""
+    rules = _rules_module()
+
+    def run(forget, seed, step, d0):
+        return {"forget": forget, "seed": seed, "step": step, "passes": [{"retrain_distance": d0}]}
+
+    mlp = {"dataset": "digits", "model": "mlp",
+           "runs": [run("class:0", 0, s, 100.0) for s in (1e-3, 4e-3, 1.6e-2)]
+           + [run("class:0", 1, 1e-3, 80.0)]}
+    vgg = {"dataset": "cifar", "model": "vgg11", "runs": [run("class:2", 0, 1e-3, 30.0)]}
+    assert rules.untouched_distance([mlp, vgg]) == pytest.approx((100 + 80 + 30) / 3)
+    assert rules.untouched_distance([mlp, vgg], True) == pytest.approx((90 + 30) / 2)

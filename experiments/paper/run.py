@@ -12,6 +12,12 @@ a twin can run in parts (``--seeds``, ``--methods``). Each method is scored agai
 its own seed. With the config's ``paper_setting`` the methods run with the authors' settings
 (``jit-jax unlearn --paper``; ``docs/protocol.md``).
 
+``--model NAME --model-set KEY=VALUE ... --train-set KEY=VALUE ...`` run a table's task with
+another model or recipe (the test tasks of ``--method auto`` on ResNet18 with BatchNorm)::
+
+    python experiments/paper/run.py table2_vgg --scale cpu --data runs/data/cifar100.npz \
+        --model resnet18 --model-set width=16 --out runs/paper/table2-r18 --methods bsln auto jit
+
 Writes ``results.json`` (every run and the summary) and ``results.md``: per method, mean ± sd over
 the seeds of D_r, D_f and MIA, the paper's numbers in the adjacent columns, and the retrain
 distance (|D_r - RTRN| + |D_f - RTRN| + |MIA - RTRN| against the same seed's RTRN), then every
