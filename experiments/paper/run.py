@@ -473,8 +473,8 @@ def override(cfg: Config, model: str | None, model_set: list[str],
     types = option_types(name)
     opts = parse_options(model_set, "model", types)
     train = parse_options(train_set, "training", TrainConfig)
-    fields = list(TRAIN_FLAGS)
-    for what, given, accepted in (("model", opts, sorted(types)), ("training", train, fields)):
+    for what, given, accepted in (("model", opts, sorted(types)),
+                                  ("training", train, list(TRAIN_FLAGS))):
         unknown = sorted(set(given) - set(accepted))
         if unknown:
             raise ValueError(f"unknown {what} option(s) {unknown} for {name}; accepted: "

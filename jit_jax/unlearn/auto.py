@@ -261,9 +261,9 @@ def has_risen(now: dict, first: dict, lip_rise: float) -> bool:
 class Stop:
     """Rule 3 as the update loop's ``stop(params, pass) -> (stop, info, keep)``: stop on
     :func:`should_stop`, or on :func:`has_risen`, in which case ``keep`` (and :meth:`result`) are
-    the parameters from before the pass that raised JiT's ratio, which the loop returns. ``stats``: from
-    :func:`forget_stats_fn`; ``first``: ``stats(initial_params)`` (both shared by a retry's runs,
-    which restart from the same parameters)."""
+    the parameters from before the pass that raised JiT's ratio, which the loop returns.
+    ``stats``: from :func:`forget_stats_fn`; ``first``: ``stats(initial_params)`` (both shared by
+    a retry's runs, which restart from the same parameters)."""
 
     def __init__(self, stats, first: dict, config: AutoConfig, initial_params: Any):
         self.config = config
