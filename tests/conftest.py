@@ -6,6 +6,30 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+# One JAX persistent compilation cache for the whole run, in a fresh folder: the tests build the
+# same small models many times over (each CLI command, each fixture builds its functions anew), and
+# XLA compilation is most of the suite's time. The controller makes the folder before any jax
+# import; pytest-xdist's workers and the tests' subprocesses inherit it through the environment.
+# Set JAX_COMPILATION_CACHE_DIR yourself to keep a cache between runs, or
+# JIT_JAX_TEST_COMPILATION_CACHE=0 to run without one.
+_OWN_CACHE = None
+if (os.environ.get("JIT_JAX_TEST_COMPILATION_CACHE", "1") != "0"
+        and "JAX_COMPILATION_CACHE_DIR" not in os.environ):
+    import tempfile
+
+    _OWN_CACHE = tempfile.mkdtemp(prefix="jit-jax-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config):
+    """The controller removes the cache folder it made (workers leave it to the controller)."""
+    if _OWN_CACHE is not None and "PYTEST_XDIST_WORKER" not in os.environ:
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -85,31 +85,6 @@ def _run_tiny(runner, tmp_path, names):
         assert json.loads((out / "results.json").read_text())["rows"]
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """JAX's persistent compilation cache in a fresh folder shared by the module: every tiny
-    config trains and scores the same width-4 cnn (or the same tiny ViT) on the same 8x8 images,
-    and each jit-jax command builds its functions anew, so without a shared cache each of the 28
-    commands recompiled the same programs. JAX opens the cache once per process, so it is reset
-    before (a test of another module may have opened one) and after (none of them sees this one)."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    saved = {k: getattr(jax.config, k) for k in keys}
-    compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            jax.config.update(k, v)
-        compilation_cache.reset_cache()
-
-
 #: one config per code path (a VGG on CIFAR-like data, a ViT, a ``folder:`` dataset) in the default
 #: suite; the other four differ from these only in their data and settings (-m slow runs them)
 DEFAULT_CONFIGS = ["table1_faces", "table2_vgg", "table4_vit"]
@@ -117,8 +92,10 @@ DEFAULT_CONFIGS = ["table1_faces", "table2_vgg", "table4_vit"]
 
 @pytest.mark.parametrize("name", [
     n if n in DEFAULT_CONFIGS else pytest.param(n, marks=pytest.mark.slow) for n in CONFIGS])
-def test_every_config_runs_at_the_tiny_scale(runner, tmp_path, compile_cache, name):
-    """Each of the seven configs through the runner (original, RTRN, BSLN and JiT each)."""
+def test_every_config_runs_at_the_tiny_scale(runner, tmp_path, name):
+    """Each of the seven configs through the runner (original, RTRN, BSLN and JiT each). Every
+    tiny config trains and scores the same width-4 cnn (or the same tiny ViT) on the same 8x8
+    images; the suite's compilation cache (``conftest.py``) spares the recompilations."""
     _run_tiny(runner, tmp_path, [name])
 
 
