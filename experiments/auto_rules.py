@@ -79,6 +79,68 @@ def _result_row(r, ref) -> dict:
             "dr_drop": ref.bsln.retain_acc - r.retain_acc}
 
 
+def shuffled_patches(x: np.ndarray, grid: int = 4, seed: int = 0) -> np.ndarray:
+    """Each image cut into ``grid`` x ``grid`` patches put back in a random order (one permutation
+    per image, seeded): the forget set's local textures and colours without its objects' shapes.
+    Images whose sides ``grid`` does not divide are cropped to a multiple first."""
+    n, h, w = x.shape[:3]
+    ph, pw = h // grid, w // grid
+    x = x[:, :ph * grid, :pw * grid]
+    tiles = x.reshape(n, grid, ph, grid, pw, *x.shape[3:]).swapaxes(2, 3)
+    tiles = tiles.reshape(n, grid * grid, ph, pw, *x.shape[3:])
+    rng = np.random.default_rng(seed)
+    order = np.stack([rng.permutation(grid * grid) for _ in range(n)])
+    tiles = np.take_along_axis(tiles, order.reshape(n, -1, *([1] * (tiles.ndim - 2))), 1)
+    tiles = tiles.reshape(n, grid, grid, ph, pw, *x.shape[3:]).swapaxes(2, 3)
+    return tiles.reshape(n, grid * ph, grid * pw, *x.shape[3:])
+
+
+def probe_stats_fn(apply_fn, params0, x_forget: np.ndarray, labels: np.ndarray, seed: int):
+    """Candidate damage statistics that read only the model and the forget set (``--probes``):
+    how far the current model's outputs have moved from the original's
+    - ``cond_kl``: on the forget samples, the KL divergence (original || now) of the softmax over
+      the classes other than the sample's original prediction (what a forgotten sample is taken
+      for instead: retraining leaves that to the rest of the model);
+    - ``shuf_kl`` / ``shuf_flip``: on the forget samples with shuffled patches
+      (:func:`shuffled_patches`), the KL divergence of the whole softmax and the share of changed
+      predictions;
+    - ``shuf_cond_kl``: the same without the forget samples' original predicted classes."""
+    import jax
+    import jax.numpy as jnp
+
+    shuf = shuffled_patches(x_forget, seed=seed) if x_forget.ndim == 4 else x_forget[
+        np.random.default_rng(seed).permutation(len(x_forget))]
+    forget_classes = np.unique(labels)
+
+    def cond(lp, excl):  # log-softmax renormalised over the classes not in ``excl``
+        lp = jnp.where(excl, -jnp.inf, lp)
+        return lp - jax.nn.logsumexp(lp, -1, keepdims=True)
+
+    def kl(lp0, lp1):
+        return jnp.sum(jnp.where(jnp.isfinite(lp0), jnp.exp(lp0) * (lp0 - lp1), 0.0), -1)
+
+    @jax.jit
+    def logp(params, xb):
+        return jax.nn.log_softmax(apply_fn(params, xb).astype(jnp.float32), -1)
+
+    def all_logp(params, x):
+        return jnp.concatenate([logp(params, jnp.asarray(x[s:s + 256]))
+                                for s in range(0, len(x), 256)])
+
+    lp0_f, lp0_s = all_logp(params0, x_forget), all_logp(params0, shuf)
+    own = jax.nn.one_hot(labels, lp0_f.shape[-1], dtype=bool)
+    fc = jnp.zeros(lp0_f.shape[-1], bool).at[forget_classes].set(True)[None]
+
+    def stats(params) -> dict:
+        lp_f, lp_s = all_logp(params, x_forget), all_logp(params, shuf)
+        return {"cond_kl": float(jnp.mean(kl(cond(lp0_f, own), cond(lp_f, own)))),
+                "shuf_kl": float(jnp.mean(kl(lp0_s, lp_s))),
+                "shuf_flip": float(100 * jnp.mean(jnp.argmax(lp0_s, -1) != jnp.argmax(lp_s, -1))),
+                "shuf_cond_kl": float(jnp.mean(kl(cond(lp0_s, fc), cond(lp_s, fc))))}
+
+    return stats
+
+
 def trace(args) -> None:
     from jit_jax import tune
 
@@ -102,6 +164,10 @@ def trace(args) -> None:
                                       norm=norm, max_passes=args.passes, seed=ref.seed)
             sigma, chosen = auto.chosen_settings(x, cfg, 0.5)
             stats = auto.forget_stats_fn(fn.apply_fn, x, sigma, labels, cfg.num_checks, cfg.seed)
+            if args.probes:
+                probes = probe_stats_fn(fn.apply_fn, fn.params, x, labels, cfg.seed)
+                stats = (lambda params, forget=stats, probes=probes:
+                         {**forget(params), **probes(params)})
             rows = [{"pass": 0, **stats(fn.params), **_result_row(ref.bsln, ref)}]
 
             def record(params, p, stats=stats, rows=rows, ref=ref, prep=prep, fn=fn):
@@ -495,6 +561,8 @@ def main(argv=None) -> None:
                    help="training recipe overrides, KEY=VALUE (e.g. epochs=30 optimizer=adam)")
     t.add_argument("--passes", type=int, default=12)
     t.add_argument("--k", type=int, default=auto.AUTO_DEFAULTS.k)
+    t.add_argument("--probes", action="store_true",
+                   help="also record candidate damage statistics (probe_stats_fn)")
     t.add_argument("--out", required=True)
     c = sub.add_parser("choose")
     c.add_argument("traces", nargs="+")
