@@ -388,3 +388,36 @@ def test_the_untouched_distance_counts_each_task_once():
     vgg = {"dataset": "cifar", "model": "vgg11", "runs": [run("class:2", 0, 1e-3, 30.0)]}
     assert rules.untouched_distance([mlp, vgg]) == pytest.approx((100 + 80 + 30) / 3)
     assert rules.untouched_distance([mlp, vgg], True) == pytest.approx((90 + 30) / 2)
+
+
+def test_trace_helpers_shuffle_patches_and_label_batchnorm_parameters():
+    """The trace's diagnostics: every shuffled image holds exactly its own patches (a permutation,
+    not the identity); ``update_labels`` freezes exactly the BatchNorm scales and biases
+    (``no_norm``) or everything else (``norm_only``); the probe statistics are zero for the
+    original model."""
+    from jit_jax.functional import functionalize
+    from jit_jax.models import ModelSpec
+
+    rules = _rules_module()
+    x = np.arange(3 * 8 * 8 * 2, dtype=np.float32).reshape(3, 8, 8, 2)
+    y = rules.shuffled_patches(x, grid=4, seed=0)
+
+    def patches(img):
+        return sorted(img[a:a + 2, b:b + 2].tobytes() for a in range(0, 8, 2) for b in range(0, 8, 2))
+
+    assert y.shape == x.shape and not np.array_equal(x, y)
+    for i in range(3):
+        assert patches(y[i]) == patches(x[i])
+    model = ModelSpec("resnet18", 3, (8, 8, 1), {"width": 4}).build(0)
+    fn = functionalize(model)
+    leaves = jax.tree_util.tree_leaves_with_path(fn.params)
+    in_norm = [any(k in jax.tree_util.keystr(p) for k in ("bn", "norm")) for p, _ in leaves]
+    assert sum(in_norm) == 40  # 20 BatchNorm layers, a scale and a bias each
+    for which, want in (("all", lambda n: "move"), ("no_norm", lambda n: "freeze" if n else "move"),
+                        ("norm_only", lambda n: "move" if n else "freeze")):
+        got = jax.tree_util.tree_leaves(rules.update_labels(model, fn.params, which))
+        assert got == [want(n) for n in in_norm], which
+    xs = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype(np.float32)
+    labels = np.argmax(np.asarray(fn.apply_fn(fn.params, xs)), -1)
+    stats = rules.probe_stats_fn(fn.apply_fn, fn.params, xs, labels, seed=0)(fn.params)
+    assert stats == {"cond_kl": 0.0, "shuf_kl": 0.0, "shuf_flip": 0.0}
