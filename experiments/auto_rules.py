@@ -8,7 +8,8 @@ hold-out stands in for the test set), then run auto's loop for ``--passes`` pass
 (``--scales`` x ``--steps``) with no stopping, and record after every pass the validation metrics
 (D_r, D_f, MIA, the retrain distance to the same seed's RTRN) and the statistics the stopping rule
 can watch (``jit_jax.unlearn.auto.STOP_STATS``; ``--probes`` adds the candidate damage statistics
-of :func:`probe_stats_fn`; ``--updates`` moves only some parameters, :func:`update_labels`)::
+of :func:`probe_stats_fn`; ``--updates`` moves only some parameters, :func:`update_labels`; ``--objectives`` runs other
+zero-shot objectives in the same loop and steps)::
 
     python experiments/auto_rules.py trace --dataset digits --model mlp \\
         --forget class:0 class:5 random:100 --seeds 0 1 --out runs/auto/trace-digits.json
@@ -177,8 +178,8 @@ def trace(args) -> None:
         x = prep(ref.dataset.x_train[ref.split.forget_idx])
         fn = functionalize(ref.model)
         labels = np.argmax(predict(ref.model, x), -1)
-        for norm, scale, step, which in itertools.product(args.norms, args.scales, args.steps,
-                                                          args.updates):
+        for norm, scale, step, which, objective in itertools.product(
+                args.norms, args.scales, args.steps, args.updates, args.objectives):
             cfg = dataclasses.replace(auto.AUTO_DEFAULTS, k=args.k, scale=scale, step=step,
                                       norm=norm, max_passes=args.passes, seed=ref.seed)
             sigma, chosen = auto.chosen_settings(x, cfg, 0.5)
@@ -203,14 +204,23 @@ def trace(args) -> None:
 
                     tx = optax.multi_transform({"move": tx, "freeze": optax.set_to_zero()},
                                                update_labels(ref.model, fn.params, which))
-                jit_unlearn(ref.model, x, auto.jit_config(cfg), optimizer=tx,
-                            aux={"sigma": sigma}, stop=record)
+                if objective != "jit":  # another zero-shot objective in auto's loop and steps
+                    from jit_jax.unlearn import objectives
+
+                    obj = objectives.OBJECTIVES[objective]
+                    given = {"labels": labels, "ref_logits": predict(ref.model, x)}
+                    jit_unlearn(ref.model, x, auto.jit_config(cfg), optimizer=tx,
+                                value_and_grad=objectives.value_and_grad(obj),
+                                aux={k: given[k] for k in obj.needs}, stop=record)
+                else:
+                    jit_unlearn(ref.model, x, auto.jit_config(cfg), optimizer=tx,
+                                aux={"sigma": sigma}, stop=record)
                 failed = None
             except FloatingPointError as e:
                 failed = str(e)
             best = min(rows, key=lambda r: r["retrain_distance"])
             print(f"seed {ref.seed} {ref.split.description} {norm} scale {scale} step {step} "
-                  f"updates {which}: "
+                  f"updates {which} objective {objective}: "
                   f"best pass "
                   f"{best['pass']} dist {best['retrain_distance']:.1f} (D_r drop "
                   f"{best['dr_drop']:.1f}, D_f {best['forget_acc']:.1f}); pass 0 dist "
@@ -218,6 +228,7 @@ def trace(args) -> None:
                   + (f"; FAILED {failed}" if failed else ""), flush=True)
             out["runs"].append({"seed": ref.seed, "forget": ref.split.description,
                                 "norm": norm, "scale": scale, "step": step, "updates": which,
+                                "objective": objective,
                                 "sigma_median":
                                 chosen["sigma_median"], "failed": failed, "passes": rows})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -589,6 +600,9 @@ def main(argv=None) -> None:
     t.add_argument("--k", type=int, default=auto.AUTO_DEFAULTS.k)
     t.add_argument("--updates", nargs="+", default=["all"], choices=UPDATES,
                    help="which parameters the loop moves (update_labels)")
+    t.add_argument("--objectives", nargs="+", default=["jit"], choices=["jit", *sorted(
+        k for k, o in unlearn.objectives.OBJECTIVES.items() if o.zero_shot)],
+                   help="JiT's smoothing (auto's) or other zero-shot objectives, same steps")
     t.add_argument("--probes", action="store_true",
                    help="also record candidate damage statistics (probe_stats_fn)")
     t.add_argument("--out", required=True)
