@@ -8,8 +8,8 @@ hold-out stands in for the test set), then run auto's loop for ``--passes`` pass
 (``--scales`` x ``--steps``) with no stopping, and record after every pass the validation metrics
 (D_r, D_f, MIA, the retrain distance to the same seed's RTRN) and the statistics the stopping rule
 can watch (``jit_jax.unlearn.auto.STOP_STATS``; ``--probes`` adds the candidate damage statistics
-of :func:`probe_stats_fn`; ``--updates`` moves only some parameters, :func:`update_labels`; ``--objectives`` runs other
-zero-shot objectives in the same loop and steps)::
+of :func:`probe_stats_fn`; ``--updates`` moves only some parameters, :func:`update_labels`;
+``--objectives`` runs other zero-shot objectives in the same loop and steps)::
 
     python experiments/auto_rules.py trace --dataset digits --model mlp \\
         --forget class:0 class:5 random:100 --seeds 0 1 --out runs/auto/trace-digits.json
@@ -97,7 +97,7 @@ def shuffled_patches(x: np.ndarray, grid: int = 4, seed: int = 0) -> np.ndarray:
     return tiles.reshape(n, grid * ph, grid * pw, *x.shape[3:])
 
 
-def probe_stats_fn(apply_fn, params0, x_forget: np.ndarray, labels: np.ndarray, seed: int):
+def probe_stats_fn(fn, x_forget: np.ndarray, labels: np.ndarray, seed: int):
     """Candidate damage statistics that read only the model and the forget set (``--probes``):
     how far the current model's outputs have moved from the original's
     - ``cond_kl``: on the forget samples, the KL divergence (original || now) of the softmax over
@@ -105,7 +105,10 @@ def probe_stats_fn(apply_fn, params0, x_forget: np.ndarray, labels: np.ndarray, 
       for instead: retraining leaves that to the rest of the model);
     - ``shuf_kl`` / ``shuf_flip``: on the forget samples with shuffled patches
       (:func:`shuffled_patches`), the KL divergence of the whole softmax and the share of changed
-      predictions."""
+      predictions.
+
+    ``fn``: the original model as a :class:`~jit_jax.functional.Functional`; ``stats(params)``
+    scores the model ``rebuild(fn, params)`` through ``train.predict``."""
     import jax
     import jax.numpy as jnp
 
@@ -119,15 +122,10 @@ def probe_stats_fn(apply_fn, params0, x_forget: np.ndarray, labels: np.ndarray, 
     def kl(lp0, lp1):
         return jnp.sum(jnp.where(jnp.isfinite(lp0), jnp.exp(lp0) * (lp0 - lp1), 0.0), -1)
 
-    @jax.jit
-    def logp(params, xb):
-        return jax.nn.log_softmax(apply_fn(params, xb).astype(jnp.float32), -1)
-
     def all_logp(params, x):
-        return jnp.concatenate([logp(params, jnp.asarray(x[s:s + 256]))
-                                for s in range(0, len(x), 256)])
+        return jax.nn.log_softmax(jnp.asarray(predict(rebuild(fn, params), x), jnp.float32), -1)
 
-    lp0_f, lp0_s = all_logp(params0, x_forget), all_logp(params0, shuf)
+    lp0_f, lp0_s = all_logp(fn.params, x_forget), all_logp(fn.params, shuf)
     own = jax.nn.one_hot(labels, lp0_f.shape[-1], dtype=bool)
 
     def stats(params) -> dict:
@@ -177,7 +175,8 @@ def trace(args) -> None:
         prep = recipes.preprocess_fn(ref.dataset)
         x = prep(ref.dataset.x_train[ref.split.forget_idx])
         fn = functionalize(ref.model)
-        labels = np.argmax(predict(ref.model, x), -1)
+        ref_logits = predict(ref.model, x)
+        labels = np.argmax(ref_logits, -1)
         for norm, scale, step, which, objective in itertools.product(
                 args.norms, args.scales, args.steps, args.updates, args.objectives):
             cfg = dataclasses.replace(auto.AUTO_DEFAULTS, k=args.k, scale=scale, step=step,
@@ -185,7 +184,7 @@ def trace(args) -> None:
             sigma, chosen = auto.chosen_settings(x, cfg, 0.5)
             stats = auto.forget_stats_fn(fn.apply_fn, x, sigma, labels, cfg.num_checks, cfg.seed)
             if args.probes:
-                probes = probe_stats_fn(fn.apply_fn, fn.params, x, labels, cfg.seed)
+                probes = probe_stats_fn(fn, x, labels, cfg.seed)
                 stats = (lambda params, forget=stats, probes=probes:
                          {**forget(params), **probes(params)})
             rows = [{"pass": 0, **stats(fn.params), **_result_row(ref.bsln, ref)}]
@@ -204,17 +203,14 @@ def trace(args) -> None:
 
                     tx = optax.multi_transform({"move": tx, "freeze": optax.set_to_zero()},
                                                update_labels(ref.model, fn.params, which))
+                vg, aux = None, {"sigma": sigma}  # JiT's smoothing, as auto runs it
                 if objective != "jit":  # another zero-shot objective in auto's loop and steps
-                    from jit_jax.unlearn import objectives
-
-                    obj = objectives.OBJECTIVES[objective]
-                    given = {"labels": labels, "ref_logits": predict(ref.model, x)}
-                    jit_unlearn(ref.model, x, auto.jit_config(cfg), optimizer=tx,
-                                value_and_grad=objectives.value_and_grad(obj),
-                                aux={k: given[k] for k in obj.needs}, stop=record)
-                else:
-                    jit_unlearn(ref.model, x, auto.jit_config(cfg), optimizer=tx,
-                                aux={"sigma": sigma}, stop=record)
+                    obj = unlearn.objectives.OBJECTIVES[objective]
+                    given = {"labels": labels, "ref_logits": ref_logits}
+                    vg = unlearn.objectives.value_and_grad(obj)
+                    aux = {k: given[k] for k in obj.needs}
+                jit_unlearn(ref.model, x, auto.jit_config(cfg), optimizer=tx,
+                            value_and_grad=vg, aux=aux, stop=record)
                 failed = None
             except FloatingPointError as e:
                 failed = str(e)

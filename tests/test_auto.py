@@ -403,7 +403,8 @@ def test_trace_helpers_shuffle_patches_and_label_batchnorm_parameters():
     y = rules.shuffled_patches(x, grid=4, seed=0)
 
     def patches(img):
-        return sorted(img[a:a + 2, b:b + 2].tobytes() for a in range(0, 8, 2) for b in range(0, 8, 2))
+        corners = [(a, b) for a in range(0, 8, 2) for b in range(0, 8, 2)]
+        return sorted(img[a:a + 2, b:b + 2].tobytes() for a, b in corners)
 
     assert y.shape == x.shape and not np.array_equal(x, y)
     for i in range(3):
@@ -419,5 +420,5 @@ def test_trace_helpers_shuffle_patches_and_label_batchnorm_parameters():
         assert got == [want(n) for n in in_norm], which
     xs = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype(np.float32)
     labels = np.argmax(np.asarray(fn.apply_fn(fn.params, xs)), -1)
-    stats = rules.probe_stats_fn(fn.apply_fn, fn.params, xs, labels, seed=0)(fn.params)
+    stats = rules.probe_stats_fn(fn, xs, labels, seed=0)(fn.params)
     assert stats == {"cond_kl": 0.0, "shuf_kl": 0.0, "shuf_flip": 0.0}
