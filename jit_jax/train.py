@@ -158,15 +158,17 @@ def _forward(model, x):
 
 def predict(model: nnx.Module, x: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
     """Logits of ``model`` in eval mode for all of ``x``, in padded fixed-size batches:
-    ``batch_size`` images, or the next power of two of ``len(x)`` when that is smaller.
+    ``batch_size`` images, or the next power of two of ``len(x)`` (at least 64) when that is
+    smaller.
 
     The model's train/eval mode is restored afterwards."""
     n = len(x)
     if n == 0:
         return np.zeros((0, 0), np.float32)
-    # a set smaller than one batch is padded to the next power of two, so that sets of many sizes
-    # share a few compiled programs (at most twice the work, on the last batch only)
-    b = min(batch_size, 1 << (n - 1).bit_length())
+    # a set smaller than one batch is padded to the next power of two, at least 64, so that sets
+    # of many sizes share a few compiled programs (at most twice the work on the last batch of a
+    # set over 64, at most 64 rows for a smaller one)
+    b = min(batch_size, max(64, 1 << (n - 1).bit_length()))
     was_training = _is_training(model)
     model.eval()
     outs = []

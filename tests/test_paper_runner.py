@@ -85,17 +85,13 @@ def _run_tiny(runner, tmp_path, names):
         assert json.loads((out / "results.json").read_text())["rows"]
 
 
-#: one config per code path (a VGG on CIFAR-like data, a ViT, a ``folder:`` dataset) in the default
-#: suite; the other four differ from these only in their data and settings (-m slow runs them)
-DEFAULT_CONFIGS = ["table1_faces", "table2_vgg", "table4_vit"]
-
-
-@pytest.mark.parametrize("name", [
-    n if n in DEFAULT_CONFIGS else pytest.param(n, marks=pytest.mark.slow) for n in CONFIGS])
+@pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_runs_at_the_tiny_scale(runner, tmp_path, name):
-    """Each of the seven configs through the runner (original, RTRN, BSLN and JiT each). Every
-    tiny config trains and scores the same width-4 cnn (or the same tiny ViT) on the same 8x8
-    images; the suite's compilation cache (``conftest.py``) spares the recompilations."""
+    """Each of the seven configs through the runner (original, RTRN, BSLN and JiT each), in the
+    default suite: the issue's smoke test of every config. Every tiny config trains and scores the
+    same width-4 cnn (or the same tiny ViT) on the same 8x8 images; the suite's compilation cache
+    (``conftest.py``) spares the recompilations. All seven took 40.7 s of test time in one process
+    on 2 cores (2026-12-04, matmul calibration 120 GFLOP/s)."""
     _run_tiny(runner, tmp_path, [name])
 
 

@@ -94,23 +94,25 @@ class _BNNet(nnx.Module):
 
 
 def test_predict_pads_small_sets_to_a_power_of_two(tiny_images, monkeypatch):
-    """Sets smaller than a batch share programs: each is padded to the next power of two (sizes
-    5-8 run one 8-image program), larger sets run full batches; the padding never shows."""
+    """Sets smaller than a batch share programs: each is padded to the next power of two, at least
+    64 (sizes 1-64 run one 64-image program, 65-96 a 128-image one), larger sets run full batches;
+    the padding never shows."""
     from jit_jax import train as train_mod
 
     x, _, _, _ = _data(tiny_images)
+    assert len(x) == 96
     m = ModelSpec("cnn", 3, (8, 8, 1), {"width": 4}).build(0)
     shapes, forward = [], train_mod._forward
     monkeypatch.setattr(train_mod, "_forward",
                         lambda model, xb: shapes.append(xb.shape[0]) or forward(model, xb))
     assert predict(m, x[:20], batch_size=500).shape == (20, 3)
-    for n in (1, 5, 7, 8):
+    for n in (1, 5, 64, 65, 96):
         assert predict(m, x[:n], batch_size=500).shape == (n, 3)
-    # the same 8-image program, each sample's row alone (eval mode): the padding rows change nothing
+    # the same 64-image program, each sample's row alone (eval mode): the padding rows change nothing
     np.testing.assert_array_equal(predict(m, x[:5], batch_size=500),
-                                  predict(m, x[:8], batch_size=500)[:5])
+                                  predict(m, x[:64], batch_size=500)[:5])
     assert predict(m, x[:20], batch_size=8).shape == (20, 3)
-    assert shapes == [32, 1, 8, 8, 8, 8, 8, 8, 8, 8]
+    assert shapes == [64, 64, 64, 64, 128, 128, 64, 64, 8, 8, 8]
 
 
 def test_predict_restores_mode_and_pads(tiny_images):

@@ -45,6 +45,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jit_jax import prng
+
 __all__ = [
     "HutchinsonEstimate",
     "curvature_stats",
@@ -209,7 +211,7 @@ def hutchinson_frobenius_sq(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     hv, xf = _linearized_hvp(f, x)
-    probes = jax.random.rademacher(key, (num_probes, xf.shape[0]), dtype=xf.dtype)
+    probes = prng.rademacher(key, (num_probes, xf.shape[0]), xf.dtype)
     samples = _map(lambda v: jnp.sum(hv(v) ** 2), probes, batch_size)
     est = jnp.mean(samples)
     stderr = jnp.std(samples, ddof=1) / jnp.sqrt(jnp.asarray(num_probes, samples.dtype))
@@ -250,7 +252,7 @@ def _lanczos(hv, xf, key, num_iters: int):
     dtype = xf.dtype
     tol = 100 * jnp.finfo(dtype).eps
     # The start vector and one fresh vector per step for restarts, drawn outside the loop.
-    draws = jax.random.normal(key, (k + 1, d), dtype)
+    draws = prng.normal(key, (k + 1, d), dtype)
 
     def unit(r):
         n = jnp.linalg.norm(r)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jit_jax import prng
 from jit_jax.models import ModelSpec
 from jit_jax.train import TrainConfig, train
 
@@ -40,7 +41,7 @@ def reset_head(model: nnx.Module, seed: int = 0) -> nnx.Module:
     k_w, k_b = jax.random.split(jax.random.key(seed))
     fan_in = head.kernel.shape[0]
     bound = 1.0 / math.sqrt(fan_in)
-    head.kernel[...] = jax.random.uniform(k_w, head.kernel.shape, head.kernel.dtype, -bound, bound)
+    head.kernel[...] = prng.uniform(k_w, head.kernel.shape, head.kernel.dtype, -bound, bound)
     if head.bias is not None:
         head.bias[...] = jax.random.uniform(k_b, head.bias.shape, head.bias.dtype, -bound, bound)
     return model

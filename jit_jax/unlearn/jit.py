@@ -45,6 +45,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from jit_jax import prng
 from jit_jax.functional import functionalize, rebuild
 from jit_jax.parallel import data_shardings, host_local, is_multiprocess, replicate, shard_batch
 
@@ -74,7 +75,7 @@ def perturb(key: jax.Array, x: jax.Array, sigma: float | jax.Array, *, clip: boo
     sigma = jnp.asarray(sigma, x.dtype)
     if sigma.ndim == 1:
         sigma = sigma.reshape((-1,) + (1,) * (x.ndim - 1))
-    xt = x + sigma * jax.random.normal(key, x.shape, x.dtype)
+    xt = x + sigma * prng.normal(key, x.shape, x.dtype)
     if clip:
         if mask is None:
             lo, hi = jnp.min(x), jnp.max(x)

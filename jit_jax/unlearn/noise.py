@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jit_jax import prng
 from jit_jax.functional import functionalize
 from jit_jax.train import TrainConfig, compile_estimate, cross_entropy, train
 from jit_jax.unlearn._common import _full_class_only
@@ -65,7 +66,7 @@ def train_noise(apply_fn, params, label: int, *, shape: tuple[int, ...], steps: 
     takes ``(params, x, key)``: a fresh key per step (dropout). Returns ``(noise, compile time)``;
     the compile time is 0 when an identical step was compiled before."""
     k0, key = jax.random.split(key)
-    noise = jax.random.normal(k0, shape, jnp.float32)
+    noise = prng.normal(k0, shape, jnp.float32)
     opt, step = _noise_step(apply_fn, bool(maximise), float(lr), float(reg))
     labels = jnp.full((shape[0],), label, jnp.int32)
     state = opt.init(noise)

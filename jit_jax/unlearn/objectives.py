@@ -48,13 +48,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jit_jax import prng
 from jit_jax.unlearn.jit import _flat, _safe_norm, jit_loss, reduce_draws
 
 
 def _jvps(apply_fn, params, x, key, num_samples: int):
     """``(J(x) v, v)`` for ``num_samples`` Gaussian directions v (each the shape of x)."""
     def one(k):
-        v = jax.random.normal(k, x.shape, x.dtype)
+        v = prng.normal(k, x.shape, x.dtype)
         _, jv = jax.jvp(lambda xx: apply_fn(params, xx), (x,), (v,))
         return jv, v
 
@@ -174,7 +175,7 @@ def curvature(apply_fn, params, x, key, *, mask=None, labels, num_probes: int = 
     """Curvature smoothing: ``||H_i||_F^2`` of the input Hessian of ``log p(y_i | x_i)`` at each
     forget sample, by Hutchinson's estimator ``E_v ||H v||^2`` with Rademacher v (unbiased; the
     estimator of ``analysis/curvature.hutchinson_frobenius_sq``)."""
-    v = jax.random.rademacher(key, (num_probes,) + x.shape, x.dtype)
+    v = prng.rademacher(key, (num_probes,) + x.shape, x.dtype)
     hv = input_hvps(apply_fn, params, x, labels, v)
     return reduce_draws(jnp.sum(jnp.square(hv.reshape(hv.shape[:2] + (-1,))), -1), mask,
                         reduction)
