@@ -233,6 +233,137 @@ def trace(args) -> None:
     print("wrote", args.out)
 
 
+def classtrace(args) -> None:
+    """Rule 4 (class mode) run with no early stop for ``--passes`` passes per (start step, growth,
+    min move), recording after every pass what the rule watches (the forget set's accuracy and
+    mean confidence, the step used) and the validation metrics."""
+    from jit_jax import tune
+
+    ds = dataset(args.dataset)
+    model_options = parse_options(args.model_set, "model", model_option_types(args.model))
+    train_options = {**recipe_options(ds), **parse_options(args.train_set, "training",
+                                                           TrainConfig)}
+    refs = tune.references_in_process(ds, args.model, args.forget, seeds=args.seeds,
+                                      model_options=model_options, train_options=train_options)
+    out = {"kind": "class", "dataset": args.dataset, "model": args.model,
+           "model_options": model_options, "train_options": train_options,
+           "forget": args.forget, "seeds": args.seeds, "passes": args.passes,
+           "references": tune.references_info(refs), "runs": []}
+    for ref in refs:
+        prep = recipes.preprocess_fn(ref.dataset)
+        x = prep(ref.dataset.x_train[ref.split.forget_idx])
+        labels = ref.dataset.train_targets[ref.split.forget_idx].astype(np.int32)
+        ref_logits = predict(ref.model, x)
+        fn = functionalize(ref.model)
+        for start, grow, move in itertools.product(args.starts, args.grows, args.min_moves):
+            cfg = dataclasses.replace(
+                auto.AUTO_DEFAULTS, class_objective=args.objective, class_step=start,
+                class_grow=grow, class_min_move=move, class_max_step=max(start, args.max_step),
+                class_target=-1.0, class_passes=args.passes, seed=ref.seed)
+            fit = auto.forget_fit_fn(fn.apply_fn, x, labels)
+            rows = [{"pass": 0, **fit(fn.params), "step": 0.0, "share": auto.label_share(labels),
+                     **_result_row(ref.bsln, ref)}]
+
+            def on_pass(params, p, stop, rows=rows, ref=ref, prep=prep, fn=fn):
+                r = evaluate_unlearning(rebuild(fn, params), ref.dataset, ref.split,
+                                        method="auto", preprocess=prep)
+                rows.append({"pass": p + 1, **stop.previous, "step": stop.steps[-1],
+                             **_result_row(r, ref)})
+
+            t0 = time.time()
+            failed = None
+            try:
+                auto.run_class_mode(ref.model, x, labels, cfg, ref_logits=ref_logits,
+                                    on_pass=on_pass)
+            except FloatingPointError as e:
+                failed = str(e)
+            best = min(rows, key=lambda r: r["retrain_distance"])
+            print(f"seed {ref.seed} {ref.split.description} start {start:g} grow {grow:g} "
+                  f"move {move:g}: " + " | ".join(
+                      f"{r['pass']}:{r['forget_acc']:.0f}/{r['dr_drop']:.1f}/"
+                      f"{r['retrain_distance']:.0f}@{r['step']:.2g}" for r in rows)
+                  + f"; best pass {best['pass']}; {time.time() - t0:.0f} s"
+                  + (f"; FAILED {failed}" if failed else ""), flush=True)
+            out["runs"].append({"seed": ref.seed, "forget": ref.split.description,
+                                "start": start, "grow": grow, "min_move": move,
+                                "objective": args.objective, "failed": failed, "passes": rows})
+            _write_json(args.out, out)  # after every run: a long trace cut short keeps its runs
+    print("wrote", args.out)
+
+
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def class_stop_pass(rows: list[dict], target: float, budget: int,
+                    conf_target: float = 0.0) -> dict:
+    """Rule 4's stop replayed on a class trace: the first pass whose forget accuracy (what the
+    rule measures) is at most ``target`` or whose mean confidence in the forget labels is at most
+    ``conf_target`` (0: not used), else the last pass within ``budget``."""
+    if rows[0]["acc"] <= target:  # already at the target: auto returns the model untouched
+        return rows[0]
+    for r in rows[1:budget + 1]:
+        if r["acc"] <= target or r["conf"] <= conf_target:
+            return r
+    return rows[min(budget, len(rows) - 1)]
+
+
+def classchoose(args) -> dict:
+    """Every (start, grow, min move) traced x target x pass budget replayed on the class traces;
+    the rule with the lowest mean over model families of their mean retrain distance among those
+    whose every family keeps its mean D_r drop within ``--max-dr-drop`` wins."""
+    traces = [json.load(open(p)) for p in args.traces]
+    fams: dict[str, list] = {}
+    for t in traces:
+        fam = f"{t['dataset']}/{t['model']}"
+        fams.setdefault(fam, []).extend(t["runs"])
+    keys = sorted({(r["start"], r["grow"], r["min_move"]) for runs in fams.values()
+                   for r in runs})
+    results = []
+    for (start, grow, move), target, conf, budget in itertools.product(
+            keys, args.targets, args.conf_targets, args.budgets):
+        per_fam, ok = {}, True
+        for fam, runs in fams.items():
+            rs = [r for r in runs if (r["start"], r["grow"], r["min_move"]) == (start, grow, move)]
+            if not rs:
+                ok = False
+                break
+            picked = [class_stop_pass(r["passes"], target, budget, conf) for r in rs]
+            per_fam[fam] = {"distance": float(np.mean([p["retrain_distance"] for p in picked])),
+                            "dr_drop": float(np.mean([p["dr_drop"] for p in picked])),
+                            "forget_acc": float(np.mean([p["forget_acc"] for p in picked])),
+                            "passes": float(np.mean([p["pass"] for p in picked])),
+                            "tasks": len(picked)}
+        if not ok:
+            continue
+        results.append({"start": start, "grow": grow, "min_move": move, "target": target,
+                        "conf_target": conf, "budget": budget,
+                        "distance": float(np.mean([v["distance"] for v in per_fam.values()])),
+                        "worst_dr_drop": max(v["dr_drop"] for v in per_fam.values()),
+                        "families": per_fam})
+    valid = [r for r in results if r["worst_dr_drop"] <= args.max_dr_drop]
+    valid.sort(key=lambda r: (r["distance"], r["budget"]))
+    untouched = {fam: float(np.mean([r["passes"][0]["retrain_distance"] for r in runs]))
+                 for fam, runs in fams.items()}
+    print("untouched:", {k: round(v, 1) for k, v in untouched.items()})
+    for r in valid[:args.top]:
+        print(f"start {r['start']:g} grow {r['grow']:g} move {r['min_move']:g} target "
+              f"{r['target']:g} conf {r['conf_target']:g} budget {r['budget']}: mean distance "
+              f"{r['distance']:.1f}; "
+              + "; ".join(f"{k}: {v['distance']:.1f} (drop {v['dr_drop']:.1f}, D_f "
+                          f"{v['forget_acc']:.1f}, passes {v['passes']:.1f})"
+                          for k, v in r["families"].items()))
+    out = {"untouched": untouched, "valid": valid, "all": results}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
 def stop_pass(rows: list[dict], lip_ratio: float, gap_peak: bool, budget: int,
               lip_rise: float = 0.0) -> dict:
     """The row rule 3 keeps: where ``auto.should_stop`` stops, the row before the first pass that
@@ -602,6 +733,29 @@ def main(argv=None) -> None:
     t.add_argument("--probes", action="store_true",
                    help="also record candidate damage statistics (probe_stats_fn)")
     t.add_argument("--out", required=True)
+    ct = sub.add_parser("classtrace")
+    ct.add_argument("--dataset", required=True)
+    ct.add_argument("--model", default="mlp")
+    ct.add_argument("--forget", nargs="+", required=True)
+    ct.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ct.add_argument("--model-set", nargs="*", help="model options, KEY=VALUE (e.g. width=16)")
+    ct.add_argument("--train-set", nargs="*",
+                    help="training recipe overrides, KEY=VALUE (e.g. epochs=30 optimizer=adam)")
+    ct.add_argument("--objective", default="dpo", choices=auto.CLASS_OBJECTIVES)
+    ct.add_argument("--starts", type=float, nargs="+", default=[6.25e-5])
+    ct.add_argument("--grows", type=float, nargs="+", default=[4.0])
+    ct.add_argument("--min-moves", type=float, nargs="+", default=[0.05])
+    ct.add_argument("--max-step", type=float, default=auto.AutoConfig.class_max_step)
+    ct.add_argument("--passes", type=int, default=12)
+    ct.add_argument("--out", required=True)
+    cc = sub.add_parser("classchoose")
+    cc.add_argument("traces", nargs="+")
+    cc.add_argument("--targets", type=float, nargs="+", default=[0.0, 2.0, 5.0, 10.0, 20.0])
+    cc.add_argument("--conf-targets", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3])
+    cc.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 12])
+    cc.add_argument("--max-dr-drop", type=float, default=5.0)
+    cc.add_argument("--top", type=int, default=10)
+    cc.add_argument("--out")
     c = sub.add_parser("choose")
     c.add_argument("traces", nargs="+")
     c.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
@@ -636,7 +790,7 @@ def main(argv=None) -> None:
     r.add_argument("--methods", nargs="*")
     r.add_argument("--out")
     args = ap.parse_args(argv)
-    {"trace": trace, "choose": choose, "test": test, "figure": figure,
+    {"trace": trace, "classtrace": classtrace, "classchoose": classchoose, "choose": choose, "test": test, "figure": figure,
      "report": report}[args.cmd](args)
 
 

@@ -382,7 +382,14 @@ def cmd_unlearn(args) -> int:
 
         options = {**paper.options(split.kind, spec.name, args.method), **options}
     res = unlearn.run(args.method, req, **options, **mesh_opt, **state_opt)
-    if "chosen" in res.log:  # --method auto: what its rules chose
+    if "chosen" in res.log and res.log["chosen"].get("mode") == "class":
+        c = res.log["chosen"]
+        print(f"auto chose class mode ({100 * c['label_share']:.0f}% of the forget set share one "
+              f"label): {c['objective']} with per-tensor relative steps "
+              + (", ".join(f"{s:g}" for s in c["steps"]) or "(none: already at the target)")
+              + f"; stopped after {c['passes_run']} passes at forget accuracy "
+              f"{c['forget_accuracy']:.1f}% (target {c['target']:g}%)", flush=True)
+    elif "chosen" in res.log:  # --method auto: what its rules chose
         c = res.log["chosen"]
         print(f"auto chose: sigma per sample {c['sigma_min']:.3g}..{c['sigma_max']:.3g} (median "
               f"{c['sigma_median']:.3g}; {c['sigma_rule']}), steps of {c['step_used']:g} x ||params|| "

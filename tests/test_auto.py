@@ -422,3 +422,154 @@ def test_trace_helpers_shuffle_patches_and_label_batchnorm_parameters():
     labels = np.argmax(np.asarray(fn.apply_fn(fn.params, xs)), -1)
     stats = rules.probe_stats_fn(fn, xs, labels, seed=0)(fn.params)
     assert stats == {"cond_kl": 0.0, "shuf_kl": 0.0, "shuf_flip": 0.0}
+
+
+def test_label_share_and_class_mode_switch():
+    assert auto.label_share(np.array([3, 3, 3, 3])) == 1.0
+    assert auto.label_share(np.array([0, 1, 1, 2, 1])) == 0.6
+    assert auto.label_share(np.array([], np.int32)) == 0.0
+    cfg = dataclasses.replace(auto.AUTO_DEFAULTS, class_share=0.9)
+    assert auto.class_mode(np.array([7] * 9 + [2]), cfg)
+    assert not auto.class_mode(np.array([7] * 8 + [2, 1]), cfg)
+    assert not auto.class_mode(np.array([7] * 10), dataclasses.replace(cfg, class_share=0.0))
+    for bad in (dict(class_share=1.5), dict(class_objective="ga"), dict(class_grow=0.5),
+                dict(class_step=1e-2, class_max_step=1e-3), dict(class_target=101.0),
+                dict(class_passes=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            auto.AutoConfig(**bad)
+
+
+def test_class_stop_grows_the_step_until_the_confidence_moves_and_stops_at_the_target():
+    """ClassStop on a scripted sequence of (accuracy, confidence): the step grows by class_grow
+    after each pass that lowered the mean confidence by less than class_min_move, never beyond
+    class_max_step, and the run stops at the first pass whose accuracy is at most the target."""
+    seq = iter([{"acc": 100.0, "conf": 0.99}, {"acc": 100.0, "conf": 0.97},
+                {"acc": 90.0, "conf": 0.80}, {"acc": 60.0, "conf": 0.78},
+                {"acc": 4.0, "conf": 0.10}])
+    cfg = auto.AutoConfig(class_step=1e-4, class_grow=4.0, class_min_move=0.05,
+                          class_max_step=1e-3, class_target=5.0)
+    st = auto.ClassStop(lambda params: next(seq), {"acc": 100.0, "conf": 1.0}, cfg)
+    state = auto.adjustable_relative_steps(cfg.class_step).init({"w": jnp.ones(3)})
+    done = []
+    for p in range(5):
+        d, info = st(None, p)
+        done.append(d)
+        assert info["step"] == st.steps[-1]
+        if not d:
+            state = st.adjust(state, p)
+    assert done == [False, False, False, False, True]
+    # passes 1, 2 and 4 moved the confidence by < 0.05: x4, x4 (capped at 1e-3), x4 (capped)
+    np.testing.assert_allclose(st.steps, [1e-4, 4e-4, 1e-3, 1e-3, 1e-3])
+    assert float(state.hyperparams["step"]) == pytest.approx(1e-3)
+
+
+def test_the_loop_applies_a_step_changed_between_passes():
+    """jit_unlearn's ``adjust``: the step held in the optimiser state is changed after a pass and
+    the next pass uses it with the same compiled step. A zero first step leaves the parameters
+    as they are; the second pass then moves them by step x their norm."""
+    from flax import nnx
+
+    class Lin(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.array([[1.0, -2.0], [0.5, 3.0]]))
+
+        def __call__(self, x):
+            return x @ self.w
+
+    x = np.array([[1.0, 2.0], [3.0, -1.0]], np.float32)
+    calls = []
+
+    def vg(apply_fn, params, xb, key, *, mask, forward_keys, aux):
+        return jax.value_and_grad(lambda p: jnp.sum(apply_fn(p, xb) ** 2))(params)
+
+    def adjust(state, p):
+        calls.append(p)
+        return auto.set_step(state, 0.1)
+
+    model = Lin()
+    _, log1 = jit_unlearn(model, x, JiTConfig(batch_size=2, passes=1), value_and_grad=vg,
+                          optimizer=auto.adjustable_relative_steps(0.0, "global"), adjust=adjust)
+    assert calls == []  # no pass after the last
+    out, log = jit_unlearn(model, x, JiTConfig(batch_size=2, passes=2), value_and_grad=vg,
+                           optimizer=auto.adjustable_relative_steps(0.0, "global"), adjust=adjust)
+    assert calls == [0]
+    w0 = np.asarray(model.w[...])
+    moved = np.asarray(out.w[...]) - w0
+    np.testing.assert_allclose(np.linalg.norm(moved), 0.1 * np.linalg.norm(w0), rtol=1e-5)
+
+
+def test_auto_class_mode_forgets_a_digits_class(digits_class3_request):
+    """With class_share on, a class request runs rule 4: dpo with growing relative steps, stopped
+    once the forget accuracy reaches the target (or the passes run out); what it chose is logged;
+    a random request keeps JiT's smoothing."""
+    from jit_jax import unlearn
+    from jit_jax.data import parse_forget
+    from jit_jax.train import accuracy, predict
+
+    req = digits_class3_request
+    out = unlearn.run("auto", req, class_share=0.9, class_target=20.0, class_passes=8)
+    c = out.log["chosen"]
+    assert c["mode"] == "class" and c["label_share"] == 1.0 and c["objective"] == "dpo"
+    assert len(c["steps"]) == c["passes_run"] == len(out.log["pass_info"])
+    assert all(b >= a for a, b in zip(c["steps"], c["steps"][1:], strict=False))
+    x = req.forget_inputs()
+    y = req.dataset.train_targets[req.split.forget_idx]
+    acc = accuracy(predict(out.model, x), y)
+    assert acc == pytest.approx(c["forget_accuracy"], abs=1e-4)
+    assert acc <= 20.0 or c["passes_run"] == 8
+    # a forget set already at the target is left as it is (0 passes, the same parameters)
+    from jit_jax.functional import functionalize
+
+    same = unlearn.run("auto", req, class_share=0.9, class_target=100.0)
+    assert same.log["chosen"]["passes_run"] == 0 and same.log["chosen"]["steps"] == []
+    jax.tree.map(np.testing.assert_array_equal, functionalize(req.model).params,
+                 functionalize(same.model).params)
+    rnd = dataclasses.replace(req, split=parse_forget(req.dataset, "random:30"))
+    out_r = unlearn.run("auto", rnd, class_share=0.9, max_passes=1)
+    assert out_r.log["chosen"]["mode"] == "smoothing"
+
+
+def test_class_rule_replay_stops_at_the_target_and_chooses_across_families(tmp_path):
+    """auto_rules' replay of rule 4: the first pass at the accuracy (or confidence) target, the
+    untouched model when the forget set starts at the target, else the budget's last pass; the
+    choice takes the lowest mean over families whose every mean D_r drop is within the bound."""
+    import json
+
+    ar = _rules_module()
+
+    def rows(accs, confs, dists, drops):
+        return [{"pass": p, "acc": a, "conf": c, "retrain_distance": d, "dr_drop": dr,
+                 "forget_acc": a} for p, (a, c, d, dr) in enumerate(zip(accs, confs, dists, drops,
+                                                                         strict=True))]
+
+    r = rows([100, 80, 30, 4, 0], [0.9, 0.7, 0.3, 0.05, 0.0], [90, 60, 30, 10, 20], [0, 0, 1, 2, 6])
+    assert ar.class_stop_pass(r, 5.0, 8)["pass"] == 3
+    assert ar.class_stop_pass(r, 0.0, 8)["pass"] == 4
+    assert ar.class_stop_pass(r, 0.0, 2)["pass"] == 2  # the budget
+    assert ar.class_stop_pass(r, 0.0, 8, conf_target=0.3)["pass"] == 2
+    assert ar.class_stop_pass(rows([3], [0.1], [40], [0]), 5.0, 8)["pass"] == 0
+    mlp = {"dataset": "a", "model": "mlp", "runs": [
+        {"start": 1e-4, "grow": 2.0, "min_move": 0.1, "passes": r},
+        {"start": 1e-4, "grow": 4.0, "min_move": 0.1,
+         "passes": rows([100, 0], [0.9, 0.0], [90, 50], [0, 0])}]}
+    cnn = {"dataset": "b", "model": "cnn", "runs": [
+        {"start": 1e-4, "grow": 2.0, "min_move": 0.1, "passes": r},
+        {"start": 1e-4, "grow": 4.0, "min_move": 0.1,
+         "passes": rows([100, 0], [0.9, 0.0], [90, 5], [0, 9])}]}
+    paths = []
+    for i, t in enumerate((mlp, cnn)):
+        paths.append(str(tmp_path / f"t{i}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(t, f)
+    got = ar.classchoose(ar_args(paths))
+    best = got["valid"][0]
+    # grow 4 has the lower mean (27.5) but the cnn family's D_r drop (9) is over 5: grow 2 wins
+    assert (best["grow"], best["target"], best["distance"]) == (2.0, 5.0, 10.0)
+    assert all(v["grow"] == 2.0 for v in got["valid"])
+
+
+def ar_args(paths):
+    import argparse
+
+    return argparse.Namespace(traces=paths, targets=[5.0], conf_targets=[0.0], budgets=[8],
+                              max_dr_drop=5.0, top=0, out=None)

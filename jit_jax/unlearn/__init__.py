@@ -180,7 +180,18 @@ def _auto(req: Request, mesh=None, **options) -> MethodOutput:
                          f"{[f.name for f in dataclasses.fields(cfg)]}")
     cfg = dataclasses.replace(cfg, **options)
     x = req.forget_inputs()
+    labels = req.dataset.train_targets[req.split.forget_idx].astype(np.int32)
+    if auto.class_mode(labels, cfg):  # rule 4: a class or sub-class request
+        model, log, stop = auto.run_class_mode(req.model, x, labels, cfg, mesh=mesh)
+        chosen = {"mode": "class", "label_share": auto.label_share(labels),
+                  "objective": cfg.class_objective, "steps": stop.steps,
+                  "target": cfg.class_target, "passes_run": log.passes_run,
+                  "forget_accuracy": stop.previous["acc"]}
+        return MethodOutput(model, log.runtime, log.compile_time, True,
+                            {**log.to_dict(), "config": dataclasses.asdict(cfg),
+                             "chosen": chosen})
     sigma, chosen = auto.chosen_settings(x, cfg, default_jit_config(req).sigma)
+    chosen["mode"] = "smoothing"
     fn = functionalize(req.model)
     labels = np.argmax(predict(req.model, x), axis=-1)
     stats = auto.forget_stats_fn(fn.apply_fn, x, sigma, labels, cfg.num_checks, cfg.seed)

@@ -387,7 +387,8 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
                 value_and_grad: ValueAndGrad | None = None,
                 aux: dict[str, np.ndarray] | None = None,
                 retain: dict[str, np.ndarray] | None = None,
-                stop: StopFn | None = None) -> tuple[nnx.Module, JiTLog]:
+                stop: StopFn | None = None,
+                adjust: Callable[[Any, int], Any] | None = None) -> tuple[nnx.Module, JiTLog]:
     """Run JiT on ``x_forget`` (normalised float inputs, NHWC or any batch-first shape).
 
     This is also the update loop of every zero-shot objective (``objectives.py``): with
@@ -400,7 +401,10 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     read D_r, which are then not zero-shot); each step gets ``aux["retain_" + name]``, a batch of
     rows drawn without replacement (seeded by ``config.seed``). ``stop`` (:data:`StopFn`) is asked
     after every pass whether to stop before ``config.passes``, and may hand back earlier
-    parameters to return; what it reports is logged.
+    parameters to return; what it reports is logged. ``adjust(opt_state, pass) -> opt_state`` is
+    called after every pass that does not stop the run: a rule may change the optimiser's
+    hyperparameters between passes (e.g. a step held in ``optax.inject_hyperparams``'s state)
+    without a recompilation.
 
     Returns a new model (the input model is left untouched) and a :class:`JiTLog`. One pass over the
     forget set in order, one optimiser step per batch (``optax.sgd(config.lr)`` unless ``optimizer``
@@ -500,6 +504,8 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
                 if keep and keep[0] is not None:
                     params = keep[0]
                 break
+        if adjust is not None and p + 1 < config.passes:
+            opt_state = adjust(opt_state, p)
     jax.block_until_ready(params)
     runtime = time.perf_counter() - t_start
     # The loss of each step is computed before its update, so the last update can still overflow.
