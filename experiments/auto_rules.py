@@ -158,7 +158,9 @@ def update_labels(model, params, which: str):
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def trace(args) -> None:
+def _references(args):
+    """The validation references of a trace (originals and RTRNs on the fit part of a hold-out
+    split, ``tune.references_in_process``) and the model and training options they used."""
     from jit_jax import tune
 
     ds = dataset(args.dataset)
@@ -167,6 +169,13 @@ def trace(args) -> None:
                                                            TrainConfig)}
     refs = tune.references_in_process(ds, args.model, args.forget, seeds=args.seeds,
                                       model_options=model_options, train_options=train_options)
+    return refs, model_options, train_options
+
+
+def trace(args) -> None:
+    from jit_jax import tune
+
+    refs, model_options, train_options = _references(args)
     out = {"dataset": args.dataset, "model": args.model, "model_options": model_options,
            "train_options": train_options, "forget": args.forget,
            "seeds": args.seeds, "passes": args.passes, "k": args.k,
@@ -239,12 +248,7 @@ def classtrace(args) -> None:
     mean confidence, the step used) and the validation metrics."""
     from jit_jax import tune
 
-    ds = dataset(args.dataset)
-    model_options = parse_options(args.model_set, "model", model_option_types(args.model))
-    train_options = {**recipe_options(ds), **parse_options(args.train_set, "training",
-                                                           TrainConfig)}
-    refs = tune.references_in_process(ds, args.model, args.forget, seeds=args.seeds,
-                                      model_options=model_options, train_options=train_options)
+    refs, model_options, train_options = _references(args)
     out = {"kind": "class", "dataset": args.dataset, "model": args.model,
            "model_options": model_options, "train_options": train_options,
            "forget": args.forget, "seeds": args.seeds, "passes": args.passes,
