@@ -158,6 +158,14 @@ def update_labels(model, params, which: str):
     return jax.tree_util.tree_map_with_path(label, params)
 
 
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
 def _references(args):
     """The validation references of a trace (originals and RTRNs on the fit part of a hold-out
     split, ``tune.references_in_process``) and the model and training options they used."""
@@ -236,9 +244,7 @@ def trace(args) -> None:
                                 "objective": objective,
                                 "sigma_median":
                                 chosen["sigma_median"], "failed": failed, "passes": rows})
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+    _write_json(args.out, out)
     print("wrote", args.out)
 
 
@@ -259,14 +265,14 @@ def classtrace(args) -> None:
         labels = ref.dataset.train_targets[ref.split.forget_idx].astype(np.int32)
         ref_logits = predict(ref.model, x)
         fn = functionalize(ref.model)
+        row0 = {"pass": 0, **auto.forget_fit_fn(fn.apply_fn, x, labels)(fn.params), "step": 0.0,
+                "share": auto.label_share(labels), **_result_row(ref.bsln, ref)}
         for start, grow, move in itertools.product(args.starts, args.grows, args.min_moves):
             cfg = dataclasses.replace(
                 auto.AUTO_DEFAULTS, class_objective=args.objective, class_step=start,
                 class_grow=grow, class_min_move=move, class_max_step=max(start, args.max_step),
                 class_target=-1.0, class_passes=args.passes, seed=ref.seed)
-            fit = auto.forget_fit_fn(fn.apply_fn, x, labels)
-            rows = [{"pass": 0, **fit(fn.params), "step": 0.0, "share": auto.label_share(labels),
-                     **_result_row(ref.bsln, ref)}]
+            rows = [dict(row0)]
 
             def on_pass(params, p, stop, rows=rows, ref=ref, prep=prep, fn=fn):
                 r = evaluate_unlearning(rebuild(fn, params), ref.dataset, ref.split,
@@ -293,14 +299,6 @@ def classtrace(args) -> None:
                                 "objective": args.objective, "failed": failed, "passes": rows})
             _write_json(args.out, out)  # after every run: a long trace cut short keeps its runs
     print("wrote", args.out)
-
-
-def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def class_stop_pass(rows: list[dict], target: float, budget: int,
@@ -575,9 +573,7 @@ def test(args) -> None:
                 f"{row[n]['mia']:.1f} dist {row[n]['retrain_distance']:.1f}"
                 + (f" ({logs[n]['chosen']['passes_run']} passes)" if "chosen" in logs[n] else "")
                 if n in row else f"{n} FAILED" for n in names), flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+    _write_json(args.out, out)
     print("wrote", args.out)
 
 
@@ -794,8 +790,8 @@ def main(argv=None) -> None:
     r.add_argument("--methods", nargs="*")
     r.add_argument("--out")
     args = ap.parse_args(argv)
-    {"trace": trace, "classtrace": classtrace, "classchoose": classchoose, "choose": choose, "test": test, "figure": figure,
-     "report": report}[args.cmd](args)
+    {"trace": trace, "classtrace": classtrace, "classchoose": classchoose, "choose": choose,
+     "test": test, "figure": figure, "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -180,10 +180,10 @@ def _auto(req: Request, mesh=None, **options) -> MethodOutput:
                          f"{[f.name for f in dataclasses.fields(cfg)]}")
     cfg = dataclasses.replace(cfg, **options)
     x = req.forget_inputs()
-    labels = req.dataset.train_targets[req.split.forget_idx].astype(np.int32)
-    if auto.class_mode(labels, cfg):  # rule 4: a class or sub-class request
-        model, log, stop = auto.run_class_mode(req.model, x, labels, cfg, mesh=mesh)
-        chosen = {"mode": "class", "label_share": auto.label_share(labels),
+    forget_labels = req.dataset.train_targets[req.split.forget_idx].astype(np.int32)
+    if auto.class_mode(forget_labels, cfg):  # rule 4: a class or sub-class request
+        model, log, stop = auto.run_class_mode(req.model, x, forget_labels, cfg, mesh=mesh)
+        chosen = {"mode": "class", "label_share": auto.label_share(forget_labels),
                   "objective": cfg.class_objective, "steps": stop.steps,
                   "target": cfg.class_target, "passes_run": log.passes_run,
                   "forget_accuracy": stop.previous["acc"]}
