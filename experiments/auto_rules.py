@@ -317,7 +317,8 @@ def class_stop_pass(rows: list[dict], target: float, budget: int,
 def classchoose(args) -> dict:
     """Every (start, grow, min move) traced x target x pass budget replayed on the class traces;
     the rule with the lowest mean over model families of their mean retrain distance among those
-    whose every family keeps its mean D_r drop within ``--max-dr-drop`` wins."""
+    whose every family keeps its mean D_r drop within ``--max-dr-drop`` wins (ties: fewer passes,
+    no confidence target, the higher accuracy target)."""
     traces = [json.load(open(p)) for p in args.traces]
     fams: dict[str, list] = {}
     for t in traces:
@@ -348,7 +349,9 @@ def classchoose(args) -> dict:
                         "worst_dr_drop": max(v["dr_drop"] for v in per_fam.values()),
                         "families": per_fam})
     valid = [r for r in results if r["worst_dr_drop"] <= args.max_dr_drop]
-    valid.sort(key=lambda r: (r["distance"], r["budget"]))
+    # ties (rules that stop at the same passes) go to fewer passes, then to the plainer stop (no
+    # confidence target), then to the higher accuracy target (the earlier stop)
+    valid.sort(key=lambda r: (r["distance"], r["budget"], r["conf_target"], -r["target"]))
     untouched = {fam: float(np.mean([r["passes"][0]["retrain_distance"] for r in runs]))
                  for fam, runs in fams.items()}
     print("untouched:", {k: round(v, 1) for k, v in untouched.items()})

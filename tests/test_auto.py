@@ -246,9 +246,11 @@ def test_auto_runs_with_no_options_and_reports_what_it_chose(digits_class3_reque
     req = digits_class3_request
     model, split = req.model, req.split
     before = jax.tree.map(np.asarray, functionalize(model).params)
-    out = unlearn.run("auto", req, max_passes=2)
+    # a class request: with no options rule 4 runs (test below); class_share=0 keeps smoothing
+    out = unlearn.run("auto", req, max_passes=2, class_share=0.0)
     assert out.zero_shot
     chosen = out.log["chosen"]
+    assert chosen["mode"] == "smoothing"
     assert chosen["sigma_min"] > 0 and 1 <= chosen["passes_run"] <= 2
     assert len(out.log["pass_info"]) == chosen["passes_run"]
     assert {"gap", "lip", "gap0", "lip0"} <= set(out.log["pass_info"][0])
@@ -261,7 +263,8 @@ def test_auto_runs_with_no_options_and_reports_what_it_chose(digits_class3_reque
                                          r"accepted: \['k', 'scale'"):
         unlearn.run("auto", req, sigma=0.5)
     one = dataclasses.replace(split, forget_idx=split.forget_idx[:1])
-    out1 = unlearn.run("auto", dataclasses.replace(req, split=one), max_passes=1)
+    out1 = unlearn.run("auto", dataclasses.replace(req, split=one), max_passes=1,
+                       class_share=0.0)
     assert "one forget sample" in out1.log["chosen"]["sigma_rule"]
 
 
@@ -298,7 +301,9 @@ def test_auto_starts_again_with_a_smaller_step_when_its_first_pass_is_undone(
                             lambda *a, **k: (lambda params: {"gap": 0.0, "lip": next(it)}))
 
     req = digits_class3_request
-    opts = dict(step=0.01, max_passes=2, lip_ratio=0.0, gap_peak=False, lip_rise=1.25)
+    # class_share=0: the smoothing path (rules 1-3) on this class request
+    opts = dict(step=0.01, max_passes=2, lip_ratio=0.0, gap_peak=False, lip_rise=1.25,
+                class_share=0.0)
     scripted([1.0, 2.0, 0.9, 0.8])  # the start (measured once), attempt 1: pass 0; attempt 2: 0, 1
     out = unlearn.run("auto", req, retries=1, **opts)
     c = out.log["chosen"]
@@ -499,7 +504,7 @@ def test_the_loop_applies_a_step_changed_between_passes():
 
 
 def test_auto_class_mode_forgets_a_digits_class(digits_class3_request):
-    """With class_share on, a class request runs rule 4: dpo with growing relative steps, stopped
+    """With the defaults (class_share 0.9), a class request runs rule 4: dpo with growing relative steps, stopped
     once the forget accuracy reaches the target (or the passes run out); what it chose is logged;
     a random request keeps JiT's smoothing."""
     from jit_jax import unlearn
@@ -507,7 +512,9 @@ def test_auto_class_mode_forgets_a_digits_class(digits_class3_request):
     from jit_jax.train import accuracy, predict
 
     req = digits_class3_request
-    out = unlearn.run("auto", req, class_share=0.9, class_target=20.0, class_passes=8)
+    # the frozen defaults switch it on for a class request
+    assert auto.class_mode(req.dataset.train_targets[req.split.forget_idx], auto.AUTO_DEFAULTS)
+    out = unlearn.run("auto", req, class_target=20.0, class_passes=8)
     c = out.log["chosen"]
     assert c["mode"] == "class" and c["label_share"] == 1.0 and c["objective"] == "dpo"
     assert len(c["steps"]) == c["passes_run"] == len(out.log["pass_info"])
@@ -520,12 +527,12 @@ def test_auto_class_mode_forgets_a_digits_class(digits_class3_request):
     # a forget set already at the target is left as it is (0 passes, the same parameters)
     from jit_jax.functional import functionalize
 
-    same = unlearn.run("auto", req, class_share=0.9, class_target=100.0)
+    same = unlearn.run("auto", req, class_target=100.0)
     assert same.log["chosen"]["passes_run"] == 0 and same.log["chosen"]["steps"] == []
     jax.tree.map(np.testing.assert_array_equal, functionalize(req.model).params,
                  functionalize(same.model).params)
     rnd = dataclasses.replace(req, split=parse_forget(req.dataset, "random:30"))
-    out_r = unlearn.run("auto", rnd, class_share=0.9, max_passes=1)
+    out_r = unlearn.run("auto", rnd, max_passes=1)
     assert out_r.log["chosen"]["mode"] == "smoothing"
 
 
@@ -566,10 +573,16 @@ def test_class_rule_replay_stops_at_the_target_and_chooses_across_families(tmp_p
     # grow 4 has the lower mean (27.5) but the cnn family's D_r drop (9) is over 5: grow 2 wins
     assert (best["grow"], best["target"], best["distance"]) == (2.0, 5.0, 10.0)
     assert all(v["grow"] == 2.0 for v in got["valid"])
+    # targets 5 and 10 and a confidence target of 0.05 all stop grow 2 at pass 3 (a tie): the
+    # tie goes to the plainer stop (no confidence target), then to the higher accuracy target
+    tied = ar.classchoose(ar_args(paths, targets=[5.0, 10.0], conf_targets=[0.05, 0.0]))
+    assert [(v["distance"], v["conf_target"], v["target"]) for v in tied["valid"][:4]] == [
+        (10.0, 0.0, 10.0), (10.0, 0.0, 5.0), (10.0, 0.05, 10.0), (10.0, 0.05, 5.0)]
 
 
-def ar_args(paths):
+def ar_args(paths, targets=(5.0,), conf_targets=(0.0,)):
     import argparse
 
-    return argparse.Namespace(traces=paths, targets=[5.0], conf_targets=[0.0], budgets=[8],
-                              max_dr_drop=5.0, top=0, out=None)
+    return argparse.Namespace(traces=paths, targets=list(targets),
+                              conf_targets=list(conf_targets), budgets=[8], max_dr_drop=5.0,
+                              top=0, out=None)
