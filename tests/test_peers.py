@@ -665,7 +665,7 @@ ZERO_SHOT_OPTIONS = {"jit": {"num_samples": 2}, "bdsh": {"epochs": 1},
                      "gkt": {"pseudo_batches": 2, "batch_size": 8},
                      # JiT's default lr moves the tiny model's curvature by less than float32 resolves
                      "curvature": {"lr": 0.1}, "jit_curvature": {"num_samples": 2, "lr": 0.1},
-                     "auto": {"max_passes": 1}, "lipschitz": {"num_samples": 2}}
+                     "auto": {"max_passes": 1, "class_passes": 1}, "lipschitz": {"num_samples": 2}}
 ZERO_SHOT_SLOW = {"gkt"}  # ~40 s on 2 CPU cores (two runs, its steps compiled for each)
 ZERO_SHOT = [pytest.param(name, marks=[pytest.mark.slow] if name in ZERO_SHOT_SLOW else [])
              for name, m in unlearn.METHODS.items() if m.zero_shot]
