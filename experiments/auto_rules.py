@@ -581,14 +581,18 @@ def test(args) -> None:
 
 
 def _sweeps(row: dict, rules: dict, defaults: dict) -> dict[str, list[tuple[float, dict]]]:
-    """{"auto": [(step, result)...], "jit": [(lr factor, result)...]} from one test row: the
-    rules that set only the step (and "default", at the default step), and JiT's lr factors (and
-    "jit", factor 1)."""
-    out = {"auto": [], "jit": []}
+    """{"auto": [(step, result)...], "class": [(class_step, result)...], "jit": [(lr factor,
+    result)...]} from one test row: the rules that set only the step, or only rule 4's start step
+    (with "default" in the sweep of the mode it ran in), and JiT's lr factors (and "jit", factor
+    1)."""
+    out = {"auto": [], "class": [], "jit": []}
     for name, r in row.items():
         if name.startswith("auto["):
             opts = rules.get(name[5:-1], {})
-            if set(opts) <= {"step"}:
+            chosen = row.get("logs", {}).get(name, {}).get("chosen", {})
+            if opts and set(opts) <= {"class_step"} or not opts and chosen.get("mode") == "class":
+                out["class"].append((opts.get("class_step", defaults.get("class_step")), r))
+            elif set(opts) <= {"step"}:
                 out["auto"].append((opts.get("step", defaults["step"]), r))
         elif name.startswith("jit[lr x"):
             out["jit"].append((float(name[8:-1]), r))
@@ -625,19 +629,19 @@ def figure(args) -> None:
                     by_task.setdefault((kind, task), {}).setdefault(x, []).append(r)
         for (kind, task), pts in sorted(by_task.items()):
             xs = sorted(pts)
-            col = 2 * c + (0 if kind == "auto" else 1)
+            col = 2 * c + (1 if kind == "jit" else 0)
             for i, key in enumerate(["retrain_distance", "retain_acc", "mia"]):
                 ys = [float(np.mean([r[key] for r in pts[x]])) for x in xs]
-                axes[i, col].plot(xs, ys, "o-", label=task)
+                axes[i, col].plot(xs, ys, "o-", label=task if kind == "jit" else f"{task} {kind}")
                 axes[i, col].set_xscale("log", base=2)
                 axes[i, col].set_ylabel(key)
             dist = [float(np.mean([r["retrain_distance"] for r in pts[x]])) for x in xs]
             summary[f"{t['dataset']} {kind} {task}"] = {
                 "x": xs, "retrain_distance": dist,
                 "worst_over_best_in_8x": worst_in_window(xs, dist, 8.0)}
-            axes[0, col].set_title(f"{t['dataset']} {kind}: "
-                                   + ("step (x ||params||)" if kind == "auto" else "lr factor"))
-            axes[2, col].set_xlabel("step" if kind == "auto" else "lr / default lr")
+            axes[0, col].set_title(f"{t['dataset']} " + ("JiT: lr factor" if kind == "jit" else
+                                                          "auto: (start) step (x ||params||)"))
+            axes[2, col].set_xlabel("lr / default lr" if kind == "jit" else "step")
         for col in (2 * c, 2 * c + 1):
             axes[0, col].legend(fontsize=7)
     fig.tight_layout()
