@@ -504,9 +504,9 @@ def test_the_loop_applies_a_step_changed_between_passes():
 
 
 def test_auto_class_mode_forgets_a_digits_class(digits_class3_request):
-    """With the defaults (class_share 0.9), a class request runs rule 4: dpo with growing relative steps, stopped
-    once the forget accuracy reaches the target (or the passes run out); what it chose is logged;
-    a random request keeps JiT's smoothing."""
+    """With the defaults (class_share 0.9), a class request runs rule 4: dpo with growing
+    relative steps, stopped once the forget accuracy reaches the target (or the passes run out);
+    what it chose is logged; a random request keeps JiT's smoothing."""
     from jit_jax import unlearn
     from jit_jax.data import parse_forget
     from jit_jax.train import accuracy, predict
