@@ -245,10 +245,10 @@ METHODS: dict[str, Method] = {
                         "train on D_r", False, lambda req, **o: _retrain(req, True, **o)),
     "jit": Method("jit", "JiT: Lipschitz smoothing around each forget sample (zero-shot)", True,
                   _jit),
-    "auto": Method("auto", "JiT with no hand-set settings: sigma from the forget set's "
-                   "nearest-neighbour radius, steps relative to the parameters' norm, stopped when "
-                   "JiT's ratio on the forget set has fallen to a set fraction of its start "
-                   "(zero-shot)", True, _auto),
+    "auto": Method("auto", "no hand-set settings: a class request runs dpo with a growing "
+                   "relative step until the forget set's accuracy is 5%; any other runs JiT with "
+                   "sigma from the forget set's nearest-neighbour radius, steps relative to the "
+                   "parameters' norm and a stop from the forget set (zero-shot)", True, _auto),
     # objectives in JiT's update loop (jit_jax/unlearn/objectives.py)
     **{name: Method(name, obj.description + ("" if obj.zero_shot else " (not zero-shot)"),
                     obj.zero_shot, objective_method(name))

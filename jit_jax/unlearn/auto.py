@@ -1,7 +1,8 @@
-"""JiT with no hand-set sigma or lr (``--method auto``; issue 12).
+"""Zero-shot unlearning with no hand-set sigma or lr (``--method auto``; issue 12).
 
-Three rules replace the task's hand-tuned settings. Each reads only the model and the forget set,
-so ``auto`` stays zero-shot:
+Rules replace the task's hand-tuned settings. Each reads only the model and the forget set, so
+``auto`` stays zero-shot. A class or sub-class request runs rule 4 (class mode); any other runs
+JiT's smoothing under rules 1-3:
 
 1. **Noise from the data (the information radius).** The paper smooths the model within a radius
    tau of each forget sample and leaves tau unstated. Here tau_i is the distance from sample i to
