@@ -369,6 +369,78 @@ def classchoose(args) -> dict:
     return out
 
 
+def random_stop_pass(rows: list[dict], drop: float, conf_drop: float, budget: int,
+                     err_rise: float = 0.0) -> dict:
+    """A random-request stop replayed on a trace of rule 4's loop: the first pass whose forget
+    accuracy has fallen by at least ``drop`` points from its start, whose mean confidence by at
+    least ``conf_drop`` (0: not used), or whose mean error ``1 - conf`` has grown to at least
+    ``err_rise`` times its start (0: not used), else the last pass within ``budget`` (0: the
+    untouched model)."""
+    first = rows[0]
+    for r in rows[1:budget + 1]:
+        if (first["acc"] - r["acc"] >= drop
+                or (conf_drop > 0 and first["conf"] - r["conf"] >= conf_drop)
+                or (err_rise > 0 and 1 - r["conf"] >= err_rise * (1 - first["conf"]))):
+            return r
+    return rows[min(budget, len(rows) - 1)]
+
+
+def randchoose(args) -> dict:
+    """Random-request stops replayed on traces of rule 4's loop run on random forget sets
+    (``classtrace --forget random:N``): every (start, grow, min move) traced x accuracy drop x
+    confidence drop x pass budget (budget 0: the untouched model, always a candidate); the lowest
+    mean over model families of their mean retrain distance among rules whose every family keeps
+    its mean D_r drop within ``--max-dr-drop`` wins (ties: fewer passes, then the larger drops,
+    the later stop)."""
+    traces = [json.load(open(p)) for p in args.traces]
+    fams: dict[str, list] = {}
+    for t in traces:
+        fams.setdefault(f"{t['dataset']}/{t['model']}", []).extend(t["runs"])
+    keys = sorted({(r["start"], r["grow"], r["min_move"]) for runs in fams.values()
+                   for r in runs})
+    results = []
+    for (start, grow, move), drop, conf, rise, budget in itertools.product(
+            keys, args.drops, args.conf_drops, args.err_rises, args.budgets):
+        per_fam = {}
+        for fam, runs in fams.items():
+            rs = [r for r in runs if (r["start"], r["grow"], r["min_move"]) == (start, grow, move)]
+            picked = [random_stop_pass(r["passes"], drop, conf, budget, rise) for r in rs]
+            per_fam[fam] = {k: float(np.mean([p[f] for p in picked])) for k, f in (
+                ("distance", "retrain_distance"), ("dr_drop", "dr_drop"),
+                ("forget_acc", "forget_acc"), ("mia", "mia"), ("passes", "pass"))}
+        if any(not np.isfinite(v["distance"]) for v in per_fam.values()):
+            continue
+        results.append({"start": start, "grow": grow, "min_move": move, "drop": drop,
+                        "conf_drop": conf, "err_rise": rise, "budget": budget,
+                        "distance": float(np.mean([v["distance"] for v in per_fam.values()])),
+                        "worst_dr_drop": max(v["dr_drop"] for v in per_fam.values()),
+                        "families": per_fam})
+    valid = [r for r in results if r["worst_dr_drop"] <= args.max_dr_drop]
+    # ties (rules that stop at the same passes) go to fewer passes, then to fewer criteria, then
+    # to the later stop (larger thresholds)
+    def active(r):
+        return (r["drop"] <= 100) + (r["conf_drop"] > 0) + (r["err_rise"] > 0)
+
+    valid.sort(key=lambda r: (r["distance"], r["budget"], active(r), -r["drop"],
+                              -(r["conf_drop"] or math.inf), -(r["err_rise"] or math.inf)))
+    untouched = {fam: float(np.mean([r["passes"][0]["retrain_distance"] for r in runs]))
+                 for fam, runs in fams.items()}
+    print("untouched:", {k: round(v, 1) for k, v in untouched.items()},
+          f"mean {np.mean(list(untouched.values())):.1f}")
+    for r in valid[:args.top]:
+        print(f"start {r['start']:g} grow {r['grow']:g} move {r['min_move']:g} drop "
+              f"{r['drop']:g} conf {r['conf_drop']:g} err x{r['err_rise']:g} budget "
+              f"{r['budget']}: mean distance "
+              f"{r['distance']:.1f}; "
+              + "; ".join(f"{k}: {v['distance']:.1f} (drop {v['dr_drop']:.1f}, D_f "
+                          f"{v['forget_acc']:.1f}, MIA {v['mia']:.1f}, passes {v['passes']:.1f})"
+                          for k, v in r["families"].items()))
+    out = {"untouched": untouched, "valid": valid, "all": results}
+    if args.out:
+        _write_json(args.out, out)
+    return out
+
+
 def stop_pass(rows: list[dict], lip_ratio: float, gap_peak: bool, budget: int,
               lip_rise: float = 0.0) -> dict:
     """The row rule 3 keeps: where ``auto.should_stop`` stops, the row before the first pass that
@@ -763,6 +835,15 @@ def main(argv=None) -> None:
     cc.add_argument("--max-dr-drop", type=float, default=5.0)
     cc.add_argument("--top", type=int, default=10)
     cc.add_argument("--out")
+    rc = sub.add_parser("randchoose")
+    rc.add_argument("traces", nargs="+")
+    rc.add_argument("--drops", type=float, nargs="+", default=[1.0, 2.0, 5.0, 10.0, 20.0, 101.0])
+    rc.add_argument("--conf-drops", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1, 0.2])
+    rc.add_argument("--err-rises", type=float, nargs="+", default=[0.0, 1.5, 2.0, 3.0, 4.0, 8.0])
+    rc.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 2, 4, 6, 8, 10])
+    rc.add_argument("--max-dr-drop", type=float, default=5.0)
+    rc.add_argument("--top", type=int, default=10)
+    rc.add_argument("--out")
     c = sub.add_parser("choose")
     c.add_argument("traces", nargs="+")
     c.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
@@ -797,8 +878,9 @@ def main(argv=None) -> None:
     r.add_argument("--methods", nargs="*")
     r.add_argument("--out")
     args = ap.parse_args(argv)
-    {"trace": trace, "classtrace": classtrace, "classchoose": classchoose, "choose": choose,
-     "test": test, "figure": figure, "report": report}[args.cmd](args)
+    {"trace": trace, "classtrace": classtrace, "classchoose": classchoose,
+     "randchoose": randchoose, "choose": choose, "test": test, "figure": figure,
+     "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -389,6 +389,14 @@ def cmd_unlearn(args) -> int:
               + (", ".join(f"{s:g}" for s in c["steps"]) or "(none: already at the target)")
               + f"; stopped after {c['passes_run']} passes at forget accuracy "
               f"{c['forget_accuracy']:.1f}% (target {c['target']:g}%)", flush=True)
+    elif "chosen" in res.log and res.log["chosen"].get("mode") == "random":
+        c = res.log["chosen"]
+        print(f"auto chose random mode (the most common label holds {100 * c['label_share']:.0f}% "
+              f"of the forget set): {c['objective']} with per-tensor relative steps "
+              + ", ".join(f"{s:g}" for s in c["steps"])
+              + f"; stopped after {c['passes_run']} passes at forget accuracy "
+              f"{c['forget_accuracy']:.1f}% (from {c['start']['acc']:.1f}%), mean confidence "
+              f"{c['forget_confidence']:.4f} (from {c['start']['conf']:.4f})", flush=True)
     elif "chosen" in res.log:  # --method auto: what its rules chose
         c = res.log["chosen"]
         print(f"auto chose: sigma per sample {c['sigma_min']:.3g}..{c['sigma_max']:.3g} (median "

@@ -444,6 +444,43 @@ def test_label_share_and_class_mode_switch():
             auto.AutoConfig(**bad)
 
 
+def test_random_stop_fires_on_the_first_criterion_met_relative_to_the_start():
+    """RandomStop (rule 5): done at the first pass whose accuracy fell by random_drop points, whose
+    mean confidence fell by random_conf_drop, or whose mean error 1 - conf grew random_err_rise
+    times, each measured from the untouched model's values; criteria at 0 are not used; the step
+    grows as in rule 4."""
+    first = {"acc": 100.0, "conf": 0.99}
+    seq = [{"acc": 100.0, "conf": 0.989}, {"acc": 100.0, "conf": 0.975},
+           {"acc": 98.0, "conf": 0.96}, {"acc": 90.0, "conf": 0.80}]
+
+    def run(**kw):
+        cfg = auto.AutoConfig(class_step=1e-4, class_grow=2.0, class_min_move=0.05, **kw)
+        it = iter(seq)
+        st = auto.RandomStop(lambda params: next(it), first, cfg)
+        state = auto.adjustable_relative_steps(cfg.class_step).init({"w": jnp.ones(3)})
+        for p in range(len(seq)):
+            done, _ = st(None, p)
+            if done:
+                return p + 1, st.steps
+            state = st.adjust(state, p)
+        return None, st.steps
+
+    # error 0.01 -> 0.011, 0.025 (2.5x), 0.04, 0.2
+    assert run(random_err_rise=2.0)[0] == 2
+    assert run(random_err_rise=3.0)[0] == 3
+    assert run(random_drop=2.0)[0] == 3
+    assert run(random_drop=5.0)[0] == 4
+    assert run(random_conf_drop=0.1)[0] == 4
+    assert run(random_drop=5.0, random_err_rise=2.0)[0] == 2  # the first met
+    assert run()[0] is None  # nothing set: never done early
+    # the confidence moved < 0.05 on passes 1-3: the step doubled after each of them
+    np.testing.assert_allclose(run()[1], [1e-4, 2e-4, 4e-4, 8e-4])
+    for bad in (dict(random_drop=-1.0), dict(random_conf_drop=2.0), dict(random_err_rise=0.5),
+                dict(random_passes=0), dict(random_rule=1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            auto.AutoConfig(**bad)
+
+
 def test_class_stop_grows_the_step_until_the_confidence_moves_and_stops_at_the_target():
     """ClassStop on a scripted sequence of (accuracy, confidence): the step grows by class_grow
     after each pass that lowered the mean confidence by less than class_min_move, never beyond
@@ -532,8 +569,41 @@ def test_auto_class_mode_forgets_a_digits_class(digits_class3_request):
     jax.tree.map(np.testing.assert_array_equal, functionalize(req.model).params,
                  functionalize(same.model).params)
     rnd = dataclasses.replace(req, split=parse_forget(req.dataset, "random:30"))
-    out_r = unlearn.run("auto", rnd, max_passes=1)
+    out_r = unlearn.run("auto", rnd, max_passes=1, random_rule=False)
     assert out_r.log["chosen"]["mode"] == "smoothing"
+
+
+def test_auto_random_mode_runs_rule_4s_loop_with_the_random_stop(digits_class3_request):
+    """With random_rule on, a random request runs rule 4's objective and growing step and stops
+    at the random stop (here: the mean error doubled) or after random_passes; the logged final
+    accuracy and confidence are the returned model's."""
+    from jit_jax import unlearn
+    from jit_jax.data import parse_forget
+    from jit_jax.train import accuracy, predict
+
+    req = dataclasses.replace(digits_class3_request,
+                              split=parse_forget(digits_class3_request.dataset, "random:30"))
+    out = unlearn.run("auto", req, random_rule=True, random_err_rise=2.0, random_drop=0.0,
+                      random_conf_drop=0.0, random_passes=6)
+    c = out.log["chosen"]
+    assert c["mode"] == "random" and c["objective"] == "dpo" and c["label_share"] < 0.9
+    assert len(c["steps"]) == c["passes_run"] <= 6
+    x = req.forget_inputs()
+    y = req.dataset.train_targets[req.split.forget_idx]
+    logits = np.asarray(predict(out.model, x), np.float64)
+    assert accuracy(logits, y) == pytest.approx(c["forget_accuracy"], abs=1e-4)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    conf = float(np.mean(p[np.arange(len(y)), y]))
+    assert conf == pytest.approx(c["forget_confidence"], abs=1e-4)
+    doubled = 1 - conf >= 2.0 * (1 - c["start"]["conf"])
+    assert doubled or c["passes_run"] == 6  # a stop before the budget is the criterion's
+    from jit_jax.functional import functionalize
+
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                                         functionalize(req.model).params,
+                                         functionalize(out.model).params))
+    assert max(moved) > 0  # the source model is untouched, the result moved
 
 
 def test_class_rule_replay_stops_at_the_target_and_chooses_across_families(tmp_path):
@@ -578,6 +648,37 @@ def test_class_rule_replay_stops_at_the_target_and_chooses_across_families(tmp_p
     tied = ar.classchoose(ar_args(paths, targets=[5.0, 10.0], conf_targets=[0.05, 0.0]))
     assert [(v["distance"], v["conf_target"], v["target"]) for v in tied["valid"][:4]] == [
         (10.0, 0.0, 10.0), (10.0, 0.0, 5.0), (10.0, 0.05, 10.0), (10.0, 0.05, 5.0)]
+
+
+def test_random_rule_replay_and_choice(tmp_path):
+    """auto_rules' replay of rule 5 stops at the first criterion met from the start (the budget's
+    last pass otherwise; budget 0 is the untouched model), and the choice keeps every family's
+    mean D_r drop within the bound; among tied rules the one with fewer criteria wins."""
+    import argparse
+    import json
+
+    ar = _rules_module()
+    r = [{"pass": p, "acc": a, "conf": c, "retrain_distance": d, "dr_drop": dr, "forget_acc": a,
+          "mia": 50.0} for p, (a, c, d, dr) in enumerate(zip(
+              [100, 100, 100, 95, 60], [0.99, 0.985, 0.97, 0.9, 0.6], [20, 18, 8, 30, 90],
+              [0, 0, 0, 4, 20], strict=True))]
+    assert ar.random_stop_pass(r, 101.0, 0.0, 8, err_rise=2.0)["pass"] == 2  # 0.03 >= 2 x 0.01
+    assert ar.random_stop_pass(r, 5.0, 0.0, 8)["pass"] == 3
+    assert ar.random_stop_pass(r, 101.0, 0.05, 8)["pass"] == 3
+    assert ar.random_stop_pass(r, 101.0, 0.0, 1)["pass"] == 1
+    assert ar.random_stop_pass(r, 5.0, 0.0, 0)["pass"] == 0
+    path = str(tmp_path / "t.json")
+    with open(path, "w") as f:
+        json.dump({"dataset": "a", "model": "mlp", "runs": [
+            {"start": 1e-4, "grow": 2.0, "min_move": 0.05, "passes": r}]}, f)
+    got = ar.randchoose(argparse.Namespace(
+        traces=[path], drops=[101.0, 5.0], conf_drops=[0.0], err_rises=[0.0, 2.0],
+        budgets=[0, 8], max_dr_drop=5.0, top=0, out=None))
+    best = got["valid"][0]
+    assert (best["err_rise"], best["budget"], best["distance"]) == (2.0, 8, 8.0)
+    # the untouched model (budget 0) is a candidate; no rule keeps pass 4 (D_r drop 20)
+    assert any(v["budget"] == 0 and v["distance"] == 20.0 for v in got["valid"])
+    assert all(v["distance"] != 90.0 for v in got["valid"])
 
 
 def ar_args(paths, targets=(5.0,), conf_targets=(0.0,)):

@@ -190,6 +190,17 @@ def _auto(req: Request, mesh=None, **options) -> MethodOutput:
         return MethodOutput(model, log.runtime, log.compile_time, True,
                             {**log.to_dict(), "config": dataclasses.asdict(cfg),
                              "chosen": chosen})
+    if cfg.random_rule:  # rule 5: any other request, rule 4's loop with a random-request stop
+        model, log, stop = auto.run_class_mode(req.model, x, forget_labels, cfg, mesh=mesh,
+                                               mode="random")
+        chosen = {"mode": "random", "label_share": auto.label_share(forget_labels),
+                  "objective": cfg.class_objective, "steps": stop.steps,
+                  "passes_run": log.passes_run, "forget_accuracy": stop.previous["acc"],
+                  "forget_confidence": stop.previous["conf"],
+                  "start": {"acc": stop.first["acc"], "conf": stop.first["conf"]}}
+        return MethodOutput(model, log.runtime, log.compile_time, True,
+                            {**log.to_dict(), "config": dataclasses.asdict(cfg),
+                             "chosen": chosen})
     sigma, chosen = auto.chosen_settings(x, cfg, default_jit_config(req).sigma)
     chosen["mode"] = "smoothing"
     fn = functionalize(req.model)

@@ -166,6 +166,16 @@ class AutoConfig:
     class_max_step: float = 1.6e-2
     class_target: float = 5.0  # stop once the forget set's accuracy (%) is at most this
     class_passes: int = 12
+    # random mode (rule 5): any other request is forgotten with rule 4's objective and growing
+    # step when ``random_rule`` is on, stopped by the first of: the forget accuracy down by
+    # ``random_drop`` points, the mean confidence down by ``random_conf_drop``, the mean error
+    # ``1 - p(y | x)`` up to ``random_err_rise`` times its start (each 0: not used), or
+    # ``random_passes`` passes; off: JiT's smoothing under rules 1-3
+    random_rule: bool = False
+    random_drop: float = 0.0
+    random_conf_drop: float = 0.0
+    random_err_rise: float = 0.0
+    random_passes: int = 10
 
     def __post_init__(self):
         checks = [
@@ -194,6 +204,15 @@ class AutoConfig:
             (-1 <= self.class_target <= 100, "class_target",
              "a percentage in [0, 100] (-1: never stop early, for traces)"),
             (self.class_passes >= 1, "class_passes", "an integer >= 1"),
+            (isinstance(self.random_rule, bool), "random_rule", "True or False"),
+            (0 <= self.random_drop <= 100, "random_drop",
+             "accuracy points in [0, 100] (0: not used)"),
+            (0 <= self.random_conf_drop <= 1, "random_conf_drop",
+             "a number in [0, 1] (0: not used)"),
+            (self.random_err_rise == 0 or (self.random_err_rise > 1
+                                           and math.isfinite(self.random_err_rise)),
+             "random_err_rise", "0 (not used) or a finite number > 1"),
+            (self.random_passes >= 1, "random_passes", "an integer >= 1"),
         ]
         for ok, name, accepted in checks:
             if not ok:
@@ -430,11 +449,15 @@ class ClassStop:
         self.grow = False
         self.steps = []  # the step of each pass run
 
+    def done(self, now: dict) -> bool:
+        c = self.config
+        return c.class_target >= 0 and now["acc"] <= c.class_target
+
     def __call__(self, params, p):
         now = self.fit(params)
         c = self.config
         self.steps.append(self.step)
-        done = c.class_target >= 0 and now["acc"] <= c.class_target
+        done = self.done(now)
         self.grow = (not done) and self.previous["conf"] - now["conf"] < c.class_min_move
         self.previous = now
         return done, {"acc": now["acc"], "conf": now["conf"], "step": self.step}
@@ -446,13 +469,36 @@ class ClassStop:
         return opt_state
 
 
+class RandomStop(ClassStop):
+    """Rule 5's stop (random mode): rule 4's growing step, stopped once the forget set's accuracy
+    has fallen by ``random_drop`` points from the untouched model's, its mean confidence by
+    ``random_conf_drop``, or its mean error ``1 - p(y | x)`` has grown to ``random_err_rise``
+    times the untouched model's (each 0: not used). A model retrained without a few random
+    samples still predicts most of them as it predicts test data (its D_f is about its test
+    accuracy), so the target is not an accuracy near 0 as in rule 4 but the first measurable
+    loss of the confidence that training on the samples gave them."""
+
+    def __init__(self, fit, first: dict, config: AutoConfig):
+        super().__init__(fit, first, config)
+        self.first = first
+
+    def done(self, now: dict) -> bool:
+        c, first = self.config, self.first
+        return ((c.random_drop > 0 and first["acc"] - now["acc"] >= c.random_drop)
+                or (c.random_conf_drop > 0 and first["conf"] - now["conf"] >= c.random_conf_drop)
+                or (c.random_err_rise > 0
+                    and 1 - now["conf"] >= c.random_err_rise * (1 - first["conf"])))
+
+
 def run_class_mode(model, x_forget: np.ndarray, labels: np.ndarray, config: AutoConfig, *,
-                   ref_logits: np.ndarray | None = None, mesh=None, on_pass=None):
+                   ref_logits: np.ndarray | None = None, mesh=None, on_pass=None,
+                   mode: str = "class"):
     """Rule 4: ``config.class_objective`` in JiT's update loop with per-tensor relative steps that
     start at ``class_step`` and grow while the outputs do not respond, stopped by
-    :class:`ClassStop`. ``on_pass(params, pass, stop)`` (traces) is called after every pass.
-    A forget set already at the target is returned untouched (a copy, 0 passes).
-    Returns ``(model, log, stop)``."""
+    :class:`ClassStop` (``mode="class"``) or :class:`RandomStop` (``mode="random"``, rule 5, for
+    ``random_passes`` passes). ``on_pass(params, pass, stop)`` (traces) is called after every
+    pass. In class mode a forget set already at the target is returned untouched (a copy, 0
+    passes). Returns ``(model, log, stop)``."""
     from jit_jax.functional import functionalize
     from jit_jax.train import predict
     from jit_jax.unlearn import objectives
@@ -464,8 +510,10 @@ def run_class_mode(model, x_forget: np.ndarray, labels: np.ndarray, config: Auto
     fn = functionalize(model)
     fit = forget_fit_fn(fn.apply_fn, x_forget, labels)
     first = fit(fn.params)
-    stop = ClassStop(fit, first, config)
-    if 0 <= config.class_target and first["acc"] <= config.class_target:
+    if mode not in ("class", "random"):
+        raise ValueError(f"auto: mode={mode!r}; accepted: 'class' or 'random'")
+    stop = (ClassStop if mode == "class" else RandomStop)(fit, first, config)
+    if mode == "class" and 0 <= config.class_target and first["acc"] <= config.class_target:
         # already at the target (a class the model never learned): nothing to forget
         from jit_jax.functional import rebuild
         from jit_jax.unlearn.jit import JiTLog
@@ -482,7 +530,8 @@ def run_class_mode(model, x_forget: np.ndarray, labels: np.ndarray, config: Auto
             on_pass(params, p, stop)
         return out
 
-    cfg = dataclasses.replace(jit_config(config), passes=config.class_passes)
+    passes = config.class_passes if mode == "class" else config.random_passes
+    cfg = dataclasses.replace(jit_config(config), passes=passes)
     new, log = jit_unlearn(model, x_forget, cfg, mesh=mesh,
                            optimizer=adjustable_relative_steps(config.class_step, "layer"),
                            value_and_grad=objectives.value_and_grad(obj),
