@@ -246,8 +246,9 @@ def test_auto_runs_with_no_options_and_reports_what_it_chose(digits_class3_reque
     req = digits_class3_request
     model, split = req.model, req.split
     before = jax.tree.map(np.asarray, functionalize(model).params)
-    # a class request: with no options rule 4 runs (test below); class_share=0 keeps smoothing
-    out = unlearn.run("auto", req, max_passes=2, class_share=0.0)
+    # a class request: with no options rule 4 runs (test below); class_share=0 with random_rule
+    # off keeps smoothing
+    out = unlearn.run("auto", req, max_passes=2, class_share=0.0, random_rule=False)
     assert out.zero_shot
     chosen = out.log["chosen"]
     assert chosen["mode"] == "smoothing"
@@ -264,7 +265,7 @@ def test_auto_runs_with_no_options_and_reports_what_it_chose(digits_class3_reque
         unlearn.run("auto", req, sigma=0.5)
     one = dataclasses.replace(split, forget_idx=split.forget_idx[:1])
     out1 = unlearn.run("auto", dataclasses.replace(req, split=one), max_passes=1,
-                       class_share=0.0)
+                       class_share=0.0, random_rule=False)
     assert "one forget sample" in out1.log["chosen"]["sigma_rule"]
 
 
@@ -301,9 +302,9 @@ def test_auto_starts_again_with_a_smaller_step_when_its_first_pass_is_undone(
                             lambda *a, **k: (lambda params: {"gap": 0.0, "lip": next(it)}))
 
     req = digits_class3_request
-    # class_share=0: the smoothing path (rules 1-3) on this class request
+    # class_share=0 and random_rule off: the smoothing path (rules 1-3) on this class request
     opts = dict(step=0.01, max_passes=2, lip_ratio=0.0, gap_peak=False, lip_rise=1.25,
-                class_share=0.0)
+                class_share=0.0, random_rule=False)
     scripted([1.0, 2.0, 0.9, 0.8])  # the start (measured once), attempt 1: pass 0; attempt 2: 0, 1
     out = unlearn.run("auto", req, retries=1, **opts)
     c = out.log["chosen"]

@@ -51,12 +51,22 @@ def test_unlearn_jit_and_rtrn(run_dir, tmp_path, capsys):
 
 
 def test_unlearn_auto_with_no_options_prints_what_it_chose(run_dir, tmp_path, capsys):
+    """A random request runs rule 5 by default and says so; with random_rule off it runs the
+    smoothing rules and prints their settings."""
     capsys.readouterr()
     assert main(["unlearn", "--checkpoint", str(run_dir), "--method", "auto", "--forget",
-                 "random:40", "--out", str(tmp_path / "auto"), "--set", "max_passes=2"]) == 0
+                 "random:40", "--out", str(tmp_path / "auto"), "--set", "random_passes=2"]) == 0
+    out = capsys.readouterr().out
+    assert "auto chose random mode" in out and "stopped after" in out
+    meta = json.loads((tmp_path / "auto" / "metadata.json").read_text())
+    assert meta["method_log"]["chosen"]["mode"] == "random"
+    assert meta["method_log"]["chosen"]["passes_run"] in (1, 2)
+    assert main(["unlearn", "--checkpoint", str(run_dir), "--method", "auto", "--forget",
+                 "random:40", "--out", str(tmp_path / "smooth"), "--set", "random_rule=false",
+                 "--set", "max_passes=2"]) == 0
     out = capsys.readouterr().out
     assert "auto chose: sigma per sample" in out and "of 2 passes" in out
-    meta = json.loads((tmp_path / "auto" / "metadata.json").read_text())
+    meta = json.loads((tmp_path / "smooth" / "metadata.json").read_text())
     assert meta["method_log"]["chosen"]["passes_run"] in (1, 2)
 
 

@@ -234,8 +234,15 @@ class AutoConfig:
 #: 19.8 with every family's mean D_r drop within 5 (the untouched models': 57-176). class_share
 #: 0.9 was set by hand, not chosen: every validation class request had a share of 1, and a
 #: random request's is near 1 / the number of classes.
+#: Rule 5's stop (random_drop 5, random_err_rise 2, random_passes 8; rule 4's start and growth)
+#: was chosen by ``auto_rules.py randchoose`` over traces of rule 4's loop on random requests of
+#: the same five families (2026-12-05; random:100, random:20 on the identities set; hold-out
+#: splits, seeds 0-1 on the MLPs, seed 0 on the conv models): mean distance 15.9 against the
+#: untouched models' 21.5, every family's mean D_r drop within 1.4. The smoothing rules (1-3) it
+#: replaces on random requests had damaged the conv models (docs/results/auto/README.md).
 AUTO_DEFAULTS = AutoConfig(norm="layer", lip_ratio=0.0, gap_peak=True, lip_rise=1.25, retries=1,
-                           class_share=0.9)
+                           class_share=0.9, random_rule=True, random_drop=5.0,
+                           random_err_rise=2.0, random_passes=8)
 
 
 def chosen_settings(x_forget: np.ndarray, config: AutoConfig, fallback_sigma: float
