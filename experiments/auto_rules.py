@@ -654,15 +654,16 @@ def test(args) -> None:
 
 def _sweeps(row: dict, rules: dict, defaults: dict) -> dict[str, list[tuple[float, dict]]]:
     """{"auto": [(step, result)...], "class": [(class_step, result)...], "jit": [(lr factor,
-    result)...]} from one test row: the rules that set only the step, or only rule 4's start step
-    (with "default" in the sweep of the mode it ran in), and JiT's lr factors (and "jit", factor
-    1)."""
+    result)...]} from one test row: the rules that set only the step, or only rules 4 and 5's
+    start step (with "default" in the sweep of the mode it ran in), and JiT's lr factors (and
+    "jit", factor 1)."""
     out = {"auto": [], "class": [], "jit": []}
     for name, r in row.items():
         if name.startswith("auto["):
             opts = rules.get(name[5:-1], {})
             chosen = row.get("logs", {}).get(name, {}).get("chosen", {})
-            if opts and set(opts) <= {"class_step"} or not opts and chosen.get("mode") == "class":
+            if (opts and set(opts) <= {"class_step"}
+                    or not opts and chosen.get("mode") in ("class", "random")):
                 out["class"].append((opts.get("class_step", defaults.get("class_step")), r))
             elif set(opts) <= {"step"}:
                 out["auto"].append((opts.get("step", defaults["step"]), r))

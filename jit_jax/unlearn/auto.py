@@ -1,8 +1,8 @@
 """Zero-shot unlearning with no hand-set sigma or lr (``--method auto``; issue 12).
 
 Rules replace the task's hand-tuned settings. Each reads only the model and the forget set, so
-``auto`` stays zero-shot. A class or sub-class request runs rule 4 (class mode); any other runs
-JiT's smoothing under rules 1-3:
+``auto`` stays zero-shot. A class or sub-class request runs rule 4 (class mode), any other rule 5
+(random mode); with ``random_rule`` off, other requests run JiT's smoothing under rules 1-3:
 
 1. **Noise from the data (the information radius).** The paper smooths the model within a radius
    tau of each forget sample and leaves tau unstated. Here tau_i is the distance from sample i to
@@ -46,8 +46,17 @@ JiT's smoothing under rules 1-3:
    runner-up moves those samples to where the rest of the data puts them; JiT's smoothing, on
    conv models, lowered the retain accuracy about as fast as the forget accuracy (the ResNet18
    and VGG traces). The growing step replaces a parameter scale that differed 64x between an
-   MLP and a ResNet18 on the validation traces. A random request spreads over the labels and
-   keeps rules 1-3.
+   MLP and a ResNet18 on the validation traces.
+5. **Random mode.** Any other request (a random forget set spreads over the labels) runs rule
+   4's objective and growing step, but stops at the first pass where the forget set's accuracy
+   on its labels has fallen ``random_drop`` points below the untouched model's or its mean error
+   ``1 - p(y | x)`` has grown to ``random_err_rise`` times the untouched model's, or after
+   ``random_passes`` passes (:class:`RandomStop`). Why: a model retrained without a few random
+   samples still predicts most of them as it predicts unseen data, so rule 4's target (accuracy
+   near 0) would overshoot; what training on them added is confidence, and the first measurable
+   loss of it (a few samples flipped, or the error doubled) is where the traces' retrain
+   distance was lowest before the retain accuracy fell. On the ResNet18 validation trace of a
+   random request, rules 1-3 (JiT's smoothing) lost 11 points of retain accuracy in one pass.
 
 The constants (``scale``, ``step``, ``norm``, ``lip_ratio``, ``lip_rise``, ``retries``,
 ``gap_peak``, ``max_passes``; ``k`` = 5 was fixed
