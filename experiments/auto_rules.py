@@ -267,11 +267,14 @@ def classtrace(args) -> None:
         fn = functionalize(ref.model)
         row0 = {"pass": 0, **auto.forget_fit_fn(fn.apply_fn, x, labels)(fn.params), "step": 0.0,
                 "share": auto.label_share(labels), **_result_row(ref.bsln, ref)}
-        for start, grow, move in itertools.product(args.starts, args.grows, args.min_moves):
+        for start, grow, move, hold in itertools.product(args.starts, args.grows,
+                                                         args.min_moves, args.holds):
             cfg = dataclasses.replace(
                 auto.AUTO_DEFAULTS, class_objective=args.objective, class_step=start,
                 class_grow=grow, class_min_move=move, class_max_step=max(start, args.max_step),
-                class_target=-1.0, class_passes=args.passes, seed=ref.seed)
+                class_target=-1.0, class_passes=args.passes, seed=ref.seed,
+                random_drop=0.0, random_conf_drop=0.0, random_err_rise=0.0,
+                random_passes=args.passes, random_hold=bool(hold))
             rows = [dict(row0)]
 
             def on_pass(params, p, stop, rows=rows, ref=ref, prep=prep, fn=fn):
@@ -284,18 +287,19 @@ def classtrace(args) -> None:
             failed = None
             try:
                 auto.run_class_mode(ref.model, x, labels, cfg, ref_logits=ref_logits,
-                                    on_pass=on_pass)
+                                    on_pass=on_pass, mode=args.mode)
             except FloatingPointError as e:
                 failed = str(e)
             best = min(rows, key=lambda r: r["retrain_distance"])
             print(f"seed {ref.seed} {ref.split.description} start {start:g} grow {grow:g} "
-                  f"move {move:g}: " + " | ".join(
+                  f"move {move:g} hold {hold}: " + " | ".join(
                       f"{r['pass']}:{r['forget_acc']:.0f}/{r['dr_drop']:.1f}/"
                       f"{r['retrain_distance']:.0f}@{r['step']:.2g}" for r in rows)
                   + f"; best pass {best['pass']}; {time.time() - t0:.0f} s"
                   + (f"; FAILED {failed}" if failed else ""), flush=True)
             out["runs"].append({"seed": ref.seed, "forget": ref.split.description,
                                 "start": start, "grow": grow, "min_move": move,
+                                "hold": bool(hold), "mode": args.mode,
                                 "objective": args.objective, "failed": failed, "passes": rows})
             _write_json(args.out, out)  # after every run: a long trace cut short keeps its runs
     print("wrote", args.out)
@@ -396,22 +400,24 @@ def randchoose(args) -> dict:
     fams: dict[str, list] = {}
     for t in traces:
         fams.setdefault(f"{t['dataset']}/{t['model']}", []).extend(t["runs"])
-    keys = sorted({(r["start"], r["grow"], r["min_move"]) for runs in fams.values()
-                   for r in runs})
+    def key(r):
+        return r["start"], r["grow"], r["min_move"], r.get("hold", False)
+
+    keys = sorted({key(r) for runs in fams.values() for r in runs})
     results = []
-    for (start, grow, move), drop, conf, rise, budget in itertools.product(
+    for (start, grow, move, hold), drop, conf, rise, budget in itertools.product(
             keys, args.drops, args.conf_drops, args.err_rises, args.budgets):
         per_fam = {}
         for fam, runs in fams.items():
-            rs = [r for r in runs if (r["start"], r["grow"], r["min_move"]) == (start, grow, move)]
+            rs = [r for r in runs if key(r) == (start, grow, move, hold)]
             picked = [random_stop_pass(r["passes"], drop, conf, budget, rise) for r in rs]
             per_fam[fam] = {k: float(np.mean([p[f] for p in picked])) for k, f in (
                 ("distance", "retrain_distance"), ("dr_drop", "dr_drop"),
                 ("forget_acc", "forget_acc"), ("mia", "mia"), ("passes", "pass"))}
         if any(not np.isfinite(v["distance"]) for v in per_fam.values()):
             continue
-        results.append({"start": start, "grow": grow, "min_move": move, "drop": drop,
-                        "conf_drop": conf, "err_rise": rise, "budget": budget,
+        results.append({"start": start, "grow": grow, "min_move": move, "hold": hold,
+                        "drop": drop, "conf_drop": conf, "err_rise": rise, "budget": budget,
                         "distance": float(np.mean([v["distance"] for v in per_fam.values()])),
                         "worst_dr_drop": max(v["dr_drop"] for v in per_fam.values()),
                         "families": per_fam})
@@ -428,9 +434,9 @@ def randchoose(args) -> dict:
     print("untouched:", {k: round(v, 1) for k, v in untouched.items()},
           f"mean {np.mean(list(untouched.values())):.1f}")
     for r in valid[:args.top]:
-        print(f"start {r['start']:g} grow {r['grow']:g} move {r['min_move']:g} drop "
-              f"{r['drop']:g} conf {r['conf_drop']:g} err x{r['err_rise']:g} budget "
-              f"{r['budget']}: mean distance "
+        print(f"start {r['start']:g} grow {r['grow']:g} move {r['min_move']:g} hold "
+              f"{r['hold']} drop {r['drop']:g} conf {r['conf_drop']:g} err x{r['err_rise']:g} "
+              f"budget {r['budget']}: mean distance "
               f"{r['distance']:.1f}; "
               + "; ".join(f"{k}: {v['distance']:.1f} (drop {v['dr_drop']:.1f}, D_f "
                           f"{v['forget_acc']:.1f}, MIA {v['mia']:.1f}, passes {v['passes']:.1f})"
@@ -827,6 +833,12 @@ def main(argv=None) -> None:
     ct.add_argument("--min-moves", type=float, nargs="+", default=[0.05])
     ct.add_argument("--max-step", type=float, default=auto.AutoConfig.class_max_step)
     ct.add_argument("--passes", type=int, default=12)
+    ct.add_argument("--mode", choices=["class", "random"], default="class",
+                    help="rule 4's stop (never firing: class_target -1) or rule 5's (all its "
+                         "criteria off); the step grows the same way in both")
+    ct.add_argument("--holds", type=int, nargs="+", default=[0], choices=[0, 1],
+                    help="rule 5's random_hold (1: the step stops growing once a forget sample "
+                         "has flipped; --mode random only)")
     ct.add_argument("--out", required=True)
     cc = sub.add_parser("classchoose")
     cc.add_argument("traces", nargs="+")

@@ -476,8 +476,10 @@ def test_random_stop_fires_on_the_first_criterion_met_relative_to_the_start():
     assert run()[0] is None  # nothing set: never done early
     # the confidence moved < 0.05 on passes 1-3: the step doubled after each of them
     np.testing.assert_allclose(run()[1], [1e-4, 2e-4, 4e-4, 8e-4])
+    # with random_hold, once a sample has flipped (pass 3: 98%) the step stops growing
+    np.testing.assert_allclose(run(random_hold=True)[1], [1e-4, 2e-4, 4e-4, 4e-4])
     for bad in (dict(random_drop=-1.0), dict(random_conf_drop=2.0), dict(random_err_rise=0.5),
-                dict(random_passes=0), dict(random_rule=1)):
+                dict(random_passes=0), dict(random_rule=1), dict(random_hold="yes")):
         with pytest.raises(ValueError, match=next(iter(bad))):
             auto.AutoConfig(**bad)
 

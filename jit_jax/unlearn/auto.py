@@ -185,6 +185,7 @@ class AutoConfig:
     random_conf_drop: float = 0.0
     random_err_rise: float = 0.0
     random_passes: int = 10
+    random_hold: bool = False  # stop growing the step once a forget sample has flipped
 
     def __post_init__(self):
         checks = [
@@ -222,6 +223,7 @@ class AutoConfig:
                                            and math.isfinite(self.random_err_rise)),
              "random_err_rise", "0 (not used) or a finite number > 1"),
             (self.random_passes >= 1, "random_passes", "an integer >= 1"),
+            (isinstance(self.random_hold, bool), "random_hold", "True or False"),
         ]
         for ok, name, accepted in checks:
             if not ok:
@@ -497,6 +499,12 @@ class RandomStop(ClassStop):
     def __init__(self, fit, first: dict, config: AutoConfig):
         super().__init__(fit, first, config)
         self.first = first
+
+    def __call__(self, params, p):
+        done, info = super().__call__(params, p)
+        if self.config.random_hold and self.previous["acc"] < self.first["acc"]:
+            self.grow = False  # samples have started to flip: keep the step where it is
+        return done, info
 
     def done(self, now: dict) -> bool:
         c, first = self.config, self.first
