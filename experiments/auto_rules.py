@@ -318,6 +318,13 @@ def class_stop_pass(rows: list[dict], target: float, budget: int,
     return rows[min(budget, len(rows) - 1)]
 
 
+def _families_text(families: dict) -> str:
+    """One line: each family's mean distance, D_r drop, D_f (MIA when replayed) and passes."""
+    return "; ".join(f"{k}: {v['distance']:.1f} (drop {v['dr_drop']:.1f}, D_f "
+                     f"{v['forget_acc']:.1f}" + (f", MIA {v['mia']:.1f}" if "mia" in v else "")
+                     + f", passes {v['passes']:.1f})" for k, v in families.items())
+
+
 def classchoose(args) -> dict:
     """Every (start, grow, min move) traced x target x pass budget replayed on the class traces;
     the rule with the lowest mean over model families of their mean retrain distance among those
@@ -362,10 +369,7 @@ def classchoose(args) -> dict:
     for r in valid[:args.top]:
         print(f"start {r['start']:g} grow {r['grow']:g} move {r['min_move']:g} target "
               f"{r['target']:g} conf {r['conf_target']:g} budget {r['budget']}: mean distance "
-              f"{r['distance']:.1f}; "
-              + "; ".join(f"{k}: {v['distance']:.1f} (drop {v['dr_drop']:.1f}, D_f "
-                          f"{v['forget_acc']:.1f}, passes {v['passes']:.1f})"
-                          for k, v in r["families"].items()))
+              f"{r['distance']:.1f}; " + _families_text(r["families"]))
     out = {"untouched": untouched, "valid": valid, "all": results}
     if args.out:
         with open(args.out, "w") as f:
@@ -437,10 +441,7 @@ def randchoose(args) -> dict:
         print(f"start {r['start']:g} grow {r['grow']:g} move {r['min_move']:g} hold "
               f"{r['hold']} drop {r['drop']:g} conf {r['conf_drop']:g} err x{r['err_rise']:g} "
               f"budget {r['budget']}: mean distance "
-              f"{r['distance']:.1f}; "
-              + "; ".join(f"{k}: {v['distance']:.1f} (drop {v['dr_drop']:.1f}, D_f "
-                          f"{v['forget_acc']:.1f}, MIA {v['mia']:.1f}, passes {v['passes']:.1f})"
-                          for k, v in r["families"].items()))
+              f"{r['distance']:.1f}; " + _families_text(r["families"]))
     out = {"untouched": untouched, "valid": valid, "all": results}
     if args.out:
         _write_json(args.out, out)
