@@ -723,7 +723,11 @@ def figure(args) -> None:
                                                           "auto: (start) step (x ||params||)"))
             axes[2, col].set_xlabel("lr / default lr" if kind == "jit" else "step")
         for col in (2 * c, 2 * c + 1):
-            axes[0, col].legend(fontsize=7)
+            if axes[0, col].lines:
+                axes[0, col].legend(fontsize=7)
+            else:  # no sweep of this kind in this test file (e.g. no JiT lr factors)
+                for i in range(3):
+                    axes[i, col].set_visible(False)
     fig.tight_layout()
     fig.savefig(args.out, dpi=90)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
