@@ -399,27 +399,50 @@ def randchoose(args) -> dict:
     confidence drop x pass budget (budget 0: the untouched model, always a candidate); the lowest
     mean over model families of their mean retrain distance among rules whose every family keeps
     its mean D_r drop within ``--max-dr-drop`` wins (ties: fewer passes, then the larger drops,
-    the later stop)."""
+    the later stop).
+
+    With ``--robust`` the start step is not part of the rule: each family's score is its worst
+    mean distance over the traced start steps (every family must have every start), its D_r drop
+    the largest over them, so the winner is the stop that does best at its worst start."""
     traces = [json.load(open(p)) for p in args.traces]
     fams: dict[str, list] = {}
     for t in traces:
         fams.setdefault(f"{t['dataset']}/{t['model']}", []).extend(t["runs"])
+
     def key(r):
         return r["start"], r["grow"], r["min_move"], r.get("hold", False)
 
+    def replay(rs, drop, conf, budget, rise) -> dict:
+        picked = [random_stop_pass(r["passes"], drop, conf, budget, rise) for r in rs]
+        return {k: float(np.mean([p[f] for p in picked])) for k, f in (
+            ("distance", "retrain_distance"), ("dr_drop", "dr_drop"),
+            ("forget_acc", "forget_acc"), ("mia", "mia"), ("passes", "pass"))}
+
     keys = sorted({key(r) for runs in fams.values() for r in runs})
+    starts = sorted({k[0] for k in keys})
+    robust = getattr(args, "robust", False)
+    groups = sorted({k[1:] for k in keys}) if robust else keys
     results = []
-    for (start, grow, move, hold), drop, conf, rise, budget in itertools.product(
-            keys, args.drops, args.conf_drops, args.err_rises, args.budgets):
+    for group, drop, conf, rise, budget in itertools.product(
+            groups, args.drops, args.conf_drops, args.err_rises, args.budgets):
         per_fam = {}
         for fam, runs in fams.items():
-            rs = [r for r in runs if key(r) == (start, grow, move, hold)]
-            picked = [random_stop_pass(r["passes"], drop, conf, budget, rise) for r in rs]
-            per_fam[fam] = {k: float(np.mean([p[f] for p in picked])) for k, f in (
-                ("distance", "retrain_distance"), ("dr_drop", "dr_drop"),
-                ("forget_acc", "forget_acc"), ("mia", "mia"), ("passes", "pass"))}
-        if any(not np.isfinite(v["distance"]) for v in per_fam.values()):
+            if not robust:
+                rs = [r for r in runs if key(r) == group]
+                per_fam[fam] = replay(rs, drop, conf, budget, rise) if rs else None
+                continue
+            by_start = [replay(rs, drop, conf, budget, rise) for rs in (
+                [r for r in runs if key(r) == (st, *group)] for st in starts) if rs]
+            if len(by_start) < len(starts):
+                per_fam[fam] = None
+                continue
+            worst = max(by_start, key=lambda v: v["distance"])
+            best = min(v["distance"] for v in by_start)
+            per_fam[fam] = {**worst, "dr_drop": max(v["dr_drop"] for v in by_start),
+                            "spread": worst["distance"] / max(best, 1e-9)}
+        if any(v is None or not np.isfinite(v["distance"]) for v in per_fam.values()):
             continue
+        start, grow, move, hold = ("all", *group) if robust else group
         results.append({"start": start, "grow": grow, "min_move": move, "hold": hold,
                         "drop": drop, "conf_drop": conf, "err_rise": rise, "budget": budget,
                         "distance": float(np.mean([v["distance"] for v in per_fam.values()])),
@@ -438,7 +461,7 @@ def randchoose(args) -> dict:
     print("untouched:", {k: round(v, 1) for k, v in untouched.items()},
           f"mean {np.mean(list(untouched.values())):.1f}")
     for r in valid[:args.top]:
-        print(f"start {r['start']:g} grow {r['grow']:g} move {r['min_move']:g} hold "
+        print(f"start {r['start']} grow {r['grow']:g} move {r['min_move']:g} hold "
               f"{r['hold']} drop {r['drop']:g} conf {r['conf_drop']:g} err x{r['err_rise']:g} "
               f"budget {r['budget']}: mean distance "
               f"{r['distance']:.1f}; " + _families_text(r["families"]))
@@ -860,6 +883,8 @@ def main(argv=None) -> None:
     rc.add_argument("--err-rises", type=float, nargs="+", default=[0.0, 1.5, 2.0, 3.0, 4.0, 8.0])
     rc.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 2, 4, 6, 8, 10])
     rc.add_argument("--max-dr-drop", type=float, default=5.0)
+    rc.add_argument("--robust", action="store_true",
+                    help="score each stop by its worst start step (traced starts) per family")
     rc.add_argument("--top", type=int, default=10)
     rc.add_argument("--out")
     c = sub.add_parser("choose")

@@ -684,6 +684,45 @@ def test_random_rule_replay_and_choice(tmp_path):
     assert all(v["distance"] != 90.0 for v in got["valid"])
 
 
+def test_random_rule_robust_choice_scores_each_stop_at_its_worst_start(tmp_path):
+    """randchoose --robust: the start step is no longer part of the rule; a stop that is best at
+    one start but poor at another loses to one that is fair at both, and a family missing a
+    start leaves no candidate."""
+    import argparse
+    import json
+
+    ar = _rules_module()
+
+    def run(start, dists):
+        return {"start": start, "grow": 2.0, "min_move": 0.05, "hold": False, "passes": [
+            {"pass": p, "acc": 100.0 - 10 * p, "conf": 0.9, "retrain_distance": d, "dr_drop": 0.0,
+             "forget_acc": 100.0, "mia": 50.0} for p, d in enumerate(dists)]}
+
+    path = str(tmp_path / "t.json")
+    # budget 1: 2 at start 1e-4, 30 at 4e-4 (worst 30); budget 2: 12 at both (worst 12)
+    with open(path, "w") as f:
+        json.dump({"dataset": "a", "model": "mlp",
+                   "runs": [run(1e-4, [20, 2, 12]), run(4e-4, [20, 30, 12])]}, f)
+
+    def args(**kw):
+        return argparse.Namespace(**{**dict(
+            traces=[path], drops=[101.0], conf_drops=[0.0], err_rises=[0.0], budgets=[1, 2],
+            max_dr_drop=5.0, top=0, out=None), **kw})
+
+    plain = ar.randchoose(args())["valid"][0]
+    assert (plain["start"], plain["budget"], plain["distance"]) == (1e-4, 1, 2.0)
+    robust = ar.randchoose(args(robust=True))["valid"][0]
+    assert (robust["start"], robust["budget"], robust["distance"]) == ("all", 2, 12.0)
+    assert robust["families"]["a/mlp"]["spread"] == 1.0
+    with open(path, "w") as f:  # one start only for a second family: no robust candidate
+        json.dump({"dataset": "a", "model": "mlp",
+                   "runs": [run(1e-4, [20, 2, 12]), run(4e-4, [20, 30, 12])]}, f)
+    other = str(tmp_path / "u.json")
+    with open(other, "w") as f:
+        json.dump({"dataset": "b", "model": "mlp", "runs": [run(1e-4, [20, 2, 12])]}, f)
+    assert ar.randchoose(args(traces=[path, other], robust=True))["valid"] == []
+
+
 def ar_args(paths, targets=(5.0,), conf_targets=(0.0,)):
     import argparse
 
