@@ -379,16 +379,14 @@ def classchoose(args) -> dict:
 
 def random_stop_pass(rows: list[dict], drop: float, conf_drop: float, budget: int,
                      err_rise: float = 0.0) -> dict:
-    """A random-request stop replayed on a trace of rule 4's loop: the first pass whose forget
-    accuracy has fallen by at least ``drop`` points from its start, whose mean confidence by at
-    least ``conf_drop`` (0: not used), or whose mean error ``1 - conf`` has grown to at least
-    ``err_rise`` times its start (0: not used), else the last pass within ``budget`` (0: the
-    untouched model)."""
+    """Rule 5's stop (``auto.random_stop_met``) replayed on a trace of rule 4's loop: the first
+    pass whose forget accuracy has fallen by at least ``drop`` points from its start (above 100:
+    never), whose mean confidence by at least ``conf_drop`` (0: not used), or whose mean error
+    ``1 - conf`` has grown to at least ``err_rise`` times its start (0: not used), else the last
+    pass within ``budget`` (0: the untouched model)."""
     first = rows[0]
     for r in rows[1:budget + 1]:
-        if (first["acc"] - r["acc"] >= drop
-                or (conf_drop > 0 and first["conf"] - r["conf"] >= conf_drop)
-                or (err_rise > 0 and 1 - r["conf"] >= err_rise * (1 - first["conf"]))):
+        if auto.random_stop_met(first, r, drop, conf_drop, err_rise):
             return r
     return rows[min(budget, len(rows) - 1)]
 

@@ -181,23 +181,21 @@ def _auto(req: Request, mesh=None, **options) -> MethodOutput:
     cfg = dataclasses.replace(cfg, **options)
     x = req.forget_inputs()
     forget_labels = req.dataset.train_targets[req.split.forget_idx].astype(np.int32)
-    if auto.class_mode(forget_labels, cfg):  # rule 4: a class or sub-class request
-        model, log, stop = auto.run_class_mode(req.model, x, forget_labels, cfg, mesh=mesh)
-        chosen = {"mode": "class", "label_share": auto.label_share(forget_labels),
-                  "objective": cfg.class_objective, "steps": stop.steps,
-                  "target": cfg.class_target, "passes_run": log.passes_run,
-                  "forget_accuracy": stop.previous["acc"]}
-        return MethodOutput(model, log.runtime, log.compile_time, True,
-                            {**log.to_dict(), "config": dataclasses.asdict(cfg),
-                             "chosen": chosen})
-    if cfg.random_rule:  # rule 5: any other request, rule 4's loop with a random-request stop
+    # rule 4 for a class or sub-class request; rule 5 (the same loop with a random-request stop)
+    # for any other, unless random_rule is off
+    mode = ("class" if auto.class_mode(forget_labels, cfg)
+            else "random" if cfg.random_rule else None)
+    if mode is not None:
         model, log, stop = auto.run_class_mode(req.model, x, forget_labels, cfg, mesh=mesh,
-                                               mode="random")
-        chosen = {"mode": "random", "label_share": auto.label_share(forget_labels),
+                                               mode=mode)
+        chosen = {"mode": mode, "label_share": auto.label_share(forget_labels),
                   "objective": cfg.class_objective, "steps": stop.steps,
-                  "passes_run": log.passes_run, "forget_accuracy": stop.previous["acc"],
-                  "forget_confidence": stop.previous["conf"],
-                  "start": {"acc": stop.first["acc"], "conf": stop.first["conf"]}}
+                  "passes_run": log.passes_run, "forget_accuracy": stop.previous["acc"]}
+        if mode == "class":
+            chosen["target"] = cfg.class_target
+        else:
+            chosen.update(forget_confidence=stop.previous["conf"],
+                          start={"acc": stop.first["acc"], "conf": stop.first["conf"]})
         return MethodOutput(model, log.runtime, log.compile_time, True,
                             {**log.to_dict(), "config": dataclasses.asdict(cfg),
                              "chosen": chosen})
@@ -256,10 +254,9 @@ METHODS: dict[str, Method] = {
                         "train on D_r", False, lambda req, **o: _retrain(req, True, **o)),
     "jit": Method("jit", "JiT: Lipschitz smoothing around each forget sample (zero-shot)", True,
                   _jit),
-    "auto": Method("auto", "no hand-set settings: a class request runs dpo with a growing "
-                   "relative step until the forget set's accuracy is 5%; any other runs JiT with "
-                   "sigma from the forget set's nearest-neighbour radius, steps relative to the "
-                   "parameters' norm and a stop from the forget set (zero-shot)", True, _auto),
+    "auto": Method("auto", "no hand-set settings: dpo with a growing relative step, stopped "
+                   "for a class request at a forget accuracy of 5%, for any other once the forget "
+                   "set's mean error has doubled (zero-shot)", True, _auto),
     # objectives in JiT's update loop (jit_jax/unlearn/objectives.py)
     **{name: Method(name, obj.description + ("" if obj.zero_shot else " (not zero-shot)"),
                     obj.zero_shot, objective_method(name))

@@ -493,6 +493,16 @@ class ClassStop:
         return opt_state
 
 
+def random_stop_met(first: dict, now: dict, drop: float, conf_drop: float,
+                    err_rise: float) -> bool:
+    """Rule 5's criterion: the forget accuracy has fallen by at least ``drop`` points from
+    ``first`` (the untouched model's), the mean confidence by at least ``conf_drop``, or the mean
+    error ``1 - conf`` has grown to at least ``err_rise`` times its start (each 0: not used)."""
+    return ((drop > 0 and first["acc"] - now["acc"] >= drop)
+            or (conf_drop > 0 and first["conf"] - now["conf"] >= conf_drop)
+            or (err_rise > 0 and 1 - now["conf"] >= err_rise * (1 - first["conf"])))
+
+
 class RandomStop(ClassStop):
     """Rule 5's stop (random mode): rule 4's growing step, stopped once the forget set's accuracy
     has fallen by ``random_drop`` points from the untouched model's, its mean confidence by
@@ -513,11 +523,9 @@ class RandomStop(ClassStop):
         return done, info
 
     def done(self, now: dict) -> bool:
-        c, first = self.config, self.first
-        return ((c.random_drop > 0 and first["acc"] - now["acc"] >= c.random_drop)
-                or (c.random_conf_drop > 0 and first["conf"] - now["conf"] >= c.random_conf_drop)
-                or (c.random_err_rise > 0
-                    and 1 - now["conf"] >= c.random_err_rise * (1 - first["conf"])))
+        c = self.config
+        return random_stop_met(self.first, now, c.random_drop, c.random_conf_drop,
+                               c.random_err_rise)
 
 
 def run_class_mode(model, x_forget: np.ndarray, labels: np.ndarray, config: AutoConfig, *,
