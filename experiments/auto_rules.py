@@ -267,14 +267,24 @@ def classtrace(args) -> None:
         fn = functionalize(ref.model)
         row0 = {"pass": 0, **auto.forget_fit_fn(fn.apply_fn, x, labels)(fn.params), "step": 0.0,
                 "share": auto.label_share(labels), **_result_row(ref.bsln, ref)}
-        for start, grow, move, hold in itertools.product(args.starts, args.grows,
-                                                         args.min_moves, args.holds):
+        mode = args.mode
+        if mode == "auto":  # as --method auto decides: class mode for a class-like request
+            mode = "class" if auto.class_mode(labels, auto.AUTO_DEFAULTS) else "random"
+        runs = [(*r, None) for r in itertools.product(
+            args.starts, args.grows, args.min_moves, args.holds if mode == "random" else [0],
+            args.searches) if not (r[4] and mode == "random")]
+        if 1 in args.searches and mode == "random":  # one run per searched criterion
+            runs += list(itertools.product(args.starts, args.grows, args.min_moves, [0], [1],
+                                           args.search_err_rises))
+        for start, grow, move, hold, search, rise in runs:
             cfg = dataclasses.replace(
                 auto.AUTO_DEFAULTS, class_objective=args.objective, class_step=start,
                 class_grow=grow, class_min_move=move, class_max_step=max(start, args.max_step),
                 class_target=-1.0, class_passes=args.passes, seed=ref.seed,
                 random_drop=0.0, random_conf_drop=0.0, random_err_rise=0.0,
-                random_passes=args.passes, random_hold=bool(hold))
+                random_passes=args.passes, random_hold=bool(hold), class_search=bool(search))
+            if rise is not None:  # random mode: the search looks for the stop, then stops
+                cfg = dataclasses.replace(cfg, random_err_rise=rise)
             rows = [dict(row0)]
 
             def on_pass(params, p, stop, rows=rows, ref=ref, prep=prep, fn=fn):
@@ -284,22 +294,26 @@ def classtrace(args) -> None:
                              **_result_row(r, ref)})
 
             t0 = time.time()
-            failed = None
+            failed, trials = None, []
             try:
-                auto.run_class_mode(ref.model, x, labels, cfg, ref_logits=ref_logits,
-                                    on_pass=on_pass, mode=args.mode)
+                _, _, stop = auto.run_class_mode(ref.model, x, labels, cfg,
+                                                 ref_logits=ref_logits, on_pass=on_pass,
+                                                 mode=mode)
+                trials = stop.trials
             except FloatingPointError as e:
                 failed = str(e)
             best = min(rows, key=lambda r: r["retrain_distance"])
             print(f"seed {ref.seed} {ref.split.description} start {start:g} grow {grow:g} "
-                  f"move {move:g} hold {hold}: " + " | ".join(
+                  f"move {move:g} hold {hold} search {search}"
+                  + (f" err rise {rise:g}" if rise is not None else "") + ": " + " | ".join(
                       f"{r['pass']}:{r['forget_acc']:.0f}/{r['dr_drop']:.1f}/"
                       f"{r['retrain_distance']:.0f}@{r['step']:.2g}" for r in rows)
                   + f"; best pass {best['pass']}; {time.time() - t0:.0f} s"
                   + (f"; FAILED {failed}" if failed else ""), flush=True)
             out["runs"].append({"seed": ref.seed, "forget": ref.split.description,
                                 "start": start, "grow": grow, "min_move": move,
-                                "hold": bool(hold), "mode": args.mode,
+                                "hold": bool(hold), "search": bool(search), "err_rise": rise,
+                                "trials": trials, "mode": mode,
                                 "objective": args.objective, "failed": failed, "passes": rows})
             _write_json(args.out, out)  # after every run: a long trace cut short keeps its runs
     print("wrote", args.out)
@@ -859,12 +873,18 @@ def main(argv=None) -> None:
     ct.add_argument("--min-moves", type=float, nargs="+", default=[0.05])
     ct.add_argument("--max-step", type=float, default=auto.AutoConfig.class_max_step)
     ct.add_argument("--passes", type=int, default=12)
-    ct.add_argument("--mode", choices=["class", "random"], default="class",
+    ct.add_argument("--mode", choices=["class", "random", "auto"], default="class",
                     help="rule 4's stop (never firing: class_target -1) or rule 5's (all its "
-                         "criteria off); the step grows the same way in both")
+                         "criteria off); the step grows the same way in both; auto: per "
+                         "request, as --method auto chooses")
     ct.add_argument("--holds", type=int, nargs="+", default=[0], choices=[0, 1],
                     help="rule 5's random_hold (1: the step stops growing once a forget sample "
                          "has flipped; --mode random only)")
+    ct.add_argument("--searches", type=int, nargs="+", default=[0], choices=[0, 1],
+                    help="class_search (1: the first pass's step found by undone trial passes)")
+    ct.add_argument("--search-err-rises", type=float, nargs="+", default=[2.0],
+                    help="with --mode random and a search: the error rises a trial must reach, "
+                         "one run each (rule 5 with a search stops at the pass it finds)")
     ct.add_argument("--out", required=True)
     cc = sub.add_parser("classchoose")
     cc.add_argument("traces", nargs="+")

@@ -727,3 +727,102 @@ def ar_args(paths, targets=(5.0,), conf_targets=(0.0,)):
     return argparse.Namespace(traces=paths, targets=list(targets),
                               conf_targets=list(conf_targets), budgets=[8], max_dr_drop=5.0,
                               top=0, out=None)
+
+
+def _scripted_search(start, threshold=3.3e-3, mode="class", trials=16, refine=2, **kw):
+    """A ClassStop/RandomStop with the step search, driven by a scripted model whose one pass
+    responds (mean confidence down 0.2, error 0.01 -> 0.21) exactly when its step is at least
+    ``threshold``. The "parameters" are one array holding the step of the pass that made them;
+    the loop is simulated: a returned ``keep`` replaces the parameters the next pass starts from."""
+    cfg = auto.AutoConfig(class_step=start, class_grow=2.0, class_min_move=0.05,
+                          class_search=True, class_search_trials=trials,
+                          class_search_refine=refine, class_target=5.0, random_err_rise=2.0,
+                          **kw)
+    first = {"acc": 100.0, "conf": 0.99}
+    initial = {"w": jnp.zeros(2)}
+
+    def fit(params):
+        s = float(params["w"][0])
+        return {"acc": 100.0, "conf": 0.79 if s >= threshold else 0.985}
+
+    stop_cls = auto.ClassStop if mode == "class" else auto.RandomStop
+    st = stop_cls(fit, first, cfg, initial)
+    state = auto.adjustable_relative_steps(cfg.class_step).init({"w": jnp.ones(3)})
+    params, undone, out = initial, 0, None
+    for p in range(st.loop_passes):
+        start_from = params
+        params = {"w": start_from["w"] + float(state.hyperparams["step"])}  # one "pass"
+        out = st(params, p)
+        done = out[0]
+        keep = out[2] if len(out) > 2 else None
+        if keep is not None:
+            if not st.last_kept:  # an undone trial: a fresh copy of the untouched parameters
+                undone += 1
+                np.testing.assert_array_equal(keep["w"], initial["w"])
+                assert keep["w"] is not initial["w"]
+            params = keep
+        if done:
+            break
+        state = st.adjust(state, p)
+    return st, params, undone
+
+
+def test_the_step_search_finds_the_smallest_responding_step_from_any_start():
+    """class_search: trial passes from the untouched model, each undone, double the step until a
+    pass responds (or halve it until one does not), then bisect the bracket geometrically
+    class_search_refine times; the kept first pass is the one at the smallest responding step
+    found, within class_grow ** 2 ** -refine of the true threshold, from starts 100x apart."""
+    t = 3.3e-3
+    found = []
+    for start in (3e-5, 6.25e-5, 1e-4, 1e-3, 3e-3, 1.5e-2):
+        st, params, undone = _scripted_search(start, t, class_passes=1)
+        s = st.steps[0]
+        assert t <= s <= t * 2 ** 0.25 * (1 + 1e-9), (start, s, st.trials)
+        assert len(st.trials) <= st.config.class_search_trials
+        assert undone == len(st.trials) - 1  # every trial but the kept one was undone
+        # the kept pass is the one at the found step, from the untouched parameters
+        assert float(params["w"][0]) == pytest.approx(s)
+        assert st.trials[-1]["responds"] or any(r["responds"] and r["step"] == s
+                                                for r in st.trials)
+        found.append(s)
+    # starts a power of 2 apart share one grid: the same step
+    assert _scripted_search(6.25e-5, t)[0].steps[0] == _scripted_search(1e-3, t)[0].steps[0]
+    # no refinement: the bracket is a factor 2 wide
+    st, _, _ = _scripted_search(1e-4, t, refine=0)
+    assert t <= st.steps[0] < 2 * t
+    # out of trials before anything responds: the run goes on from the last trial's pass
+    st, params, _ = _scripted_search(1e-6, t, trials=3)
+    assert st.steps[0] == pytest.approx(4e-6) and not any(r["responds"] for r in st.trials)
+
+
+def test_random_mode_search_keeps_the_single_pass_that_meets_the_stop():
+    """In random mode a trial responds when it meets rule 5's stop (here the error doubled), so
+    the run is the one pass at the smallest such step, and it ends there."""
+    st, params, _ = _scripted_search(1e-4, 3.3e-3, mode="random")
+    assert len(st.steps) == 1 and st.done(st.previous)
+    assert 3.3e-3 <= st.steps[0] <= 3.3e-3 * 2 ** 0.25 * (1 + 1e-9)
+    for bad in (dict(class_search=1), dict(class_search_trials=0), dict(class_search_refine=9)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            auto.AutoConfig(**bad)
+
+
+def test_auto_with_the_search_undoes_its_trials_and_ignores_the_start(digits_class3_request):
+    """On a real model: with class_search, starts 16x apart give the same model, and it is the
+    model that the rule without the search gives when started at the found step (so every trial
+    pass was undone and the kept passes ran as rule 4 runs them)."""
+    from jit_jax import unlearn
+    from jit_jax.functional import functionalize
+
+    req = digits_class3_request
+    runs = [unlearn.run("auto", req, class_search=True, class_step=s, class_passes=4)
+            for s in (6.25e-5, 1e-3)]
+    a, b = (functionalize(r.model).params for r in runs)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    ca = runs[0].log["chosen"]
+    assert ca["steps"] == runs[1].log["chosen"]["steps"]
+    assert any(r["responds"] and r["step"] == ca["steps"][0] for r in ca["trials"])
+    assert len(ca["trials"]) > 1  # the search ran: at least one trial was undone
+    plain = unlearn.run("auto", req, class_search=False, class_step=ca["steps"][0],
+                        class_passes=4)
+    assert plain.log["chosen"]["steps"] == ca["steps"]
+    jax.tree.map(np.testing.assert_array_equal, a, functionalize(plain.model).params)

@@ -190,6 +190,7 @@ def _auto(req: Request, mesh=None, **options) -> MethodOutput:
                                                mode=mode)
         chosen = {"mode": mode, "label_share": auto.label_share(forget_labels),
                   "objective": cfg.class_objective, "steps": stop.steps,
+                  "trials": stop.trials,
                   "passes_run": log.passes_run, "forget_accuracy": stop.previous["acc"]}
         if mode == "class":
             chosen["target"] = cfg.class_target

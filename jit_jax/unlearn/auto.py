@@ -190,6 +190,14 @@ class AutoConfig:
     random_err_rise: float = 0.0
     random_passes: int = 10
     random_hold: bool = False  # stop growing the step once a forget sample has flipped
+    # the step search (rules 4 and 5, :class:`ClassStop`): the first pass's step is found by
+    # trial passes from the untouched model, each undone, so that it no longer depends on
+    # ``class_step``: the smallest step on which one pass responds, bracketed by factors of
+    # ``class_grow`` and narrowed by ``class_search_refine`` geometric bisections, in at most
+    # ``class_search_trials`` trials
+    class_search: bool = False
+    class_search_trials: int = 16
+    class_search_refine: int = 2
 
     def __post_init__(self):
         checks = [
@@ -228,6 +236,11 @@ class AutoConfig:
              "random_err_rise", "0 (not used) or a finite number > 1"),
             (self.random_passes >= 1, "random_passes", "an integer >= 1"),
             (isinstance(self.random_hold, bool), "random_hold", "True or False"),
+            (isinstance(self.class_search, bool), "class_search", "True or False"),
+            (isinstance(self.class_search_trials, int) and self.class_search_trials >= 1,
+             "class_search_trials", "an integer >= 1"),
+            (isinstance(self.class_search_refine, int) and 0 <= self.class_search_refine <= 8,
+             "class_search_refine", "an integer in [0, 8]"),
         ]
         for ok, name, accepted in checks:
             if not ok:
@@ -464,32 +477,103 @@ class ClassStop:
     ``class_min_move``, the next pass's step is ``class_grow`` times larger (up to
     ``class_max_step``): the step starts small and grows until the model's outputs respond, so
     no parameter scale is set by hand (the validation traces needed relative steps 64x apart on
-    an MLP and on a ResNet18)."""
+    an MLP and on a ResNet18).
 
-    def __init__(self, fit, first: dict, config: AutoConfig):
+    With ``class_search`` (``initial_params`` given: the untouched model's parameters), the
+    first pass is preceded by a search: trial passes from the untouched model, each undone (the
+    loop continues from the parameters returned as ``keep``), find the smallest step on which
+    one pass *responds* (:meth:`responds`): doubling (``class_grow``) from ``class_step`` until
+    a pass responds, or halving until one does not, then ``class_search_refine`` geometric
+    bisections of the bracket. The pass at that step is kept as the first. The outcome then no
+    longer depends on ``class_step`` beyond the bracket's final width (a factor of
+    ``class_grow ** 2 ** -class_search_refine``), where without the search the start fixed the
+    whole sequence of steps. ``trials`` records every trial pass."""
+
+    def __init__(self, fit, first: dict, config: AutoConfig, initial_params: Any = None):
         self.fit, self.config = fit, config
-        self.previous = first
-        self.step = config.class_step
+        self.first = self.previous = first
+        self.step = self._applied = config.class_step
         self.grow = False
-        self.steps = []  # the step of each pass run
+        self.steps = []  # the step of each pass kept
+        self.trials = []  # the search's trial passes
+        self.kept = None  # the parameters of the pass just kept
+        self.last_kept = False  # whether the last pass was kept (False: an undone trial)
+        self._initial = initial_params
+        self.searching = bool(config.class_search) and initial_params is not None
+        self._lo = self._hi = self._hi_params = self._hi_now = None
+
+    @property
+    def budget(self) -> int:
+        return self.config.class_passes
+
+    @property
+    def loop_passes(self) -> int:
+        """The update loop's pass count: the kept passes plus the search's trials."""
+        return self.budget + (self.config.class_search_trials if self.searching else 0)
 
     def done(self, now: dict) -> bool:
         c = self.config
         return c.class_target >= 0 and now["acc"] <= c.class_target
 
-    def __call__(self, params, p):
-        now = self.fit(params)
+    def responds(self, now: dict) -> bool:
+        """The search's test of a trial pass from the untouched model: the mean confidence fell
+        by at least ``class_min_move`` (or the pass already reached the stop)."""
+        return self.first["conf"] - now["conf"] >= self.config.class_min_move or self.done(now)
+
+    def _keep(self, params, now: dict):
         c = self.config
+        self.kept, self.last_kept = params, True
         self.steps.append(self.step)
-        done = self.done(now)
+        done = self.done(now) or len(self.steps) >= self.budget
         self.grow = (not done) and self.previous["conf"] - now["conf"] < c.class_min_move
         self.previous = now
         return done, {"acc": now["acc"], "conf": now["conf"], "step": self.step}
 
+    def _search(self, params, now: dict):
+        c = self.config
+        ok = self.responds(now)
+        self.trials.append({"step": self.step, "responds": ok, "acc": now["acc"],
+                            "conf": now["conf"]})
+        if ok:
+            self._hi, self._hi_now = self.step, now
+            self._hi_params = jax.block_until_ready(jax.tree.map(jnp.copy, params))
+        else:
+            self._lo = self.step
+        nxt = None
+        if len(self.trials) < c.class_search_trials:
+            if self._hi is None:
+                if self.step < c.class_max_step:
+                    nxt = min(self.step * c.class_grow, c.class_max_step)
+            elif self._lo is None:
+                nxt = self.step / c.class_grow
+            elif self._hi / self._lo > c.class_grow ** (0.5 ** c.class_search_refine) * 1.0001:
+                nxt = math.sqrt(self._lo * self._hi)
+        if nxt is not None:  # undo the trial and try the next step
+            self.step, self.kept, self.last_kept = nxt, None, False
+            info = {"acc": now["acc"], "conf": now["conf"], "step": self.trials[-1]["step"],
+                    "trial": 1.0}
+            return False, info, jax.block_until_ready(jax.tree.map(jnp.copy, self._initial))
+        self.searching = False
+        keep = None  # nothing responded up to the largest step: go on from the last trial
+        if self._hi is not None:
+            self.step, now, keep = self._hi, self._hi_now, self._hi_params
+            self._hi_params = None
+        done, info = self._keep(params if keep is None else keep, now)
+        return done, info, keep
+
+    def __call__(self, params, p):
+        now = self.fit(params)
+        if self.searching:
+            return self._search(params, now)
+        return self._keep(params, now)
+
     def adjust(self, opt_state, p):
-        if self.grow and self.step < self.config.class_max_step:
-            self.step = min(self.step * self.config.class_grow, self.config.class_max_step)
+        c = self.config
+        if self.last_kept and self.grow and self.step < c.class_max_step:
+            self.step = min(self.step * c.class_grow, c.class_max_step)
+        if self.step != self._applied:
             opt_state = set_step(opt_state, self.step)
+            self._applied = self.step
         return opt_state
 
 
@@ -510,14 +594,19 @@ class RandomStop(ClassStop):
     times the untouched model's (each 0: not used). A model retrained without a few random
     samples still predicts most of them as it predicts test data (its D_f is about its test
     accuracy), so the target is not an accuracy near 0 as in rule 4 but the first measurable
-    loss of the confidence that training on the samples gave them."""
+    loss of the confidence that training on the samples gave them. With ``class_search`` a trial
+    pass responds when it meets this criterion: the search finds the smallest step whose single
+    pass does, and that pass is the run."""
 
-    def __init__(self, fit, first: dict, config: AutoConfig):
-        super().__init__(fit, first, config)
-        self.first = first
+    @property
+    def budget(self) -> int:
+        return self.config.random_passes
 
-    def __call__(self, params, p):
-        done, info = super().__call__(params, p)
+    def responds(self, now: dict) -> bool:
+        return self.done(now)
+
+    def _keep(self, params, now: dict):
+        done, info = super()._keep(params, now)
         if self.config.random_hold and self.previous["acc"] < self.first["acc"]:
             self.grow = False  # samples have started to flip: keep the step where it is
         return done, info
@@ -550,7 +639,8 @@ def run_class_mode(model, x_forget: np.ndarray, labels: np.ndarray, config: Auto
     first = fit(fn.params)
     if mode not in ("class", "random"):
         raise ValueError(f"auto: mode={mode!r}; accepted: 'class' or 'random'")
-    stop = (ClassStop if mode == "class" else RandomStop)(fit, first, config)
+    stop = (ClassStop if mode == "class" else RandomStop)(
+        fit, first, config, fn.params if config.class_search else None)
     if mode == "class" and 0 <= config.class_target and first["acc"] <= config.class_target:
         # already at the target (a class the model never learned): nothing to forget
         from jit_jax.functional import rebuild
@@ -564,12 +654,11 @@ def run_class_mode(model, x_forget: np.ndarray, labels: np.ndarray, config: Auto
 
     def stop_fn(params, p):
         out = stop(params, p)
-        if on_pass is not None:
-            on_pass(params, p, stop)
+        if on_pass is not None and stop.last_kept:  # kept passes only, not the search's trials
+            on_pass(stop.kept, len(stop.steps) - 1, stop)
         return out
 
-    passes = config.class_passes if mode == "class" else config.random_passes
-    cfg = dataclasses.replace(jit_config(config), passes=passes)
+    cfg = dataclasses.replace(jit_config(config), passes=stop.loop_passes)
     new, log = jit_unlearn(model, x_forget, cfg, mesh=mesh,
                            optimizer=adjustable_relative_steps(config.class_step, "layer"),
                            value_and_grad=objectives.value_and_grad(obj),

@@ -374,9 +374,11 @@ def make_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, config: JiTCo
 
 #: ``stop(params, pass_index) -> (stop, info)`` or ``(stop, info, keep)``: called after each pass
 #: with the current parameters (the functional state of the model); ``info`` (a dict of floats) is
-#: logged per pass. ``keep``, read only when ``stop`` is true, is None or the parameters the loop
-#: returns instead of the current ones (an undo of the last pass(es): auto's damage test). The loop
-#: donates the current parameters to its next step: a stop function that keeps them must copy them
+#: logged per pass. ``keep`` is None or parameters that replace the current ones: when ``stop`` is
+#: true, the parameters the loop returns (an undo of the last pass(es): auto's damage test), else
+#: the parameters the next pass starts from (an undone trial pass: auto's step search; the
+#: optimiser state is left to ``adjust``). The loop donates the current parameters to its next
+#: step: a stop function that keeps them, or hands back the same ``keep`` twice, must copy them
 StopFn = Callable[[Any, int], tuple[bool, dict] | tuple[bool, dict, Any]]
 
 
@@ -401,7 +403,7 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     read D_r, which are then not zero-shot); each step gets ``aux["retain_" + name]``, a batch of
     rows drawn without replacement (seeded by ``config.seed``). ``stop`` (:data:`StopFn`) is asked
     after every pass whether to stop before ``config.passes``, and may hand back earlier
-    parameters to return; what it reports is logged. ``adjust(opt_state, pass) -> opt_state`` is
+    parameters to return or to continue from; what it reports is logged. ``adjust(opt_state, pass) -> opt_state`` is
     called after every pass that does not stop the run: a rule may change the optimiser's
     hyperparameters between passes (e.g. a step held in ``optax.inject_hyperparams``'s state)
     without a recompilation.
@@ -500,9 +502,9 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
         if stop is not None:
             done, info, *keep = stop(params, p)
             pass_info.append({k: float(v) for k, v in info.items()})
+            if keep and keep[0] is not None:
+                params = keep[0]
             if done:
-                if keep and keep[0] is not None:
-                    params = keep[0]
                 break
         if adjust is not None and p + 1 < config.passes:
             opt_state = adjust(opt_state, p)
