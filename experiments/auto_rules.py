@@ -272,8 +272,9 @@ def classtrace(args) -> None:
             mode = "class" if auto.class_mode(labels, auto.AUTO_DEFAULTS) else "random"
         runs = [(*r, None) for r in itertools.product(
             args.starts, args.grows, args.min_moves, args.holds if mode == "random" else [0],
-            args.searches) if not (r[4] and mode == "random")]
-        if 1 in args.searches and mode == "random":  # one run per searched criterion
+            args.searches) if not (r[4] and mode == "random" and not args.flip_search)]
+        if 1 in args.searches and mode == "random" and not args.flip_search:
+            # random_search "stop": one run per searched criterion
             runs += list(itertools.product(args.starts, args.grows, args.min_moves, [0], [1],
                                            args.search_err_rises))
         for start, grow, move, hold, search, rise in runs:
@@ -282,7 +283,8 @@ def classtrace(args) -> None:
                 class_grow=grow, class_min_move=move, class_max_step=max(start, args.max_step),
                 class_target=-1.0, class_passes=args.passes, seed=ref.seed,
                 random_drop=0.0, random_conf_drop=0.0, random_err_rise=0.0,
-                random_passes=args.passes, random_hold=bool(hold), class_search=bool(search))
+                random_passes=args.passes, random_hold=bool(hold), class_search=bool(search),
+                random_search=("stop" if rise is not None else "flip") if search else "")
             if rise is not None:  # random mode: the search looks for the stop, then stops
                 cfg = dataclasses.replace(cfg, random_err_rise=rise)
             rows = [dict(row0)]
@@ -312,7 +314,8 @@ def classtrace(args) -> None:
                   + (f"; FAILED {failed}" if failed else ""), flush=True)
             out["runs"].append({"seed": ref.seed, "forget": ref.split.description,
                                 "start": start, "grow": grow, "min_move": move,
-                                "hold": bool(hold), "search": bool(search), "err_rise": rise,
+                                "hold": bool(hold), "search": cfg.random_search
+                                if mode == "random" else bool(search), "err_rise": rise,
                                 "trials": trials, "mode": mode,
                                 "objective": args.objective, "failed": failed, "passes": rows})
             _write_json(args.out, out)  # after every run: a long trace cut short keeps its runs
@@ -388,6 +391,79 @@ def classchoose(args) -> dict:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
+    return out
+
+
+def searchcompare(args) -> dict:
+    """The step search (``class_search``) against the frozen rules on traces run with both
+    (``classtrace --mode auto --searches 0 1 --starts ...``). Class requests: rule 4's stop (the
+    accuracy target, the pass budget) replayed on each run. Random requests: without the search,
+    rule 5 replayed (``--random-hold`` runs, error rise ``--err-rise``, ``--random-budget``
+    passes); with it, the single pass each run kept (one run per searched error rise). Every
+    variant is scored per family at its worst traced start (mean over the family's tasks and
+    seeds), with its D_r drop and its worst/best spread over the starts; a variant qualifies when
+    every family's worst-start D_r drop is within ``--max-dr-drop``. (The spread divides by the
+    best distance floored at 1 point: a distance can be 0.)"""
+    traces = [json.load(open(p)) for p in args.traces]
+    fams: dict[str, list] = {}
+    for t in traces:
+        fams.setdefault(f"{t['dataset']}/{t['model']}", []).extend(t["runs"])
+
+    def variant(r):
+        if r["mode"] == "class":
+            return ("class", "search" if r.get("search") else "frozen")
+        if r.get("search") == "flip":
+            return ("random", "search to the first flip" + ("" if r.get("hold") else " (no hold)"))
+        if r.get("search"):
+            return ("random", f"search, error x{r['err_rise']:g}")
+        return ("random", "frozen" + ("" if r.get("hold") else " (no hold)"))
+
+    def picked(r):
+        rows = r["passes"]
+        if r["mode"] == "class":
+            return class_stop_pass(rows, args.target, args.class_budget)
+        if r.get("search") and r.get("search") != "flip":
+            return rows[min(1, len(rows) - 1)]
+        return random_stop_pass(rows, 101.0, 0.0, args.random_budget, args.err_rise)
+
+    out = {}
+    for mode in ("class", "random"):
+        names = sorted({variant(r)[1] for runs in fams.values() for r in runs
+                        if variant(r)[0] == mode})
+        for name in names:
+            per_fam = {}
+            for fam, runs in fams.items():
+                rs = [r for r in runs if variant(r) == (mode, name)]
+                if not rs:
+                    continue
+                by_start = {}
+                for r in rs:
+                    by_start.setdefault(r["start"], []).append(picked(r))
+                scores = {st: {k: float(np.mean([p[f] for p in ps])) for k, f in (
+                    ("distance", "retrain_distance"), ("dr_drop", "dr_drop"),
+                    ("forget_acc", "forget_acc"), ("mia", "mia"), ("passes", "pass"))}
+                    for st, ps in by_start.items()}
+                worst = max(scores.values(), key=lambda v: v["distance"])
+                best = min(v["distance"] for v in scores.values())
+                per_fam[fam] = {**worst, "dr_drop": max(v["dr_drop"] for v in scores.values()),
+                                "spread": worst["distance"] / max(best, 1.0),
+                                "starts": sorted(scores), "tasks": len(rs) // len(scores)}
+            if not per_fam:
+                continue
+            res = {"distance": float(np.mean([v["distance"] for v in per_fam.values()])),
+                   "worst_dr_drop": max(v["dr_drop"] for v in per_fam.values()),
+                   "max_spread": max(v["spread"] for v in per_fam.values()),
+                   "families": per_fam}
+            res["qualifies"] = res["worst_dr_drop"] <= args.max_dr_drop
+            out[f"{mode}: {name}"] = res
+            print(f"{mode}: {name}: worst-start mean {res['distance']:.1f}, worst D_r drop "
+                  f"{res['worst_dr_drop']:.1f}, largest spread {res['max_spread']:.2f}"
+                  f"{'' if res['qualifies'] else ' (D_r drop over the limit)'}; "
+                  + "; ".join(f"{k}: {v['distance']:.1f} (drop {v['dr_drop']:.1f}, D_f "
+                              f"{v['forget_acc']:.1f}, passes {v['passes']:.1f}, spread "
+                              f"{v['spread']:.2f})" for k, v in per_fam.items()))
+    if args.out:
+        _write_json(args.out, out)
     return out
 
 
@@ -885,6 +961,10 @@ def main(argv=None) -> None:
     ct.add_argument("--search-err-rises", type=float, nargs="+", default=[2.0],
                     help="with --mode random and a search: the error rises a trial must reach, "
                          "one run each (rule 5 with a search stops at the pass it finds)")
+    ct.add_argument("--flip-search", action="store_true",
+                    help="with --mode random and a search: random_search 'flip' (the search "
+                         "looks for the first flip, the trace runs on from there) instead of "
+                         "'stop'")
     ct.add_argument("--out", required=True)
     cc = sub.add_parser("classchoose")
     cc.add_argument("traces", nargs="+")
@@ -905,6 +985,14 @@ def main(argv=None) -> None:
                     help="score each stop by its worst start step (traced starts) per family")
     rc.add_argument("--top", type=int, default=10)
     rc.add_argument("--out")
+    sc = sub.add_parser("searchcompare")
+    sc.add_argument("traces", nargs="+")
+    sc.add_argument("--target", type=float, default=auto.AUTO_DEFAULTS.class_target)
+    sc.add_argument("--class-budget", type=int, default=auto.AUTO_DEFAULTS.class_passes)
+    sc.add_argument("--err-rise", type=float, default=auto.AUTO_DEFAULTS.random_err_rise)
+    sc.add_argument("--random-budget", type=int, default=auto.AUTO_DEFAULTS.random_passes)
+    sc.add_argument("--max-dr-drop", type=float, default=5.0)
+    sc.add_argument("--out")
     c = sub.add_parser("choose")
     c.add_argument("traces", nargs="+")
     c.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
@@ -940,7 +1028,7 @@ def main(argv=None) -> None:
     r.add_argument("--out")
     args = ap.parse_args(argv)
     {"trace": trace, "classtrace": classtrace, "classchoose": classchoose,
-     "randchoose": randchoose, "choose": choose, "test": test, "figure": figure,
+     "randchoose": randchoose, "searchcompare": searchcompare, "choose": choose, "test": test, "figure": figure,
      "report": report}[args.cmd](args)
 
 

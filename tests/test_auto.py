@@ -735,7 +735,9 @@ def _scripted_search(start, threshold=3.3e-3, mode="class", trials=16, refine=2,
     ``threshold``. The "parameters" are one array holding the step of the pass that made them;
     the loop is simulated: a returned ``keep`` replaces the parameters the next pass starts from."""
     cfg = auto.AutoConfig(class_step=start, class_grow=2.0, class_min_move=0.05,
-                          class_search=True, class_search_trials=trials,
+                          class_search=mode == "class",
+                          random_search="stop" if mode == "random" else "",
+                          class_search_trials=trials,
                           class_search_refine=refine, class_target=5.0, random_err_rise=2.0,
                           **kw)
     first = {"acc": 100.0, "conf": 0.99}
@@ -801,7 +803,8 @@ def test_random_mode_search_keeps_the_single_pass_that_meets_the_stop():
     st, params, _ = _scripted_search(1e-4, 3.3e-3, mode="random")
     assert len(st.steps) == 1 and st.done(st.previous)
     assert 3.3e-3 <= st.steps[0] <= 3.3e-3 * 2 ** 0.25 * (1 + 1e-9)
-    for bad in (dict(class_search=1), dict(class_search_trials=0), dict(class_search_refine=9)):
+    for bad in (dict(class_search=1), dict(random_search="yes"), dict(random_search=True), dict(class_search_trials=0),
+                dict(class_search_refine=9)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             auto.AutoConfig(**bad)
 
@@ -826,3 +829,50 @@ def test_auto_with_the_search_undoes_its_trials_and_ignores_the_start(digits_cla
                         class_passes=4)
     assert plain.log["chosen"]["steps"] == ca["steps"]
     jax.tree.map(np.testing.assert_array_equal, a, functionalize(plain.model).params)
+
+
+def test_auto_random_search_runs_one_pass_that_meets_the_stop(digits_class3_request):
+    """Rule 5 with random_search on a real model: starts 16x apart give the same model, made by
+    one kept pass that meets the stop (the mean error grown random_err_rise times)."""
+    from jit_jax import unlearn
+    from jit_jax.data import parse_forget
+    from jit_jax.functional import functionalize
+
+    req = dataclasses.replace(digits_class3_request,
+                              split=parse_forget(digits_class3_request.dataset, "random:30"))
+    runs = [unlearn.run("auto", req, random_search="stop", random_err_rise=1.5, class_step=s,
+                        class_max_step=0.5) for s in (6.25e-5, 1e-3)]
+    for r in runs:
+        c = r.log["chosen"]
+        assert c["mode"] == "random" and len(c["steps"]) == 1 and len(c["trials"]) > 1
+        assert 1 - c["forget_confidence"] >= 1.5 * (1 - c["start"]["conf"])
+    jax.tree.map(np.testing.assert_array_equal, *(functionalize(r.model).params for r in runs))
+
+
+def test_random_flip_search_finds_the_first_flip_and_runs_on_from_there():
+    """random_search "flip": a trial responds once a forget sample flips (here at steps >= 1e-3;
+    the error never doubles), so the first kept pass is at the smallest such step; the run then
+    goes on (the stop not met) with the step held (random_hold) for its budget."""
+    cfg = auto.AutoConfig(class_step=6.25e-5, class_grow=2.0, class_min_move=0.05,
+                          random_search="flip", random_hold=True, random_err_rise=2.0,
+                          random_passes=3)
+    first = {"acc": 100.0, "conf": 0.99}
+
+    def fit(params):
+        s = float(params["w"][0])
+        return {"acc": 95.0 if s >= 1e-3 else 100.0, "conf": 0.985 if s >= 1e-3 else 0.989}
+
+    st = auto.RandomStop(fit, first, cfg, {"w": jnp.zeros(2)})
+    state = auto.adjustable_relative_steps(cfg.class_step).init({"w": jnp.ones(3)})
+    params = {"w": jnp.zeros(2)}
+    for p in range(st.loop_passes):
+        params = {"w": params["w"] + float(state.hyperparams["step"])}
+        out = st(params, p)
+        if len(out) > 2 and out[2] is not None:
+            params = out[2]
+        if out[0]:
+            break
+        state = st.adjust(state, p)
+    assert 1e-3 <= st.steps[0] <= 1e-3 * 2 ** 0.25 * (1 + 1e-9)
+    assert len(st.steps) == 3 and st.steps == [st.steps[0]] * 3  # held, budget of 3 passes
+    assert not any(r["responds"] for r in st.trials if r["step"] < 1e-3)

@@ -86,6 +86,9 @@ from jit_jax.unlearn.objectives import at_least_float32
 #: rule 4's objectives: zero-shot, reading the forget labels and the original model's logits
 CLASS_OBJECTIVES = ("dpo", "idkpo", "npo")
 
+#: rule 5's step searches (``AutoConfig.random_search``): off, until the stop, until a flip
+RANDOM_SEARCHES = ("", "stop", "flip")
+
 #: the statistics rule 3 watches, both from fixed draws around the forget samples: "gap", the
 #: confidence gap; "lip", JiT's ratio ``||f(x) - f(x~)|| / ||x - x~||``
 STOP_STATS = ("gap", "lip")
@@ -195,7 +198,10 @@ class AutoConfig:
     # ``class_step``: the smallest step on which one pass responds, bracketed by factors of
     # ``class_grow`` and narrowed by ``class_search_refine`` geometric bisections, in at most
     # ``class_search_trials`` trials
-    class_search: bool = False
+    class_search: bool = False  # rule 4
+    # rule 5: "" (off), "stop" (a trial responds when it meets rule 5's stop: that one pass is the
+    # run) or "flip" (when a forget sample has flipped; the run goes on from that pass)
+    random_search: str = ""
     class_search_trials: int = 16
     class_search_refine: int = 2
 
@@ -237,6 +243,8 @@ class AutoConfig:
             (self.random_passes >= 1, "random_passes", "an integer >= 1"),
             (isinstance(self.random_hold, bool), "random_hold", "True or False"),
             (isinstance(self.class_search, bool), "class_search", "True or False"),
+            (self.random_search in RANDOM_SEARCHES, "random_search",
+             " or ".join(repr(n) for n in RANDOM_SEARCHES)),
             (isinstance(self.class_search_trials, int) and self.class_search_trials >= 1,
              "class_search_trials", "an integer >= 1"),
             (isinstance(self.class_search_refine, int) and 0 <= self.class_search_refine <= 8,
@@ -479,8 +487,8 @@ class ClassStop:
     no parameter scale is set by hand (the validation traces needed relative steps 64x apart on
     an MLP and on a ResNet18).
 
-    With ``class_search`` (``initial_params`` given: the untouched model's parameters), the
-    first pass is preceded by a search: trial passes from the untouched model, each undone (the
+    With ``class_search`` (``random_search`` in :class:`RandomStop`; ``initial_params`` given:
+    the untouched model's parameters), the first pass is preceded by a search: trial passes from the untouched model, each undone (the
     loop continues from the parameters returned as ``keep``), find the smallest step on which
     one pass *responds* (:meth:`responds`): doubling (``class_grow``) from ``class_step`` until
     a pass responds, or halving until one does not, then ``class_search_refine`` geometric
@@ -499,8 +507,12 @@ class ClassStop:
         self.kept = None  # the parameters of the pass just kept
         self.last_kept = False  # whether the last pass was kept (False: an undone trial)
         self._initial = initial_params
-        self.searching = bool(config.class_search) and initial_params is not None
+        self.searching = self.search_on(config) and initial_params is not None
         self._lo = self._hi = self._hi_params = self._hi_now = None
+
+    @staticmethod
+    def search_on(config: AutoConfig) -> bool:
+        return config.class_search
 
     @property
     def budget(self) -> int:
@@ -594,16 +606,23 @@ class RandomStop(ClassStop):
     times the untouched model's (each 0: not used). A model retrained without a few random
     samples still predicts most of them as it predicts test data (its D_f is about its test
     accuracy), so the target is not an accuracy near 0 as in rule 4 but the first measurable
-    loss of the confidence that training on the samples gave them. With ``class_search`` a trial
-    pass responds when it meets this criterion: the search finds the smallest step whose single
-    pass does, and that pass is the run."""
+    loss of the confidence that training on the samples gave them. With ``random_search``
+    "stop" a trial pass responds when it meets this criterion: the search finds the smallest step
+    whose single pass does, and that pass is the run; with "flip" when a forget sample has
+    flipped, and the run goes on from that pass (with ``random_hold``, at that step)."""
+
+    @staticmethod
+    def search_on(config: AutoConfig) -> bool:
+        return bool(config.random_search)
+
+    def responds(self, now: dict) -> bool:
+        if self.config.random_search == "flip":  # a forget sample has flipped (or the stop met)
+            return now["acc"] < self.first["acc"] or self.done(now)
+        return self.done(now)
 
     @property
     def budget(self) -> int:
         return self.config.random_passes
-
-    def responds(self, now: dict) -> bool:
-        return self.done(now)
 
     def _keep(self, params, now: dict):
         done, info = super()._keep(params, now)
@@ -639,8 +658,8 @@ def run_class_mode(model, x_forget: np.ndarray, labels: np.ndarray, config: Auto
     first = fit(fn.params)
     if mode not in ("class", "random"):
         raise ValueError(f"auto: mode={mode!r}; accepted: 'class' or 'random'")
-    stop = (ClassStop if mode == "class" else RandomStop)(
-        fit, first, config, fn.params if config.class_search else None)
+    stop_cls = ClassStop if mode == "class" else RandomStop
+    stop = stop_cls(fit, first, config, fn.params if stop_cls.search_on(config) else None)
     if mode == "class" and 0 <= config.class_target and first["acc"] <= config.class_target:
         # already at the target (a class the model never learned): nothing to forget
         from jit_jax.functional import rebuild
