@@ -62,6 +62,11 @@ Rules replace the task's hand-tuned settings. Each reads only the model and the 
    validation trace of a random request, rules 1-3 (JiT's smoothing) lost 11 points of retain
    accuracy in one pass.
 
+Opt-in, validated and not adopted: a step search for rules 4 and 5 (``class_search``,
+``random_search``; :class:`ClassStop`) that finds the first pass's step by undone trial passes,
+so that ``class_step`` no longer sets the run; on the validation traces it was level with rule 4
+and behind rule 5 (docs/results/auto/README.md).
+
 The constants (``scale``, ``step``, ``norm``, ``lip_ratio``, ``lip_rise``, ``retries``,
 ``gap_peak``, ``max_passes``; ``k`` = 5 was fixed
 beforehand, not searched) were chosen on
