@@ -1028,7 +1028,8 @@ def main(argv=None) -> None:
     r.add_argument("--out")
     args = ap.parse_args(argv)
     {"trace": trace, "classtrace": classtrace, "classchoose": classchoose,
-     "randchoose": randchoose, "searchcompare": searchcompare, "choose": choose, "test": test, "figure": figure,
+     "randchoose": randchoose, "searchcompare": searchcompare, "choose": choose, "test": test,
+     "figure": figure,
      "report": report}[args.cmd](args)
 
 

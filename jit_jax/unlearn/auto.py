@@ -493,14 +493,15 @@ class ClassStop:
     an MLP and on a ResNet18).
 
     With ``class_search`` (``random_search`` in :class:`RandomStop`; ``initial_params`` given:
-    the untouched model's parameters), the first pass is preceded by a search: trial passes from the untouched model, each undone (the
-    loop continues from the parameters returned as ``keep``), find the smallest step on which
-    one pass *responds* (:meth:`responds`): doubling (``class_grow``) from ``class_step`` until
-    a pass responds, or halving until one does not, then ``class_search_refine`` geometric
-    bisections of the bracket. The pass at that step is kept as the first. The outcome then no
-    longer depends on ``class_step`` beyond the bracket's final width (a factor of
-    ``class_grow ** 2 ** -class_search_refine``), where without the search the start fixed the
-    whole sequence of steps. ``trials`` records every trial pass."""
+    the untouched model's parameters), the first pass is preceded by a search: trial passes
+    from the untouched model, each undone (the loop continues from the parameters returned as
+    ``keep``), find the smallest step on which one pass *responds* (:meth:`responds`):
+    doubling (``class_grow``) from ``class_step`` until a pass responds, or halving until one
+    does not, then ``class_search_refine`` geometric bisections of the bracket. The pass at
+    that step is kept as the first. The outcome then no longer depends on ``class_step`` beyond
+    the bracket's final width (a factor of ``class_grow ** 2 ** -class_search_refine``), where
+    without the search the start fixed the whole sequence of steps. ``trials`` records every
+    trial pass."""
 
     def __init__(self, fit, first: dict, config: AutoConfig, initial_params: Any = None):
         self.fit, self.config = fit, config
@@ -509,7 +510,7 @@ class ClassStop:
         self.grow = False
         self.steps = []  # the step of each pass kept
         self.trials = []  # the search's trial passes
-        self.kept = None  # the parameters of the pass just kept
+        self.kept = None  # the parameters of the pass just kept (valid until the next pass)
         self.last_kept = False  # whether the last pass was kept (False: an undone trial)
         self._initial = initial_params
         self.searching = self.search_on(config) and initial_params is not None
