@@ -335,11 +335,31 @@ def class_stop_pass(rows: list[dict], target: float, budget: int,
     return rows[min(budget, len(rows) - 1)]
 
 
-def _families_text(families: dict) -> str:
-    """One line: each family's mean distance, D_r drop, D_f (MIA when replayed) and passes."""
+def _families_text(families: dict, mia: bool = True, spread: bool = False) -> str:
+    """One line: each family's mean distance, D_r drop, D_f (MIA when replayed and ``mia``),
+    passes and (with ``spread``) the worst / best spread over start steps."""
     return "; ".join(f"{k}: {v['distance']:.1f} (drop {v['dr_drop']:.1f}, D_f "
-                     f"{v['forget_acc']:.1f}" + (f", MIA {v['mia']:.1f}" if "mia" in v else "")
-                     + f", passes {v['passes']:.1f})" for k, v in families.items())
+                     f"{v['forget_acc']:.1f}"
+                     + (f", MIA {v['mia']:.1f}" if mia and "mia" in v else "")
+                     + f", passes {v['passes']:.1f}"
+                     + (f", spread {v['spread']:.2f}" if spread else "") + ")"
+                     for k, v in families.items())
+
+
+def _pass_means(picked: list[dict]) -> dict:
+    """Means over replayed passes: distance, D_r drop, D_f, MIA and the pass index."""
+    return {k: float(np.mean([p[f] for p in picked])) for k, f in (
+        ("distance", "retrain_distance"), ("dr_drop", "dr_drop"),
+        ("forget_acc", "forget_acc"), ("mia", "mia"), ("passes", "pass"))}
+
+
+def _worst_start(scores: list[dict], floor: float) -> dict:
+    """A family scored at its worst start step: that start's means (:func:`_pass_means`), the
+    largest D_r drop over the starts, and the spread worst / best (best floored at ``floor``)."""
+    worst = max(scores, key=lambda v: v["distance"])
+    best = min(v["distance"] for v in scores)
+    return {**worst, "dr_drop": max(v["dr_drop"] for v in scores),
+            "spread": worst["distance"] / max(best, floor)}
 
 
 def classchoose(args) -> dict:
@@ -439,15 +459,9 @@ def searchcompare(args) -> dict:
                 by_start = {}
                 for r in rs:
                     by_start.setdefault(r["start"], []).append(picked(r))
-                scores = {st: {k: float(np.mean([p[f] for p in ps])) for k, f in (
-                    ("distance", "retrain_distance"), ("dr_drop", "dr_drop"),
-                    ("forget_acc", "forget_acc"), ("mia", "mia"), ("passes", "pass"))}
-                    for st, ps in by_start.items()}
-                worst = max(scores.values(), key=lambda v: v["distance"])
-                best = min(v["distance"] for v in scores.values())
-                per_fam[fam] = {**worst, "dr_drop": max(v["dr_drop"] for v in scores.values()),
-                                "spread": worst["distance"] / max(best, 1.0),
-                                "starts": sorted(scores), "tasks": len(rs) // len(scores)}
+                scores = [_pass_means(ps) for ps in by_start.values()]
+                per_fam[fam] = {**_worst_start(scores, 1.0), "starts": sorted(by_start),
+                                "tasks": len(rs) // len(scores)}
             if not per_fam:
                 continue
             res = {"distance": float(np.mean([v["distance"] for v in per_fam.values()])),
@@ -459,9 +473,7 @@ def searchcompare(args) -> dict:
             print(f"{mode}: {name}: worst-start mean {res['distance']:.1f}, worst D_r drop "
                   f"{res['worst_dr_drop']:.1f}, largest spread {res['max_spread']:.2f}"
                   f"{'' if res['qualifies'] else ' (D_r drop over the limit)'}; "
-                  + "; ".join(f"{k}: {v['distance']:.1f} (drop {v['dr_drop']:.1f}, D_f "
-                              f"{v['forget_acc']:.1f}, passes {v['passes']:.1f}, spread "
-                              f"{v['spread']:.2f})" for k, v in per_fam.items()))
+                  + _families_text(per_fam, mia=False, spread=True))
     if args.out:
         _write_json(args.out, out)
     return out
@@ -501,10 +513,8 @@ def randchoose(args) -> dict:
         return r["start"], r["grow"], r["min_move"], r.get("hold", False)
 
     def replay(rs, drop, conf, budget, rise) -> dict:
-        picked = [random_stop_pass(r["passes"], drop, conf, budget, rise) for r in rs]
-        return {k: float(np.mean([p[f] for p in picked])) for k, f in (
-            ("distance", "retrain_distance"), ("dr_drop", "dr_drop"),
-            ("forget_acc", "forget_acc"), ("mia", "mia"), ("passes", "pass"))}
+        return _pass_means([random_stop_pass(r["passes"], drop, conf, budget, rise)
+                            for r in rs])
 
     keys = sorted({key(r) for runs in fams.values() for r in runs})
     starts = sorted({k[0] for k in keys})
@@ -521,13 +531,8 @@ def randchoose(args) -> dict:
                 continue
             by_start = [replay(rs, drop, conf, budget, rise) for rs in (
                 [r for r in runs if key(r) == (st, *group)] for st in starts) if rs]
-            if len(by_start) < len(starts):
-                per_fam[fam] = None
-                continue
-            worst = max(by_start, key=lambda v: v["distance"])
-            best = min(v["distance"] for v in by_start)
-            per_fam[fam] = {**worst, "dr_drop": max(v["dr_drop"] for v in by_start),
-                            "spread": worst["distance"] / max(best, 1e-9)}
+            per_fam[fam] = (_worst_start(by_start, 1e-9) if len(by_start) == len(starts)
+                            else None)
         if any(v is None or not np.isfinite(v["distance"]) for v in per_fam.values()):
             continue
         start, grow, move, hold = ("all", *group) if robust else group

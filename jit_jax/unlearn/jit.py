@@ -403,10 +403,10 @@ def jit_unlearn(model: nnx.Module, x_forget: np.ndarray | jax.Array,
     read D_r, which are then not zero-shot); each step gets ``aux["retain_" + name]``, a batch of
     rows drawn without replacement (seeded by ``config.seed``). ``stop`` (:data:`StopFn`) is asked
     after every pass whether to stop before ``config.passes``, and may hand back earlier
-    parameters to return or to continue from; what it reports is logged. ``adjust(opt_state, pass) -> opt_state`` is
-    called after every pass that does not stop the run: a rule may change the optimiser's
-    hyperparameters between passes (e.g. a step held in ``optax.inject_hyperparams``'s state)
-    without a recompilation.
+    parameters to return or to continue from; what it reports is logged.
+    ``adjust(opt_state, pass) -> opt_state`` is called after every pass that does not stop the
+    run: a rule may change the optimiser's hyperparameters between passes (e.g. a step held in
+    ``optax.inject_hyperparams``'s state) without a recompilation.
 
     Returns a new model (the input model is left untouched) and a :class:`JiTLog`. One pass over the
     forget set in order, one optimiser step per batch (``optax.sgd(config.lr)`` unless ``optimizer``
