@@ -729,33 +729,20 @@ def ar_args(paths, targets=(5.0,), conf_targets=(0.0,)):
                               top=0, out=None)
 
 
-def _scripted_search(start, threshold=3.3e-3, mode="class", trials=16, refine=2, **kw):
-    """A ClassStop/RandomStop with the step search, driven by a scripted model whose one pass
-    responds (mean confidence down 0.2, error 0.01 -> 0.21) exactly when its step is at least
-    ``threshold``. The "parameters" are one array holding the step of the pass that made them;
-    the loop is simulated: a returned ``keep`` replaces the parameters the next pass starts from."""
-    cfg = auto.AutoConfig(class_step=start, class_grow=2.0, class_min_move=0.05,
-                          class_search=mode == "class",
-                          random_search="stop" if mode == "random" else "",
-                          class_search_trials=trials,
-                          class_search_refine=refine, class_target=5.0, random_err_rise=2.0,
-                          **kw)
-    first = {"acc": 100.0, "conf": 0.99}
+def _simulate_search(stop_cls, cfg, fit_at):
+    """Run ``stop_cls`` with its step search against a scripted model: ``fit_at(step)`` is what a
+    pass made at ``step`` (from the untouched model) measures. The "parameters" are one array
+    holding the summed steps of the passes that made them; the loop is simulated as
+    ``jit_unlearn`` runs it: a returned ``keep`` replaces the parameters the next pass starts
+    from, and every undone trial must hand back a fresh copy of the untouched parameters."""
     initial = {"w": jnp.zeros(2)}
-
-    def fit(params):
-        s = float(params["w"][0])
-        return {"acc": 100.0, "conf": 0.79 if s >= threshold else 0.985}
-
-    stop_cls = auto.ClassStop if mode == "class" else auto.RandomStop
-    st = stop_cls(fit, first, cfg, initial)
+    st = stop_cls(lambda params: fit_at(float(params["w"][0])), {"acc": 100.0, "conf": 0.99},
+                  cfg, initial)
     state = auto.adjustable_relative_steps(cfg.class_step).init({"w": jnp.ones(3)})
-    params, undone, out = initial, 0, None
+    params, undone = initial, 0
     for p in range(st.loop_passes):
-        start_from = params
-        params = {"w": start_from["w"] + float(state.hyperparams["step"])}  # one "pass"
+        params = {"w": params["w"] + float(state.hyperparams["step"])}  # one "pass"
         out = st(params, p)
-        done = out[0]
         keep = out[2] if len(out) > 2 else None
         if keep is not None:
             if not st.last_kept:  # an undone trial: a fresh copy of the untouched parameters
@@ -763,10 +750,23 @@ def _scripted_search(start, threshold=3.3e-3, mode="class", trials=16, refine=2,
                 np.testing.assert_array_equal(keep["w"], initial["w"])
                 assert keep["w"] is not initial["w"]
             params = keep
-        if done:
+        if out[0]:
             break
         state = st.adjust(state, p)
     return st, params, undone
+
+
+def _scripted_search(start, threshold=3.3e-3, mode="class", trials=16, refine=2, **kw):
+    """:func:`_simulate_search` with a model whose one pass responds (mean confidence down 0.2,
+    error 0.01 -> 0.21) exactly when its step is at least ``threshold``."""
+    cfg = auto.AutoConfig(class_step=start, class_grow=2.0, class_min_move=0.05,
+                          class_search=mode == "class",
+                          random_search="stop" if mode == "random" else "",
+                          class_search_trials=trials,
+                          class_search_refine=refine, class_target=5.0, random_err_rise=2.0,
+                          **kw)
+    return _simulate_search(auto.ClassStop if mode == "class" else auto.RandomStop, cfg,
+                            lambda s: {"acc": 100.0, "conf": 0.79 if s >= threshold else 0.985})
 
 
 def test_the_step_search_finds_the_smallest_responding_step_from_any_start():
@@ -856,23 +856,9 @@ def test_random_flip_search_finds_the_first_flip_and_runs_on_from_there():
     cfg = auto.AutoConfig(class_step=6.25e-5, class_grow=2.0, class_min_move=0.05,
                           random_search="flip", random_hold=True, random_err_rise=2.0,
                           random_passes=3)
-    first = {"acc": 100.0, "conf": 0.99}
-
-    def fit(params):
-        s = float(params["w"][0])
-        return {"acc": 95.0 if s >= 1e-3 else 100.0, "conf": 0.985 if s >= 1e-3 else 0.989}
-
-    st = auto.RandomStop(fit, first, cfg, {"w": jnp.zeros(2)})
-    state = auto.adjustable_relative_steps(cfg.class_step).init({"w": jnp.ones(3)})
-    params = {"w": jnp.zeros(2)}
-    for p in range(st.loop_passes):
-        params = {"w": params["w"] + float(state.hyperparams["step"])}
-        out = st(params, p)
-        if len(out) > 2 and out[2] is not None:
-            params = out[2]
-        if out[0]:
-            break
-        state = st.adjust(state, p)
+    st, _, _ = _simulate_search(
+        auto.RandomStop, cfg,
+        lambda s: {"acc": 95.0 if s >= 1e-3 else 100.0, "conf": 0.985 if s >= 1e-3 else 0.989})
     assert 1e-3 <= st.steps[0] <= 1e-3 * 2 ** 0.25 * (1 + 1e-9)
     assert len(st.steps) == 3 and st.steps == [st.steps[0]] * 3  # held, budget of 3 passes
     assert not any(r["responds"] for r in st.trials if r["step"] < 1e-3)
