@@ -23,7 +23,9 @@ each (compilation excluded); the table gives medians over the repeats.
 
 ``--train-step`` also times one SGD training step (training-mode forward, cross-entropy, backward,
 update) of ``--step-model`` at ``--step-batch``, compiled once with each implementation, in the
-same round-robin way.
+same round-robin way. "xla" there is XLA's convolutions and max pooling, "ours" the library's
+CPU rules (oneDNN convolutions, the block max pooling of ``layers.max_pool_blocks``);
+``--pool-ablation`` separates the two for the models that pool (``--step-model vgg11-w16``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ MODELS = {
     "resnet18-w16": ("resnet18", {"width": 16}, (32, 32, 3), 128),
     "resnet18-w64": ("resnet18", {"width": 64}, (32, 32, 3), 128),
     "vgg11": ("vgg11", {"width": 64}, (32, 32, 3), 128),
+    "vgg11-w16": ("vgg11", {"width": 16}, (32, 32, 3), 64),  # the CIFAR-100 twins' model
     "cnn": ("cnn", {"width": 32}, (64, 64, 3), 32),
 }
 PASSES = ("fwd", "dx", "dw")
@@ -258,6 +261,56 @@ def bench_bn_ablation(model_name: str, batch: int, repeats: int, log=print) -> d
             "all_s": times}
 
 
+def bench_pool_ablation(model_name: str, batch: int, repeats: int, log=print) -> dict:
+    """The training step four ways, round-robin: XLA's or our convolutions, with XLA's max pooling
+    (``reduce_window``, differentiated by ``select_and_scatter``) or the block form
+    (``layers.max_pool_blocks``), for the models that pool (VGG, cnn)."""
+    from jit_jax.models import cnn, vgg
+
+    modules = (vgg, cnn)
+    saved = [m.max_pool for m in modules]
+    for m in modules:
+        m.max_pool = functools.partial(layers.max_pool, impl="xla")
+    try:
+        xla_pool, args = make_train_step(model_name, batch)
+    finally:
+        for m, f in zip(modules, saved, strict=True):
+            m.max_pool = f
+    for m in modules:
+        m.max_pool = functools.partial(layers.max_pool, impl="blocks")
+    try:
+        blocks, _ = make_train_step(model_name, batch)
+    finally:
+        for m, f in zip(modules, saved, strict=True):
+            m.max_pool = f
+    steps = {"xla conv, xla pool": xla_pool["xla"], "ours conv, xla pool": xla_pool["ours"],
+             "xla conv, block pool": blocks["xla"], "ours conv, block pool": blocks["ours"]}
+    for f in steps.values():
+        jax.block_until_ready(f(*args))
+    outs = {k: f(*args) for k, f in steps.items()}
+    same = {"xla conv": _tree_equal(outs["xla conv, xla pool"], outs["xla conv, block pool"]),
+            "ours conv": _tree_equal(outs["ours conv, xla pool"], outs["ours conv, block pool"])}
+    log(f"  one step from the same state, XLA's pooling against the block form, bit for bit "
+        f"equal: {same}")
+    times = {k: [] for k in steps}
+    for r in range(repeats):
+        for k in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+            t = time.perf_counter()
+            jax.block_until_ready(steps[k](*args))
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        log(f"  {k:27s} {v:.3f} s")
+    return {"model": model_name, "batch": batch, "repeats": repeats, "median_s": med,
+            "all_s": times, "bit_equal": same}
+
+
+def _tree_equal(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        np.array_equal(x, y) for x, y in zip(la, lb, strict=True))
+
+
 def markdown(rows: list[dict], passes=PASSES) -> str:
     head = ["models", "input NHWC", "kernel", "stride", "pad", "path", "n"]
     for p in passes:
@@ -299,6 +352,9 @@ def main(argv=None):
     p.add_argument("--bn-ablation", action="store_true",
                    help="with --train-step: the step four ways (XLA or our convolutions x flax's "
                         "or the closed-form BatchNorm)")
+    p.add_argument("--pool-ablation", action="store_true",
+                   help="with --train-step: the step four ways (XLA or our convolutions x XLA's "
+                        "or the block max pooling; VGG and cnn)")
     p.add_argument("--chunk-rows", type=int, default=None,
                    help="override layers.DW_CHUNK_ROWS (output pixels per dw chunk), for tuning")
     p.add_argument("--layout", choices=["auto", "pixel-major", "channel-major"], default="auto",
@@ -353,6 +409,10 @@ def main(argv=None):
               f"ours {step['ours_s']:.3f} s: {step['speedup']:.2f}x faster "
               f"(median of {step['repeats']}; compile {step['compile_s']['xla']:.1f} s / "
               f"{step['compile_s']['ours']:.1f} s)")
+        if args.pool_ablation:
+            result["pool_ablation"] = bench_pool_ablation(args.step_model, args.step_batch,
+                                                          args.step_repeats or args.repeats,
+                                                          log=lambda s: print(s, flush=True))
         if args.bn_ablation:
             result["bn_ablation"] = bench_bn_ablation(args.step_model, args.step_batch,
                                                       args.step_repeats or args.repeats,

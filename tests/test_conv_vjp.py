@@ -412,7 +412,13 @@ def test_model_zoo_gradients(name, shape, opts, monkeypatch):
     The forward pass and every input gradient are XLA's own ops in both, so everything but the
     convolution kernels' gradients must be bit-identical; each kernel gradient is one contraction
     over the N*H_out*W_out pixels of its layer, checked against that layer's float32 bound with
-    the layer's actual input and output cotangent (captured with a zero probe on its output)."""
+    the layer's actual input and output cotangent (captured with a zero probe on its output).
+    Max pooling is pinned to XLA's form in both (the CPU rules' block form is exact on its own,
+    tests/test_pooling.py, but lets XLA fuse the neighbouring reductions differently)."""
+    from jit_jax.models import cnn, vgg
+
+    for module in (cnn, vgg):
+        monkeypatch.setattr(module, "max_pool", functools.partial(layers.max_pool, impl="xla"))
     model = models.create(name, 10, shape, **opts)
     fn = functionalize(model, train=True)
     x = _normal(0, (4, *shape))
