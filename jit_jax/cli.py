@@ -142,6 +142,24 @@ def _join_distributed(args) -> None:
         args.no_progress = args.no_progress or info["process_id"] != 0
 
 
+#: scores of the untouched and the retrained model, per (role, checkpoint, forget request, seed,
+#: split): a process that runs many methods on one original (experiments/paper/run.py) scores
+#: each of the two once, not once per method. The checkpoint's metadata file time is part of the
+#: key, so a checkpoint rewritten in place is scored again.
+_SCORES: dict = {}
+
+
+def _scores(role: str, path, args, compute):
+    import copy
+
+    meta = Path(path) / "metadata.json"
+    key = (role, str(Path(path).resolve()), meta.stat().st_mtime_ns if meta.exists() else None,
+           tuple(args.forget), args.seed, bool(args.validation))
+    if key not in _SCORES:
+        _SCORES[key] = compute()
+    return copy.deepcopy(_SCORES[key])
+
+
 def _skips_writing(args, out) -> bool:
     """True on the processes of a ``--distributed`` run other than process 0, which writes."""
     if not getattr(args, "distributed", False):
@@ -418,7 +436,8 @@ def cmd_unlearn(args) -> int:
         rmodel, rmeta, _ = load_run(args.rtrn, validation=args.validation)
     before = None
     if args.method != "bsln" or args.metrics != "paper":
-        before = evaluate_unlearning(model, ds, split, method="bsln", preprocess=prep)
+        before = _scores("bsln", args.checkpoint, args, lambda: evaluate_unlearning(
+            model, ds, split, method="bsln", preprocess=prep))
     shadows = None
     if args.shadows:
         from jit_jax.metrics import train_ulira_shadows
@@ -434,7 +453,8 @@ def cmd_unlearn(args) -> int:
                                  original_forget_acc=before.forget_acc if before else None,
                                  shadows=shadows)
     if args.rtrn:
-        rres = evaluate_unlearning(rmodel, ds, split, method="rtrn", preprocess=prep)
+        rres = _scores("rtrn", args.rtrn, args, lambda: evaluate_unlearning(
+            rmodel, ds, split, method="rtrn", preprocess=prep))
         result.retrain_distance = retrain_distance(result, rres)
         result.extra["rtrn"] = rres.to_dict()
         rseed = rmeta.get("result", {}).get("seed")

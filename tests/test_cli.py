@@ -341,3 +341,48 @@ def test_unlearn_full_metrics_with_shadows(run_dir, tmp_path, capsys):
     assert main([*args[:7], "--shadows", "1", "--out", str(tmp_path / "y")]) == 2
     assert "--shadows 1; accepted: an integer >= 2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_original_and_rtrn_are_scored_once_per_process(run_dir, tmp_path, monkeypatch):
+    """Many methods on one original in one process (the paper runner) score the untouched and the
+    retrained model once; the numbers are those of a fresh process, and a checkpoint rewritten in
+    place is scored again."""
+    import os
+
+    from jit_jax import cli, metrics
+
+    rtrn = tmp_path / "rtrn"
+    assert main(["unlearn", "--checkpoint", str(run_dir), "--method", "rtrn", "--forget",
+                 "class:3", "--out", str(rtrn), "--set", "epochs=1", "--no-progress"]) == 0
+    calls = []
+    real = metrics.evaluate_unlearning
+
+    def counting(model, ds, split, *, method, **kw):
+        calls.append(method)
+        return real(model, ds, split, method=method, **kw)
+
+    monkeypatch.setattr(metrics, "evaluate_unlearning", counting)
+    monkeypatch.setattr(cli, "_SCORES", {})
+
+    def run(method, name):
+        assert main(["unlearn", "--checkpoint", str(run_dir), "--method", method, "--forget",
+                     "class:3", "--out", str(tmp_path / name), "--rtrn", str(rtrn),
+                     "--no-progress", "--set", "num_samples=4" if method == "jit" else
+                     "epochs=1"]) == 0
+        return json.loads((tmp_path / name / "result.json").read_text())
+
+    first = {m: run(m, m) for m in ("jit", "bdsh")}
+    # jit: original, method, rtrn; bdsh: its own model only
+    assert calls == ["bsln", "jit", "rtrn", "bdsh"], calls
+    monkeypatch.setattr(cli, "_SCORES", {})  # a fresh process
+    again = run("bdsh", "bdsh-fresh")
+    for key in ("retrain_distance", "retain_acc", "forget_acc", "mia"):
+        assert again[key] == first["bdsh"][key], key
+    assert again["extra"]["rtrn"] == first["bdsh"]["extra"]["rtrn"]
+    assert again["extra"]["original"] == first["bdsh"]["extra"]["original"]
+    calls.clear()
+    meta = rtrn / "metadata.json"
+    st = meta.stat()
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten in place
+    run("bdsh", "bdsh-rewritten")
+    assert calls == ["bdsh", "rtrn"], calls
