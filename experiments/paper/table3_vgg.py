@@ -3,14 +3,14 @@
 name), every method of the table, 3 seeds.
 
     python experiments/paper/run.py table3_vgg --scale cpu --data runs/data/cifar100.npz \
-        --out runs/paper/table3-vgg
+        --out runs/paper/table3-vgg-s10
 
 CPU twin: 100 / 50 images per fine class, the CIFAR-layout VGG11 at width 16, 30 epochs of Adam
-(common.py). Measured (2026-12-02, 55 min on a shared 2-core machine,
-``docs/results/paper/table3_vgg-cpu.md``): the original reaches 47.2% on the super-classes (the
-paper's 75.3); retrain distances against the same seed's RTRN: FNTN 34.3, SSD 35.4, AMN 38.0, BT
-40.8, UNSIR 47.2, BDSH 48.8, SCRUB 55.3, JiT 62.4 (the authors' sigma 0.01 takes D_r to chance on
-this twin), BSLN 83.7.
+(common.py). Measured (2026-12-05, 34.7 min alone on 2 cores,
+``docs/results/paper/table3_vgg-cpu.md``): the original reaches 46.4% on the super-classes (the
+paper's 75.3); retrain distances against the same seed's RTRN: FNTN 21.4, UNSIR 38.8, SSD 43.7,
+AMN 44.8, BT 45.1, BDSH 47.2, SCRUB 59.7, JiT 60.6 (the authors' sigma 0.01 takes D_r to chance
+on this twin), BSLN 74.5.
 """
 
 from common import CPU_VGG100, CPU_VGG100_TRAIN, make
