@@ -246,6 +246,13 @@ def bench_bn_ablation(model_name: str, batch: int, repeats: int, log=print) -> d
     closed_bn, _ = make_train_step(model_name, batch)
     steps = {"xla conv, flax BN": flax_bn["xla"], "ours conv, flax BN": flax_bn["ours"],
              "xla conv, closed-form BN": closed_bn["xla"], "ours conv, closed-form BN": closed_bn["ours"]}
+    return {"model": model_name, "batch": batch, "repeats": repeats,
+            **_round_robin(steps, args, repeats, log)}
+
+
+def _round_robin(steps: dict, args, repeats: int, log=print) -> dict:
+    """Each compiled step of ``steps`` once per repeat after a warm-up call, the order reversed
+    every other repeat; medians logged and returned (``median_s``, ``all_s``)."""
     for f in steps.values():
         jax.block_until_ready(f(*args))
     times = {k: [] for k in steps}
@@ -257,8 +264,7 @@ def bench_bn_ablation(model_name: str, batch: int, repeats: int, log=print) -> d
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
         log(f"  {k:27s} {v:.3f} s")
-    return {"model": model_name, "batch": batch, "repeats": repeats, "median_s": med,
-            "all_s": times}
+    return {"median_s": med, "all_s": times}
 
 
 def bench_pool_ablation(model_name: str, batch: int, repeats: int, log=print) -> dict:
@@ -267,42 +273,27 @@ def bench_pool_ablation(model_name: str, batch: int, repeats: int, log=print) ->
     (``layers.max_pool_blocks``), for the models that pool (VGG, cnn)."""
     from jit_jax.models import cnn, vgg
 
-    modules = (vgg, cnn)
-    saved = [m.max_pool for m in modules]
-    for m in modules:
-        m.max_pool = functools.partial(layers.max_pool, impl="xla")
-    try:
-        xla_pool, args = make_train_step(model_name, batch)
-    finally:
-        for m, f in zip(modules, saved, strict=True):
-            m.max_pool = f
-    for m in modules:
-        m.max_pool = functools.partial(layers.max_pool, impl="blocks")
-    try:
-        blocks, _ = make_train_step(model_name, batch)
-    finally:
-        for m, f in zip(modules, saved, strict=True):
-            m.max_pool = f
+    def with_pooling(impl):
+        saved = {m: m.max_pool for m in (vgg, cnn)}
+        for m in saved:
+            m.max_pool = functools.partial(layers.max_pool, impl=impl)
+        try:
+            return make_train_step(model_name, batch)
+        finally:
+            for m, f in saved.items():
+                m.max_pool = f
+
+    xla_pool, args = with_pooling("xla")
+    blocks, _ = with_pooling("blocks")
     steps = {"xla conv, xla pool": xla_pool["xla"], "ours conv, xla pool": xla_pool["ours"],
              "xla conv, block pool": blocks["xla"], "ours conv, block pool": blocks["ours"]}
-    for f in steps.values():
-        jax.block_until_ready(f(*args))
     outs = {k: f(*args) for k, f in steps.items()}
     same = {"xla conv": _tree_equal(outs["xla conv, xla pool"], outs["xla conv, block pool"]),
             "ours conv": _tree_equal(outs["ours conv, xla pool"], outs["ours conv, block pool"])}
     log(f"  one step from the same state, XLA's pooling against the block form, bit for bit "
         f"equal: {same}")
-    times = {k: [] for k in steps}
-    for r in range(repeats):
-        for k in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
-            t = time.perf_counter()
-            jax.block_until_ready(steps[k](*args))
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for k, v in med.items():
-        log(f"  {k:27s} {v:.3f} s")
-    return {"model": model_name, "batch": batch, "repeats": repeats, "median_s": med,
-            "all_s": times, "bit_equal": same}
+    return {"model": model_name, "batch": batch, "repeats": repeats,
+            **_round_robin(steps, args, repeats, log), "bit_equal": same}
 
 
 def _tree_equal(a, b) -> bool:
