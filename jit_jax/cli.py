@@ -13,6 +13,7 @@ This module and ``experiments/`` are the only places that read or write files.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -431,9 +432,11 @@ def cmd_unlearn(args) -> int:
     extra = {"options": options, "source": str(args.checkpoint), "paper_setting": args.paper}
     if mesh_opt:
         extra["devices"] = mesh_opt["mesh"].size
-    rmodel = rmeta = None
-    if args.rtrn:
-        rmodel, rmeta, _ = load_run(args.rtrn, validation=args.validation)
+
+    @functools.cache
+    def rtrn_model():  # restored only when read: its scores may be cached (_scores), and the
+        return load_run(args.rtrn, validation=args.validation)[0]  # "paper" metrics need none
+
     before = None
     if args.method != "bsln" or args.metrics != "paper":
         before = _scores("bsln", args.checkpoint, args, lambda: evaluate_unlearning(
@@ -449,15 +452,17 @@ def cmd_unlearn(args) -> int:
     result = evaluate_unlearning(res.model, ds, split, method=args.method, runtime=res.runtime,
                                  compile_time=res.compile_time, zero_shot=res.zero_shot,
                                  seed=args.seed, preprocess=prep, extra=extra,
-                                 metrics=args.metrics, reference=rmodel,
+                                 metrics=args.metrics,
+                                 reference=rtrn_model() if args.rtrn and args.metrics != "paper"
+                                 else None,
                                  original_forget_acc=before.forget_acc if before else None,
                                  shadows=shadows)
     if args.rtrn:
         rres = _scores("rtrn", args.rtrn, args, lambda: evaluate_unlearning(
-            rmodel, ds, split, method="rtrn", preprocess=prep))
+            rtrn_model(), ds, split, method="rtrn", preprocess=prep))
         result.retrain_distance = retrain_distance(result, rres)
         result.extra["rtrn"] = rres.to_dict()
-        rseed = rmeta.get("result", {}).get("seed")
+        rseed = checkpoint.load_metadata(args.rtrn).get("result", {}).get("seed")
         result.extra["rtrn_seed"] = rseed
         if rseed is not None and rseed != args.seed:
             print(f"warning: the --rtrn model was retrained with seed {rseed}, this run uses "

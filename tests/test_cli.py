@@ -363,6 +363,15 @@ def test_original_and_rtrn_are_scored_once_per_process(run_dir, tmp_path, monkey
 
     monkeypatch.setattr(metrics, "evaluate_unlearning", counting)
     monkeypatch.setattr(cli, "_SCORES", {})
+    restored = []  # the --rtrn checkpoint is restored only to be scored
+    real_load = cli.load_run
+
+    def counting_load(path, **kw):
+        if Path(path) == rtrn:
+            restored.append(path)
+        return real_load(path, **kw)
+
+    monkeypatch.setattr(cli, "load_run", counting_load)
 
     def run(method, name):
         assert main(["unlearn", "--checkpoint", str(run_dir), "--method", method, "--forget",
@@ -374,6 +383,7 @@ def test_original_and_rtrn_are_scored_once_per_process(run_dir, tmp_path, monkey
     first = {m: run(m, m) for m in ("jit", "bdsh")}
     # jit: original, method, rtrn; bdsh: its own model only
     assert calls == ["bsln", "jit", "rtrn", "bdsh"], calls
+    assert len(restored) == 1
     monkeypatch.setattr(cli, "_SCORES", {})  # a fresh process
     again = run("bdsh", "bdsh-fresh")
     for key in ("retrain_distance", "retain_acc", "forget_acc", "mia"):
@@ -386,3 +396,4 @@ def test_original_and_rtrn_are_scored_once_per_process(run_dir, tmp_path, monkey
     os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten in place
     run("bdsh", "bdsh-rewritten")
     assert calls == ["bdsh", "rtrn"], calls
+    assert len(restored) == 3  # the fresh process and the rewrite
