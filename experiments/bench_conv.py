@@ -271,20 +271,10 @@ def bench_pool_ablation(model_name: str, batch: int, repeats: int, log=print) ->
     """The training step four ways, round-robin: XLA's or our convolutions, with XLA's max pooling
     (``reduce_window``, differentiated by ``select_and_scatter``) or the block form
     (``layers.max_pool_blocks``), for the models that pool (VGG, cnn)."""
-    from jit_jax.models import cnn, vgg
-
-    def with_pooling(impl):
-        saved = {m: m.max_pool for m in (vgg, cnn)}
-        for m in saved:
-            m.max_pool = functools.partial(layers.max_pool, impl=impl)
-        try:
-            return make_train_step(model_name, batch)
-        finally:
-            for m, f in saved.items():
-                m.max_pool = f
-
-    xla_pool, args = with_pooling("xla")
-    blocks, _ = with_pooling("blocks")
+    with layers.pool_impl("xla"):  # read while tracing, as the convolution setting
+        xla_pool, args = make_train_step(model_name, batch)
+    with layers.pool_impl("blocks"):
+        blocks, _ = make_train_step(model_name, batch)
     steps = {"xla conv, xla pool": xla_pool["xla"], "ours conv, xla pool": xla_pool["ours"],
              "xla conv, block pool": blocks["xla"], "ours conv, block pool": blocks["ours"]}
     outs = {k: f(*args) for k, f in steps.items()}

@@ -415,10 +415,6 @@ def test_model_zoo_gradients(name, shape, opts, monkeypatch):
     the layer's actual input and output cotangent (captured with a zero probe on its output).
     Max pooling is pinned to XLA's form in both (the CPU rules' block form is exact on its own,
     tests/test_pooling.py, but lets XLA fuse the neighbouring reductions differently)."""
-    from jit_jax.models import cnn, vgg
-
-    for module in (cnn, vgg):
-        monkeypatch.setattr(module, "max_pool", functools.partial(layers.max_pool, impl="xla"))
     model = models.create(name, 10, shape, **opts)
     fn = functionalize(model, train=True)
     x = _normal(0, (4, *shape))
@@ -443,7 +439,8 @@ def test_model_zoo_gradients(name, shape, opts, monkeypatch):
         finally:
             monkeypatch.setattr(layers, "conv", real_conv)
 
-    with layers.conv_impl("xla"):  # (which layers reach layers.conv depends on the setting)
+    # (which layers reach layers.conv depends on the setting)
+    with layers.conv_impl("xla"), layers.pool_impl("xla"):
         jax.eval_shape(loss, fn.params, None)  # trace only: fills meta
     probes = [jnp.zeros(m[2]) for m in meta]
 
@@ -453,9 +450,9 @@ def test_model_zoo_gradients(name, shape, opts, monkeypatch):
                   for (k, xx), (st, pad, _), dy in zip(operands, meta, dys, strict=True)]
         return g, [k for k, _ in operands], bounds
 
-    with layers.conv_impl("xla"):
+    with layers.conv_impl("xla"), layers.pool_impl("xla"):
         want_grads, kernels, kernel_bounds = jax.jit(run)(fn.params, probes)
-    with layers.conv_impl("custom"):
+    with layers.conv_impl("custom"), layers.pool_impl("xla"):
         got_grads = jax.jit(lambda p, q: jax.grad(loss, has_aux=True)(p, q)[0])(fn.params, probes)
 
     flat_x = jax.tree_util.tree_flatten_with_path(want_grads)[0]

@@ -10,6 +10,8 @@ the cotangent among ties (``jnp.max``'s) or took the last maximum fails those te
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,6 +103,9 @@ def test_bad_arguments():
     x = jnp.zeros((1, 4, 4, 1))
     with pytest.raises(ValueError, match="impl must be one of"):
         layers.max_pool(x, 2, 2, impl="fast")
+    with pytest.raises(ValueError, match="pool_impl: impl must be one of"):
+        with layers.pool_impl("fast"):
+            pass
     with pytest.raises(ValueError, match="window == stride, padding 0"):
         layers.max_pool(x, 3, 2, padding=1, impl="blocks")
     # overlapping or padded windows keep XLA's form under "auto"
@@ -109,10 +114,13 @@ def test_bad_arguments():
         nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))
 
 
-@pytest.mark.parametrize("impl,expect_xla", [("custom", False), ("xla", True)])
-def test_models_take_the_block_form_with_the_cpu_rules(impl, expect_xla):
+@pytest.mark.parametrize("impl,pool,expect_xla", [("custom", None, False), ("xla", None, True),
+                                                  ("custom", "xla", True),
+                                                  ("xla", "blocks", False)])
+def test_models_take_the_block_form_with_the_cpu_rules(impl, pool, expect_xla):
     """VGG's and the cnn's pooling follow the layer setting: the block form under the CPU rules,
-    XLA's reduce_window under ``JIT_JAX_CONV=xla`` (checked on the gradient's jaxpr)."""
+    XLA's reduce_window under ``JIT_JAX_CONV=xla`` (checked on the gradient's jaxpr), unless a
+    ``layers.pool_impl`` block chooses."""
     for name, opts, shape in (("vgg11", {"width": 4}, (32, 32, 3)), ("cnn", {"width": 4},
                                                                      (16, 16, 3))):
         model = models.create(name, 3, shape, **opts)
@@ -122,7 +130,7 @@ def test_models_take_the_block_form_with_the_cpu_rules(impl, expect_xla):
             return jnp.sum(nnx.merge(graphdef, p, rest)(x))
 
         x = jnp.ones((2, *shape))
-        with layers.conv_impl(impl):
+        with layers.conv_impl(impl), (layers.pool_impl(pool) if pool else nullcontext()):
             text = str(jax.make_jaxpr(jax.grad(loss))(params, x))
         assert ("reduce_window_max" in text) == expect_xla, name
         assert ("select_and_scatter" in text) == expect_xla, name

@@ -617,6 +617,22 @@ def batch_norm(num_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 
 
 POOL_IMPLS = ("auto", "xla", "blocks")
+_POOL_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "jit_jax_pool_impl", default=None)
+
+
+@contextlib.contextmanager
+def pool_impl(impl: str) -> Iterator[None]:
+    """Inside the block, :func:`max_pool` calls left at ``impl="auto"`` (every model's) take
+    ``impl`` (one of :data:`POOL_IMPLS`; ``"blocks"`` where it applies), e.g. to compare XLA's
+    pooling with the block form in one model. Read when functions are traced; blocks nest."""
+    if impl not in POOL_IMPLS:
+        raise ValueError(f"pool_impl: impl must be one of {POOL_IMPLS}, got {impl!r}")
+    token = _POOL_OVERRIDE.set(impl)
+    try:
+        yield
+    finally:
+        _POOL_OVERRIDE.reset(token)
 
 
 def max_pool(x, window: int = 2, stride: int = 2, padding: int = 0, *, impl: str = "auto"):
@@ -628,13 +644,18 @@ def max_pool(x, window: int = 2, stride: int = 2, padding: int = 0, *, impl: str
     derivatives bit for bit, and its backward pass was 2.4x faster on XLA:CPU over VGG11-w16's
     five pooling shapes at batch 64. ``"auto"`` takes
     ``"blocks"`` where it applies when the convolutions take a CPU rule (:func:`resolve_conv_impl`
-    is not ``"xla"``: ``JIT_JAX_CONV=xla`` restores XLA's own layers throughout), else ``"xla"``.
+    is not ``"xla"``: ``JIT_JAX_CONV=xla`` restores XLA's own layers throughout), else ``"xla"``,
+    unless a :func:`pool_impl` block says otherwise.
     """
     if impl not in POOL_IMPLS:
         raise ValueError(f"max_pool: impl must be one of {POOL_IMPLS}, got {impl!r}")
     blocks_ok = window == stride and padding == 0 and x.ndim == 4
     if impl == "auto":
-        impl = "blocks" if blocks_ok and resolve_conv_impl() != "xla" else "xla"
+        impl = _POOL_OVERRIDE.get() or "auto"
+        if impl == "auto":
+            impl = "blocks" if resolve_conv_impl() != "xla" else "xla"
+        if not blocks_ok:
+            impl = "xla"
     if impl == "blocks":
         if not blocks_ok:
             raise ValueError(f"max_pool impl='blocks' needs window == stride, padding 0 and an "
