@@ -115,6 +115,38 @@ def test_bad_teacher_loss_is_torch_kl_div_mean():
         np.testing.assert_allclose(got, want, rtol=RTOL64)
 
 
+def test_kl_terms_gradient_through_the_teacher_is_torchs_where_a_probability_underflows():
+    # GKT's generator differentiates the KL through the teacher's softmax. torch's kl_div
+    # backward gives the target (log t + 1 - log s) masked to 0 where t == 0, then softmax's
+    # backward; with xlogy(t, t) the derivative at t == 0 is 0 * log 0 = NaN, which made every
+    # GKT run "diverge". float64 logits 1000 apart: exp underflows to exactly 0 in float64 too.
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(3, 4))
+    for t in (rng.normal(size=(3, 4)), np.array([[0.0, 1000.0, 1.0, -5.0],
+                                                 [900.0, 0.0, 0.0, 0.0],
+                                                 [1.0, 2.0, 3.0, 4.0]])):
+        lt = t - t.max(1, keepdims=True)
+        lt = lt - np.log(np.exp(lt).sum(1, keepdims=True))  # finite log-softmax
+        pt = np.exp(lt)
+        ls = s - s.max(1, keepdims=True)
+        ls = ls - np.log(np.exp(ls).sum(1, keepdims=True))
+        g = np.where(pt > 0, lt + 1 - ls, 0.0)  # torch's target gradient, masked at t == 0
+        want_t = pt * (g - (pt * g).sum(1, keepdims=True))  # through softmax
+        want_s = -(pt - pt.sum(1, keepdims=True) * np.exp(ls))  # d/ds of -sum t log_softmax(s)
+        with jax.enable_x64(True):  # float64: see RTOL64
+            got_t = jax.grad(lambda u: distill.kl_terms(jnp.asarray(s), u, 1.0).sum())(
+                jnp.asarray(t))
+            got_s = jax.grad(lambda v: distill.kl_terms(v, jnp.asarray(t), 1.0).sum())(
+                jnp.asarray(s))
+            value = distill.kl_terms(jnp.asarray(s), jnp.asarray(t), 1.0)
+        assert np.isfinite(got_t).all() and np.isfinite(got_s).all()
+        # entries of order 1 or 0, sums of 4 terms: absolute float64 rounding far below 1e-12
+        np.testing.assert_allclose(got_t, want_t, rtol=RTOL64, atol=1e-12)
+        np.testing.assert_allclose(got_s, want_s, rtol=RTOL64, atol=1e-12)
+        np.testing.assert_allclose(value, np.where(pt > 0, pt * (lt - ls), 0.0), rtol=RTOL64,
+                                   atol=1e-12)
+
+
 def test_train_keeps_the_last_partial_batch_when_asked(monkeypatch):
     import jit_jax.train as T
 

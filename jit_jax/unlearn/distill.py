@@ -35,10 +35,16 @@ if TYPE_CHECKING:
 def kl_terms(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float
              ) -> jax.Array:
     """The elementwise terms of torch's ``F.kl_div(log_softmax(s/T), softmax(t/T))``:
-    ``t log t - t log s`` per sample and class (0 where the teacher's probability is 0)."""
-    t = jax.nn.softmax(teacher_logits / temperature, axis=-1)
+    ``t log t - t log s`` per sample and class (0 where the teacher's probability is 0).
+
+    Written as ``t * (log_softmax(t) - log s)`` with ``t = exp(log_softmax(t))`` so that the
+    gradient with respect to the teacher's logits (GKT's generator differentiates through the
+    teacher) is finite where a probability underflows to 0, as torch's is (its ``kl_div``
+    backward masks the target's gradient to 0 there). ``xlogy(t, t)`` has the same value but
+    its derivative there is ``0 * log 0 = NaN``."""
+    log_t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
     s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-    return jax.scipy.special.xlogy(t, t) - t * s
+    return jnp.exp(log_t) * (log_t - s)
 
 
 def bad_teacher_loss(student_logits: jax.Array, teacher_logits: jax.Array,
