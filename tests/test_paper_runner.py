@@ -325,3 +325,35 @@ def test_an_interrupted_retraining_resumes(runner, tmp_path, monkeypatch):
     run.run(cfg, out, seeds=[0], methods=["bsln"], log=logs.append)
     assert any("seed 0: rtrn (resuming)" in line for line in logs), logs
     assert (out / "rtrn-s0" / "result.json").exists()
+
+
+def test_gkt_rounds_scale_with_the_originals_training(runner, tmp_path, monkeypatch):
+    """GKT's fixed 1000 (ViT: 101) rounds shrink with the original's training (epochs x images)
+    against the paper's; the paper scale keeps the authors' own; the runner passes the rounds to
+    the CLI and names them on the page."""
+    run, common = runner
+
+    def rounds(name, scale, n):
+        return common.gkt_rounds(run.load_config(name, scale), n)
+
+    assert rounds("table2_vgg", "cpu", 10_000) == 29  # ceil(1000 * 30 * 10k / (210 * 50k))
+    assert rounds("table2_vit", "cpu", 10_000) == 51  # ceil(101 * 20 * 10k / (8 * 50k))
+    assert rounds("table2_vgg", "gpu", 50_000) == 29  # 6 of 210 epochs on the full set
+    assert rounds("table2_vgg", "paper", 50_000) is None
+    assert rounds("table1_faces", "cpu", 1234) == 120  # the same folder: 30 of 250 epochs
+    cfg = run.load_config("table2_vgg", "cpu")
+    assert run.method_sets(cfg, "gkt", 10_000) == {"pseudo_batches": 29}
+    assert run.method_sets(cfg, "jit", 10_000) == {}
+    mine = cfg.replace(method_sets={"gkt": {"pseudo_batches": 3, "batch_size": 8}})
+    assert run.method_sets(mine, "gkt", 10_000) == {"pseudo_batches": 3, "batch_size": 8}
+    tiny = run.load_config("table2_vgg", "tiny")
+    calls = []
+    real = run._cli
+    monkeypatch.setattr(run, "_cli", lambda argv: (calls.append(argv), real(argv)))
+    summary = run.run(tiny, tmp_path, methods=["gkt"], log=lambda *_: None)
+    gkt_argv = [a for a in calls if a[:4] == ["unlearn", "--checkpoint", a[2], "--method"]
+                and a[4] == "gkt"]
+    assert len(gkt_argv) == 1 and gkt_argv[0][-2:] == ["--set", "pseudo_batches=1"]
+    assert (tmp_path / "gkt-s0" / "result.json").exists()
+    assert summary["method_sets"] == {"gkt": {"pseudo_batches": 1}}
+    assert "gkt: pseudo_batches=1 (GKT's rounds scaled" in (tmp_path / "results.md").read_text()

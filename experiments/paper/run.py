@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from common import SCALES, Config, balanced_subset, paper_rows, tiny_dataset  # noqa: E402
+from common import SCALES, Config, balanced_subset, gkt_rounds, paper_rows, tiny_dataset  # noqa: E402
 
 from jit_jax.cli import main as cli_main  # noqa: E402
 
@@ -119,6 +119,18 @@ def prepare_data(cfg: Config, out: Path, data: Path | None) -> Path:
     return path
 
 
+def method_sets(cfg: Config, method: str, n_train: int) -> dict:
+    """The options the runner gives ``method`` over the authors' setting: the config's
+    ``method_sets``, and for GKT at a scale smaller than the paper's the rounds of
+    :func:`common.gkt_rounds` (unless the config sets them)."""
+    sets = dict(cfg.method_sets.get(method, {}))
+    if method == "gkt" and "pseudo_batches" not in sets:
+        rounds = gkt_rounds(cfg, n_train)
+        if rounds is not None:
+            sets["pseudo_batches"] = rounds
+    return sets
+
+
 def _opts(flag: str, opts: dict) -> list[str]:
     return [a for k, v in opts.items() for a in (flag, f"{k}={v}")]
 
@@ -140,6 +152,8 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
                          "published ImageNet-21k weights, as the paper does: pass --vit-weights "
                          "PATH (e.g. ViT-B_16.npz from the vit_jax release)")
     npz = prepare_data(cfg, out, data)
+    with np.load(npz) as z:
+        n_train = len(z["y_train"])
     orig = out / "original"
     t0 = time.perf_counter()
     if not (orig / "metadata.json").exists():
@@ -166,10 +180,13 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
             failed = failed_path(out / f"{m}-s{seed}")
             if (d / "result.json").exists() or failed.exists():
                 continue
-            log(f"[{cfg.name}] seed {seed}: {m}")
+            sets = method_sets(cfg, m, n_train)
+            log(f"[{cfg.name}] seed {seed}: {m}"
+                + (f" ({', '.join(f'{k}={v}' for k, v in sets.items())})" if sets else ""))
             argv = ["unlearn", "--checkpoint", str(orig), "--method", m, "--forget", cfg.forget,
                     "--seed", str(seed), "--rtrn", str(rtrn), "--out", str(d), "--no-progress",
-                    *(["--paper"] if cfg.paper_setting else [])]
+                    *(["--paper"] if cfg.paper_setting else []),
+                    *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
             run_step(argv, failed, {"method": m, "seed": seed},
                      log=lambda msg, m=m, seed=seed: log(f"[{cfg.name}] seed {seed}: {m} {msg}"))
     if metrics != "paper":
@@ -181,6 +198,7 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
                            "test_accuracy": meta.get("metrics", {}).get("test_accuracy"),
                            "train_time_s": meta.get("metrics", {}).get("train_time_s"),
                            "epochs": last.get("epoch")}
+    summary["method_sets"] = {m: sets for m in methods if (sets := method_sets(cfg, m, n_train))}
     summary["differences"] = differences(summary)
     summary["wall_time_s"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -321,6 +339,13 @@ def markdown(cfg: Config, summary: dict) -> str:
              f"Forget {cfg.forget}; model {cfg.model} {cfg.model_opts}; seeds {summary['seeds']}; "
              f"method settings: {'the authors (--paper)' if cfg.paper_setting else 'defaults'}.",
              "Paper: Foster et al., TMLR 2025 (numbers from experiments/paper/paper_tables.csv).",
+             *[f"Over the authors' setting, {m}: "
+               + ", ".join(f"{k}={v}" for k, v in sets.items())
+               + (" (GKT's rounds scaled to the original's training, epochs x images, against "
+                  "the paper's: experiments/paper/common.py, gkt_rounds)."
+                  if m == "gkt" and "pseudo_batches" in sets and
+                  "pseudo_batches" not in cfg.method_sets.get(m, {}) else ".")
+               for m, sets in summary.get("method_sets", {}).items()],
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     def mean_sd(r, key):
         return f"{r[key]:.1f} ± {r[key + '_sd']:.1f}" if key in r else "failed"

@@ -27,4 +27,5 @@ def get_config(scale: str = "cpu"):
                               schedule="onecycle", augment="crop_flip")),
         cpu=dict(model="vgg11_torchvision", model_opts={"width": 16}, load_opts=LOAD,
                  train=CPU_VGG_TRAIN),
+        paper_train_images=None,  # the twin reads the faces folder whole, as the paper does
     )
