@@ -719,3 +719,41 @@ def test_the_poisoned_request_catches_a_method_that_reads_the_retained_data(requ
     make, ds = request_tiny
     with pytest.raises(AssertionError, match="retain"):
         unlearn.run("fntn", _poisoned(make(forget_class(ds, "1"))), epochs=1)
+
+
+def test_gkt_upsample_is_flax_conv_transpose():
+    """GKT's generator computes its stride-2 transposed convolutions as four phase convolutions
+    of the undilated input: the same function as nnx.ConvTranspose (values and gradients, in
+    float64), and in float32 within the rounding bound of its contraction."""
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        m = nnx.ConvTranspose(5, 3, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                              param_dtype=jnp.float64, dtype=jnp.float64, rngs=nnx.Rngs(0))
+        k, bias = m.kernel[...], jnp.asarray(rng.normal(size=3))
+        m.bias[...] = bias
+        x = jnp.asarray(rng.normal(size=(2, 4, 6, 5)))
+        want = m(x)
+        got = gkt.upsample2x(x, k, bias)
+        assert got.shape == (2, 8, 12, 3) and got.dtype == jnp.float64
+        # each output sums 4 x 5 = 20 products: float64 rounding of both sides << 1e-12
+        np.testing.assert_allclose(got, want, rtol=RTOL64, atol=1e-12)
+        w = jnp.asarray(rng.normal(size=want.shape))
+
+        def ref(x, k):
+            return jnp.sum(w * jax.lax.conv_transpose(
+                x, k, (2, 2), ((2, 2), (2, 2)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+        def ours(x, k):
+            return jnp.sum(w * gkt.upsample2x(x, k, bias))
+
+        for argnum in (0, 1):
+            np.testing.assert_allclose(jax.grad(ours, argnum)(x, k), jax.grad(ref, argnum)(x, k),
+                                       rtol=RTOL64, atol=1e-10)
+        mag = gkt.upsample2x(jnp.abs(x), jnp.abs(k), jnp.zeros(3))  # sum of |terms| per output
+    got32 = gkt.upsample2x(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32),
+                           jnp.asarray(bias, jnp.float32))
+    # float32: inputs rounded (2 u per product), 20 products summed (20 u), the bias added (u)
+    bound = 23 * U32 * (np.asarray(mag) + np.abs(np.asarray(bias))) + U32 * np.abs(want)
+    assert np.all(np.abs(np.asarray(got32, np.float64) - np.asarray(want)) <= bound)
+    with pytest.raises(ValueError, match="4x4 kernel"):
+        gkt.upsample2x(x, k[:3], bias)
