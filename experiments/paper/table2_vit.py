@@ -7,7 +7,8 @@ Paper scale: ViT-B/16 from the official ImageNet-21k weights (``run.py --vit-wei
 small ViT trained from scratch at 32x32 on 100 / 50 images per class (no pretrained weights can be
 downloaded here). Measured (docs/results/paper/table2_vit-cpu.md, 2026-12-03): the original
 reaches 22.2% test accuracy (the paper's 88.9); the authors' JiT setting collapses it (D_r 1.0),
-FNTN is closest to retraining (distance 9.7); every method ran over 3 seeds, with the cores shared.
+FNTN is closest to retraining (distance 9.7); every method ran over 3 seeds. Re-run alone on
+2026-12-05 with one command: 40.1 min, the same numbers but GKT's (51 rounds at twin scale).
 """
 
 from common import CPU_VIT_TRAIN, SMALL_VIT, TINY_VIT, make
