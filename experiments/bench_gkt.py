@@ -16,9 +16,7 @@ is printed.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -29,7 +27,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_conv import matmul_gflops  # noqa: E402
+from bench_conv import _round_robin, matmul_gflops  # noqa: E402
 
 from jit_jax.models import create  # noqa: E402
 from jit_jax.unlearn import gkt  # noqa: E402
@@ -88,17 +86,7 @@ def main(argv=None) -> int:
             g, o, student, teacher, z, mask, 1.0))
     fns["student step"] = lambda: gkt._gkt_student_step(student, s_opt, teacher, x, mask, 1.0,
                                                         5.0, ("conv",))
-    for f in fns.values():
-        jax.block_until_ready(f())
-    times = {k: [] for k in fns}
-    for r in range(args.repeats):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            t = time.perf_counter()
-            jax.block_until_ready(fns[k]())
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for k, v in med.items():
-        print(f"  {k:24s} {1e3 * v:8.1f} ms", flush=True)
+    med = _round_robin(fns, (), args.repeats)["median_s"]
     for k in ("xla", "phases"):
         rnd = 17 * med[f"gate, {k}"] + 2 * med[f"generator step, {k}"] + 15 * med["student step"]
         print(f"  a round (17 gates, 2 generator + 15 student steps), {k}: {rnd:.2f} s")

@@ -184,10 +184,6 @@ def make(scale: str, *, name: str, table: str, task: str, forget: str, dataset: 
     return Config(**{**base, **fields})
 
 
-#: GKT's rounds in the authors' code: ViT 101 (of 8 images), every other model 1000 (of 128)
-GKT_PAPER_ROUNDS = {"vit": 101, "other": 1000}
-
-
 def gkt_rounds(cfg: Config, n_train: int) -> int | None:
     """GKT's ``pseudo_batches`` at this config's scale, or None for the authors' own.
 
@@ -206,5 +202,6 @@ def gkt_rounds(cfg: Config, n_train: int) -> int | None:
     ratio = (int(cfg.train["epochs"]) * n_train) / (cfg.paper_epochs * paper_images)
     if ratio >= 1:
         return None
-    full = GKT_PAPER_ROUNDS["vit" if cfg.model.startswith("vit") else "other"]
-    return max(1, math.ceil(full * ratio))
+    from jit_jax.unlearn.gkt import default_rounds
+
+    return max(1, math.ceil(default_rounds(cfg.model) * ratio))

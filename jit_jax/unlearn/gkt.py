@@ -205,6 +205,12 @@ def reinit_conv_kernels(model: nnx.Module, key: jax.Array) -> int:
     return n
 
 
+def default_rounds(model_name: str) -> int:
+    """GKT's rounds (``pseudo_batches``) in the authors' code for a model of the registry: 101 for
+    a ViT, 1000 otherwise."""
+    return 101 if model_name.startswith("vit") else 1000
+
+
 def gkt(req: Request, *, pseudo_batches: int | None = None, batch_size: int | None = None,
         generator_iters: int | None = None, student_iters: int | None = None,
         threshold: float = 0.01, temperature: float = 1.0, at_beta: float = 5.0,
@@ -229,7 +235,8 @@ def gkt(req: Request, *, pseudo_batches: int | None = None, batch_size: int | No
 
     forget_class = _full_class_only(req, "gkt")
     vit = req.spec.name.startswith("vit")
-    pseudo_batches = (101 if vit else 1000) if pseudo_batches is None else int(pseudo_batches)
+    pseudo_batches = (default_rounds(req.spec.name) if pseudo_batches is None
+                      else int(pseudo_batches))
     batch_size = (8 if vit else 128) if batch_size is None else int(batch_size)
     generator_iters = (1 if vit else 2) if generator_iters is None else int(generator_iters)
     student_iters = (5 if vit else 15) if student_iters is None else int(student_iters)
