@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jit_jax import unlearn
@@ -357,3 +358,35 @@ def test_gkt_rounds_scale_with_the_originals_training(runner, tmp_path, monkeypa
     assert (tmp_path / "gkt-s0" / "result.json").exists()
     assert summary["method_sets"] == {"gkt": {"pseudo_batches": 1}}
     assert "gkt: pseudo_batches=1 (GKT's rounds scaled" in (tmp_path / "results.md").read_text()
+
+
+def test_images_per_class_override(runner, tmp_path):
+    """--per-class/--test-per-class resize the class-balanced subset (``all``: the whole split,
+    the paper's data for a scale probe); bad values name what is accepted; an output folder made
+    with other sizes is refused instead of silently reused."""
+    run, common = runner
+    cfg = run.load_config("table2_vgg", "cpu")
+    assert run.images_per_class(cfg, None, None) is cfg
+    full = run.images_per_class(cfg, "all", "all")
+    assert (full.per_class, full.test_per_class) == (None, None)
+    assert run.images_per_class(cfg, "7", None).per_class == 7
+    assert run.images_per_class(cfg, "7", None).test_per_class == cfg.test_per_class
+    for bad in ("0", "-3", "half"):
+        with pytest.raises(ValueError, match=f"--per-class '{bad}'.*positive integer"):
+            run.images_per_class(cfg, bad, None)
+    arrays = common.tiny_dataset("cifar100")
+    src = tmp_path / "src.npz"
+    np.savez(src, **arrays)
+    small = run.images_per_class(cfg, "5", "3")
+    path = run.prepare_data(small, tmp_path / "out", src)
+    with np.load(path) as z:
+        counts = np.bincount(z["y_train"])
+        assert set(counts[counts > 0]) == {5}
+        assert set(np.bincount(z["y_test"])[np.bincount(z["y_test"]) > 0]) == {3}
+    assert run.prepare_data(small, tmp_path / "out", src) == path  # same sizes: reused
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="holds data made with"):
+        run.prepare_data(full, tmp_path / "out", src)
+    assert path.read_bytes() == before  # nothing overwritten
+    page = run.markdown(small, {"seeds": [0], "rows": [], "differences": []})
+    assert "images a class: 5 training, 3 test" in page

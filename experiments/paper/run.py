@@ -91,9 +91,18 @@ def _cli(argv: list[str]) -> None:
 
 
 def prepare_data(cfg: Config, out: Path, data: Path | None) -> Path:
-    """The config's data as ``OUT/data.npz`` (a class-balanced subset, or generated for tiny)."""
-    path = out / "data.npz"
+    """The config's data as ``OUT/data.npz`` (a class-balanced subset, or generated for tiny).
+    The subset's sizes are kept beside it (``data.json``): an output folder made with other sizes
+    is refused, not reused."""
+    path, sizes_path = out / "data.npz", out / "data.json"
+    sizes = {"per_class": cfg.per_class, "test_per_class": cfg.test_per_class}
     if path.exists():
+        if sizes_path.exists():
+            made = json.loads(sizes_path.read_text())
+            if made != sizes:
+                raise ValueError(
+                    f"{out} holds data made with {made} (None: all); this run asks for {sizes}: "
+                    "use another --out, or the same --per-class/--test-per-class")
         return path
     if cfg.dataset.startswith("tiny:"):
         arrays = tiny_dataset(cfg.dataset.split(":", 1)[1])
@@ -116,6 +125,7 @@ def prepare_data(cfg: Config, out: Path, data: Path | None) -> Path:
     tmp = out / "data.tmp.npz"
     np.savez(tmp, **arrays)
     tmp.replace(path)
+    sizes_path.write_text(json.dumps(sizes) + "\n")
     return path
 
 
@@ -337,7 +347,9 @@ def markdown(cfg: Config, summary: dict) -> str:
     head += ["Retrain dist.", "Runtime (s, median)", "Zero-shot"]
     lines = [f"# {cfg.name} ({cfg.table}, scale {cfg.scale})", "",
              f"Forget {cfg.forget}; model {cfg.model} {cfg.model_opts}; seeds {summary['seeds']}; "
-             f"method settings: {'the authors (--paper)' if cfg.paper_setting else 'defaults'}.",
+             f"method settings: {'the authors (--paper)' if cfg.paper_setting else 'defaults'}; "
+             f"images a class: {cfg.per_class or 'all'} training, "
+             f"{cfg.test_per_class or 'all'} test.",
              "Paper: Foster et al., TMLR 2025 (numbers from experiments/paper/paper_tables.csv).",
              *[f"Over the authors' setting, {m}: "
                + ", ".join(f"{k}={v}" for k, v in sets.items())
@@ -510,6 +522,28 @@ def override(cfg: Config, model: str | None, model_set: list[str],
                        train={**cfg.train, **train})
 
 
+def images_per_class(cfg: Config, train: str | None, test: str | None) -> Config:
+    """``cfg`` with its class-balanced subset resized: ``train``/``test`` images a class, a
+    positive integer or ``"all"`` (the whole split, e.g. the paper's data for a scale probe);
+    ``None`` keeps the config's."""
+    sizes = {}
+    for key, value in (("per_class", train), ("test_per_class", test)):
+        if value is None:
+            continue
+        if value == "all":
+            sizes[key] = None
+            continue
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--{key.replace('_', '-')} {value!r}: accepted: a positive integer "
+                             "(images a class) or 'all'")
+        sizes[key] = n
+    return cfg.replace(**sizes) if sizes else cfg
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="a config module in experiments/paper (e.g. table2_vgg)")
@@ -528,12 +562,17 @@ def main(argv=None):
     p.add_argument("--train-set", nargs="*", default=[],
                    help="training recipe overrides, KEY=VALUE (jit-jax train's options, e.g. "
                         "epochs=20)")
+    p.add_argument("--per-class", metavar="N|all",
+                   help="training images a class (the config's class-balanced subset), or all")
+    p.add_argument("--test-per-class", metavar="N|all",
+                   help="test images a class, or all")
     p.add_argument("--metrics", default="paper", choices=["paper", "full"],
                    help="full: also the stronger attacks, output distances to RTRN and relearn "
                         "time, from each finished run's checkpoint (kept in metrics.json)")
     args = p.parse_args(argv)
     cfg = override(load_config(args.config, args.scale), args.model, args.model_set,
                    args.train_set)
+    cfg = images_per_class(cfg, args.per_class, args.test_per_class)
     summary = run(cfg, args.out, data=args.data, seeds=args.seeds, methods=args.methods,
                   vit_weights=args.vit_weights, metrics=args.metrics)
     print(markdown(cfg, summary))
