@@ -18,6 +18,12 @@ another model or recipe (the test tasks of ``--method auto`` on ResNet18 with Ba
     python experiments/paper/run.py table2_vgg --scale cpu --data runs/data/cifar100.npz \
         --model resnet18 --model-set width=16 --out runs/paper/table2-r18 --methods bsln auto jit
 
+``--per-class N|all --test-per-class N|all`` resize the twin's class-balanced subset: ``all`` runs
+the twin's model and recipe on the paper's data (a scale probe)::
+
+    python experiments/paper/run.py table2_vgg --scale cpu --data runs/data/cifar100.npz \
+        --per-class all --test-per-class all --seeds 0 --out runs/paper/table2-vgg-full
+
 Writes ``results.json`` (every run and the summary) and ``results.md``: per method, mean ± sd over
 the seeds of D_r, D_f and MIA, the paper's numbers in the adjacent columns, and the retrain
 distance (|D_r - RTRN| + |D_f - RTRN| + |MIA - RTRN| against the same seed's RTRN), then every

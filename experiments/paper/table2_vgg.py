@@ -8,11 +8,13 @@ layout (133M parameters at paper scale), every method of the table, 3 seeds.
 Paper scale: all 50,000 training images, the authors' 210 epochs of SGD with OneCycle (lr 0.1,
 batch 64, the crop/flip augmentation). CPU twin: 100 training / 50 test images per class, the
 CIFAR-layout VGG11 at width 16 (the torchvision layout barely learns at this size: common.py), 30
-epochs of Adam. Measured (2026-12-05, ``docs/results/paper/table2_vgg-cpu.md``, alone on 2 cores,
-one command, 38.5 min): the original reaches 29.5% test accuracy (the paper's 66.3); retrain
-distances against the same seed's RTRN: JiT 18.0, FNTN 18.6, BDSH 23.9, UNSIR 35.0, BT 46.3,
-AMN 47.1, GKT 52.0 (29 rounds at twin scale: a collapse, as the paper's), SSD 69.8, SCRUB 72.4,
-BSLN 83.5, EMMN 113.9.
+epochs of Adam. Measured (``docs/results/paper/table2_vgg-cpu.md``): one command, alone on 2
+cores, 38.5 min (2026-12-05). The page's run (2026-12-05, another machine kind: training is
+deterministic per kind): the original reaches 29.6% test accuracy (the paper's 66.3); retrain
+distances against the same seed's RTRN: FNTN 14.4, UNSIR 22.9, JiT 23.6, BDSH 24.9, AMN 44.9,
+BT 45.5, GKT 58.0 (29 rounds at twin scale: a collapse, as the paper's), SSD 59.3, SCRUB 73.9,
+BSLN 95.5, EMMN 122.9. ``--per-class all --test-per-class all`` runs the twin's recipe on the
+paper's data (a scale probe; original 50.8% test accuracy).
 """
 
 from common import CPU_VGG100, CPU_VGG100_TRAIN, make
