@@ -757,3 +757,52 @@ def test_gkt_upsample_is_flax_conv_transpose():
     assert np.all(np.abs(np.asarray(got32, np.float64) - np.asarray(want)) <= bound)
     with pytest.raises(ValueError, match="4x4 kernel"):
         gkt.upsample2x(x, k[:3], bias)
+
+
+def test_bt_incompetent_teacher_constructions(tiny_images, tmp_path):
+    """BT's incompetent teacher: ``fresh`` is a fresh initialisation (seed + 1); ``random_head``
+    (the authors' ViT) keeps a trained backbone and takes only the head from that initialisation,
+    the backbone being the model's own or, with ``teacher_weights``, a ViT .npz's; the authors'
+    ViT setting asks for it; bad values are errors naming what is accepted."""
+    from jit_jax.models.vit import export_vit_npz
+    from jit_jax.unlearn import paper
+
+    (x_tr, y_tr), (x_te, y_te) = tiny_images
+    ds = Dataset("tiny", x_tr, y_tr, x_te, y_te, ["a", "b", "c"], (0.3,), (0.3,))
+    spec = ModelSpec("vit", 3, ds.image_shape, {"patch_size": 4, "hidden": 8, "depth": 1,
+                                                "heads": 2, "mlp_dim": 16})
+    model = spec.build(0)
+    cfg = TrainConfig(epochs=1, batch_size=16, optimizer="adam", lr=1e-2, augment="none")
+    req = unlearn.Request(model, ds, forget_class(ds, "1"), spec, cfg, seed=3)
+    fresh = _params(spec.build(4))
+    own = _params(model)
+
+    def parts(m):
+        p = _params(m)
+        return p["head"], {k: v for k, v in p.items() if k != "head"}
+
+    chex.assert_trees_all_equal(_params(distill.incompetent_teacher(req)), fresh)
+    head, body = parts(distill.incompetent_teacher(req, "random_head"))
+    chex.assert_trees_all_equal(head, fresh["head"])
+    chex.assert_trees_all_equal(body, {k: v for k, v in own.items() if k != "head"})
+    assert not np.array_equal(np.asarray(head["kernel"]), np.asarray(own["head"]["kernel"]))
+    other = spec.build(7)
+    path = tmp_path / "backbone.npz"
+    np.savez(path, **export_vit_npz(other))
+    head, body = parts(distill.incompetent_teacher(req, "random_head", str(path)))
+    chex.assert_trees_all_equal(head, fresh["head"])
+    chex.assert_trees_all_equal(body, {k: v for k, v in _params(other).items() if k != "head"})
+    chex.assert_trees_all_equal(_params(model), own)  # the model itself is untouched
+    with pytest.raises(ValueError, match="teacher='tuned'; accepted: \\['fresh', 'random_head'\\]"):
+        distill.incompetent_teacher(req, "tuned")
+    with pytest.raises(ValueError, match="teacher_weights is for teacher='random_head'"):
+        distill.incompetent_teacher(req, "fresh", str(path))
+    vgg = ModelSpec("vgg11", 3, (32, 32, 3), {"width": 4})  # VGG's last layer is no `head`
+    req_vgg = unlearn.Request(vgg.build(0), ds, forget_class(ds, "1"), vgg, cfg, seed=3)
+    with pytest.raises(ValueError, match="needs a model with a `head` layer.*vgg11"):
+        distill.incompetent_teacher(req_vgg, "random_head")
+    out = unlearn.run("bt", req, lr=1e-3, teacher="random_head")
+    assert out.log["config"]["teacher"] == "random_head"
+    for task in ("class", "subclass", "random"):
+        assert paper.options(task, "vit_b16", "bt")["teacher"] == "random_head"
+        assert "teacher" not in paper.options(task, "vgg11_torchvision", "bt")

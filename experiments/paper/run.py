@@ -197,6 +197,9 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
             if (d / "result.json").exists() or failed.exists():
                 continue
             sets = method_sets(cfg, m, n_train)
+            if m == "bt" and vit_weights is not None and "teacher_weights" not in sets:
+                # the authors' incompetent teacher on ViT: the pretrained backbone, a random head
+                sets["teacher_weights"] = str(Path(vit_weights).absolute())
             log(f"[{cfg.name}] seed {seed}: {m}"
                 + (f" ({', '.join(f'{k}={v}' for k, v in sets.items())})" if sets else ""))
             argv = ["unlearn", "--checkpoint", str(orig), "--method", m, "--forget", cfg.forget,

@@ -1,8 +1,9 @@
 """Bad teacher and SCRUB, the distillation methods the paper compares JiT with, as the authors'
 harness runs them.
 
-- ``bt`` (bad teacher): a copy of the model is distilled, with KL at temperature 1, towards a freshly
-  initialised "incompetent" teacher on D_f and towards the original model on a random 30% of D_r;
+- ``bt`` (bad teacher): a copy of the model is distilled, with KL at temperature 1, towards an
+  "incompetent" teacher on D_f (a fresh initialisation; on ViT the authors' is a pretrained
+  backbone with a random head: ``teacher="random_head"``) and towards the original model on a random 30% of D_r;
   Adam lr 1e-4, one epoch, batch 256, torch's ``kl_div`` "mean" reduction (over every element).
 - ``scrub``: a student (a copy of the model, train mode) and a frozen teacher (the original, eval
   mode); 3 epochs; in epochs 1-2 first a "max" pass over D_f (loss -KL_T(s, t)), then every epoch
@@ -64,15 +65,49 @@ def _bt_step(student, optimizer, x, teacher_logits, temperature: float):
     return loss
 
 
+TEACHERS = ("fresh", "random_head")
+
+
+def incompetent_teacher(req: Request, teacher: str = "fresh",
+                        teacher_weights: str | None = None) -> nnx.Module:
+    """BT's incompetent teacher: ``"fresh"``, a fresh initialisation of the model's spec (the
+    authors' CNNs); ``"random_head"``, a trained backbone with a freshly initialised head (the
+    authors' ViT: the ImageNet-pretrained ViT-B/16 with a random head). The backbone is read from
+    ``teacher_weights`` (a ViT ``.npz``, all but its head) when given, else it is the model's own
+    (a twin trained from scratch has no pretrained start). The fresh parts come from seed
+    ``req.seed + 1``."""
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher={teacher!r}; accepted: {list(TEACHERS)}")
+    fresh = req.spec.build(seed=req.seed + 1)
+    if teacher == "fresh":
+        if teacher_weights is not None:
+            raise ValueError("teacher_weights is for teacher='random_head'")
+        return fresh
+    if not hasattr(fresh, "head"):
+        raise ValueError(f"teacher='random_head' needs a model with a `head` layer (every model "
+                         f"but VGG); {req.spec.name} has none: use teacher='fresh'")
+    if teacher_weights is not None:
+        from jit_jax.models.vit import load_vit_npz
+
+        return load_vit_npz(fresh, teacher_weights, load_head=False)
+    bad = nnx.clone(req.model)
+    bad.head = fresh.head
+    return bad
+
+
 def bad_teacher(req: Request, *, epochs: int = 1, lr: float = 1e-4, batch_size: int = 256,
-                retain_fraction: float = 0.3, temperature: float = 1.0) -> MethodOutput:
+                retain_fraction: float = 0.3, temperature: float = 1.0, teacher: str = "fresh",
+                teacher_weights: str | None = None) -> MethodOutput:
     """Bad teacher (the authors' ``blindspot``). The student starts as a copy of the model and
     trains in train mode; both teachers are frozen and in eval mode (their logits are computed
-    once, which is what recomputing them per batch gives)."""
+    once, which is what recomputing them per batch gives). ``teacher``/``teacher_weights``: the
+    incompetent teacher (:func:`incompetent_teacher`)."""
     from jit_jax.unlearn import MethodOutput
 
     if not 0 < retain_fraction <= 1:
         raise ValueError(f"retain_fraction={retain_fraction}; accepted: 0 < retain_fraction <= 1")
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher={teacher!r}; accepted: {list(TEACHERS)}")
     split = req.split
     rng = np.random.default_rng(req.seed)
     n_r = int(retain_fraction * len(split.retain_idx))
@@ -80,8 +115,8 @@ def bad_teacher(req: Request, *, epochs: int = 1, lr: float = 1e-4, batch_size: 
     # inputs prepared before the clock starts, as for every other method (fixed tensors)
     x = np.concatenate([req.inputs(split.forget_idx), req.inputs(r_idx)]).astype(np.float32)
     t0 = time.perf_counter()
-    bad = req.spec.build(seed=req.seed + 1)  # the incompetent teacher: a fresh initialisation
-    teacher = np.concatenate([predict(bad, x[:split.n_forget]),
+    bad = incompetent_teacher(req, teacher, teacher_weights)
+    targets = np.concatenate([predict(bad, x[:split.n_forget]),
                               predict(req.model, x[split.n_forget:])])
     prep_time = time.perf_counter() - t0
     student = nnx.clone(req.model)
@@ -97,7 +132,7 @@ def bad_teacher(req: Request, *, epochs: int = 1, lr: float = 1e-4, batch_size: 
                 idx = perm[s:s + b]
                 ts = time.perf_counter()
                 loss = float(_bt_step(student, optimizer, jnp.asarray(x[idx]),
-                                      jnp.asarray(teacher[idx]), float(temperature)))
+                                      jnp.asarray(targets[idx]), float(temperature)))
                 times.append(time.perf_counter() - ts)
                 if not np.isfinite(loss):
                     raise FloatingPointError(f"bad teacher: loss {loss}; lower lr (now {lr})")
@@ -108,7 +143,8 @@ def bad_teacher(req: Request, *, epochs: int = 1, lr: float = 1e-4, batch_size: 
     return MethodOutput(student, prep_time + sum(times) - compile_time, compile_time, False,
                         {"config": {"epochs": epochs, "lr": lr, "batch_size": b,
                                     "retain_fraction": retain_fraction,
-                                    "temperature": temperature},
+                                    "temperature": temperature, "teacher": teacher,
+                                    "teacher_weights": teacher_weights},
                          "losses": losses, "n_retain_used": n_r})
 
 
