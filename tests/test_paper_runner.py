@@ -390,3 +390,27 @@ def test_images_per_class_override(runner, tmp_path):
     assert path.read_bytes() == before  # nothing overwritten
     page = run.markdown(small, {"seeds": [0], "rows": [], "differences": []})
     assert "images a class: 5 training, 3 test" in page
+
+
+def test_bt_teacher_backbone_from_the_vit_weights(runner, tmp_path, monkeypatch):
+    """With --vit-weights the runner gives BT (on ViT, the authors' random-head teacher) the
+    pretrained backbone the original was fine-tuned from, as the authors' teacher has."""
+    from jit_jax.models import ModelSpec
+    from jit_jax.models.vit import export_vit_npz
+
+    run, common = runner
+    cfg = run.load_config("table2_vit", "tiny")
+    arrays = common.tiny_dataset("cifar100")
+    spec = ModelSpec(cfg.model, int(arrays["y_train"].max()) + 1, arrays["x_train"].shape[1:],
+                     cfg.model_opts)
+    weights = tmp_path / "pretrained.npz"
+    np.savez(weights, **export_vit_npz(spec.build(11)))
+    calls = []
+    real = run._cli
+    monkeypatch.setattr(run, "_cli", lambda argv: (calls.append(argv), real(argv)))
+    run.run(cfg, tmp_path / "out", methods=["bt"], vit_weights=weights, log=lambda *_: None)
+    bt_argv = [a for a in calls if a[0] == "unlearn" and a[4] == "bt"]
+    assert len(bt_argv) == 1
+    assert bt_argv[0][-2:] == ["--set", f"teacher_weights={weights.absolute()}"]
+    res = json.loads((tmp_path / "out" / "bt-s0" / "result.json").read_text())
+    assert res["extra"]["options"]["teacher_weights"] == str(weights.absolute())
