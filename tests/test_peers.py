@@ -797,6 +797,8 @@ def test_bt_incompetent_teacher_constructions(tiny_images, tmp_path):
         distill.incompetent_teacher(req, "tuned")
     with pytest.raises(ValueError, match="teacher_weights is for teacher='random_head'"):
         distill.incompetent_teacher(req, "fresh", str(path))
+    with pytest.raises(FileNotFoundError, match="teacher_weights='.*missing.npz': no such file"):
+        distill.incompetent_teacher(req, "random_head", str(tmp_path / "missing.npz"))
     vgg = ModelSpec("vgg11", 3, (32, 32, 3), {"width": 4})  # VGG's last layer is no `head`
     req_vgg = unlearn.Request(vgg.build(0), ds, forget_class(ds, "1"), vgg, cfg, seed=3)
     with pytest.raises(ValueError, match="needs a model with a `head` layer.*vgg11"):

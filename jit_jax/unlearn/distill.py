@@ -3,7 +3,8 @@ harness runs them.
 
 - ``bt`` (bad teacher): a copy of the model is distilled, with KL at temperature 1, towards an
   "incompetent" teacher on D_f (a fresh initialisation; on ViT the authors' is a pretrained
-  backbone with a random head: ``teacher="random_head"``) and towards the original model on a random 30% of D_r;
+  backbone with a random head: ``teacher="random_head"``) and towards the original model on a
+  random 30% of D_r;
   Adam lr 1e-4, one epoch, batch 256, torch's ``kl_div`` "mean" reduction (over every element).
 - ``scrub``: a student (a copy of the model, train mode) and a frozen teacher (the original, eval
   mode); 3 epochs; in epochs 1-2 first a "max" pass over D_f (loss -KL_T(s, t)), then every epoch
@@ -87,8 +88,13 @@ def incompetent_teacher(req: Request, teacher: str = "fresh",
         raise ValueError(f"teacher='random_head' needs a model with a `head` layer (every model "
                          f"but VGG); {req.spec.name} has none: use teacher='fresh'")
     if teacher_weights is not None:
+        from pathlib import Path
+
         from jit_jax.models.vit import load_vit_npz
 
+        if not Path(teacher_weights).is_file():
+            raise FileNotFoundError(f"teacher_weights={teacher_weights!r}: no such file (a ViT "
+                                    ".npz whose backbone the teacher takes)")
         return load_vit_npz(fresh, teacher_weights, load_head=False)
     bad = nnx.clone(req.model)
     bad.head = fresh.head
