@@ -43,7 +43,7 @@ def test_peer_options_are_the_authors_and_accepted_by_the_methods():
     assert sub == {"batch_size": 64, "full_order": "retain_then_forget"}
     assert paper.options("subclass", "vit_b16", "scrub") == {"batch_size": 64}
     assert paper.options("subclass", "resnet18", "fntn") == {"batch_size": 64}
-    assert paper.options("class", "vit_b16", "bt") == {"batch_size": 128}
+    assert paper.options("class", "vit_b16", "bt") == {"batch_size": 128, "teacher": "random_head"}
     assert paper.options("class", "vgg11_torchvision", "bt") == {}
     assert paper.options("random", "vgg11_torchvision", "ssd") == {}
     for (task, fam), methods in paper.PEERS.items():
