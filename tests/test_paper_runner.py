@@ -43,8 +43,11 @@ def test_configs_cover_the_tables(runner):
         tables.add(cfg.table)
     # every sub-table of the paper has a config
     assert tables == {"table1", "table2a", "table2b", "table3a", "table3b", "table4a", "table4b"}
-    with pytest.raises(ValueError, match="unknown config 'table9'"):
+    with pytest.raises(ValueError, match="unknown config 'table9'") as err:
         run.load_config("table9")
+    assert "figures" not in str(err.value) and "table1_faces" in str(err.value)
+    with pytest.raises(ValueError, match="unknown config 'figures'"):
+        run.load_config("figures")
     with pytest.raises(ValueError, match="scale 'huge'"):
         run.load_config("table2_vgg", "huge")
 
@@ -360,7 +363,7 @@ def test_gkt_rounds_scale_with_the_originals_training(runner, tmp_path, monkeypa
     assert "gkt: pseudo_batches=1 (GKT's rounds scaled" in (tmp_path / "results.md").read_text()
 
 
-def test_images_per_class_override(runner, tmp_path):
+def test_images_per_class_override(runner, tmp_path, capsys):
     """--per-class/--test-per-class resize the class-balanced subset (``all``: the whole split,
     the paper's data for a scale probe); bad values name what is accepted; an output folder made
     with other sizes is refused instead of silently reused."""
@@ -388,6 +391,11 @@ def test_images_per_class_override(runner, tmp_path):
     with pytest.raises(ValueError, match="holds data made with"):
         run.prepare_data(full, tmp_path / "out", src)
     assert path.read_bytes() == before  # nothing overwritten
+    with pytest.raises(SystemExit) as exit_info:  # the command line: one error line, code 2
+        run.main(["table2_vgg", "--per-class", "0", "--out", str(tmp_path / "cli")])
+    assert exit_info.value.code == 2
+    assert "--per-class '0': accepted" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()  # nothing written
     page = run.markdown(small, {"seeds": [0], "rows": [], "differences": []})
     assert "images a class: 5 training, 3 test" in page
 

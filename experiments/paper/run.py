@@ -59,8 +59,9 @@ COLUMNS = (("retain_acc", "D_r"), ("forget_acc", "D_f"), ("mia", "MIA"))
 def load_config(name: str, scale: str = "cpu") -> Config:
     if scale not in SCALES:
         raise ValueError(f"scale {scale!r}; accepted: {list(SCALES)}")
-    if not (HERE / f"{name}.py").is_file() or name in ("common", "run"):
-        known = sorted(p.stem for p in HERE.glob("*.py") if p.stem not in ("common", "run"))
+    helpers = ("common", "run", "figures")  # modules of experiments/paper that are no config
+    if not (HERE / f"{name}.py").is_file() or name in helpers:
+        known = sorted(p.stem for p in HERE.glob("*.py") if p.stem not in helpers)
         raise ValueError(f"unknown config {name!r}; accepted: {known}")
     return importlib.import_module(name).get_config(scale)
 
@@ -579,11 +580,14 @@ def main(argv=None):
                    help="full: also the stronger attacks, output distances to RTRN and relearn "
                         "time, from each finished run's checkpoint (kept in metrics.json)")
     args = p.parse_args(argv)
-    cfg = override(load_config(args.config, args.scale), args.model, args.model_set,
-                   args.train_set)
-    cfg = images_per_class(cfg, args.per_class, args.test_per_class)
-    summary = run(cfg, args.out, data=args.data, seeds=args.seeds, methods=args.methods,
-                  vit_weights=args.vit_weights, metrics=args.metrics)
+    try:  # bad input (names, sizes, missing files): one clear line, exit code 2
+        cfg = override(load_config(args.config, args.scale), args.model, args.model_set,
+                       args.train_set)
+        cfg = images_per_class(cfg, args.per_class, args.test_per_class)
+        summary = run(cfg, args.out, data=args.data, seeds=args.seeds, methods=args.methods,
+                      vit_weights=args.vit_weights, metrics=args.metrics)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
     print(markdown(cfg, summary))
     print(f"wrote {args.out / 'results.md'} ({summary['wall_time_s']:.0f} s)")
     return 0
