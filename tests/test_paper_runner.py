@@ -416,7 +416,9 @@ def test_bt_teacher_backbone_from_the_vit_weights(runner, tmp_path, monkeypatch)
     calls = []
     real = run._cli
     monkeypatch.setattr(run, "_cli", lambda argv: (calls.append(argv), real(argv)))
-    run.run(cfg, tmp_path / "out", methods=["bt"], vit_weights=weights, log=lambda *_: None)
+    summary = run.run(cfg, tmp_path / "out", methods=["bt"], vit_weights=weights,
+                      log=lambda *_: None)
+    assert summary["method_sets"] == {"bt": {"teacher_weights": str(weights.absolute())}}
     bt_argv = [a for a in calls if a[0] == "unlearn" and a[4] == "bt"]
     assert len(bt_argv) == 1
     assert bt_argv[0][-2:] == ["--set", f"teacher_weights={weights.absolute()}"]
