@@ -262,7 +262,9 @@ def cmd_train(args) -> int:
         "class_names": list(ds.target_names),
         "normalisation": {"mean": list(ds.mean), "std": list(ds.std)},
         "train_config": config.to_dict(),
-        "init": {"vit_weights": str(args.vit_weights)} if args.vit_weights else None,
+        # absolute, so that RTRN (which starts from it) finds it from any working directory
+        "init": {"vit_weights": str(Path(args.vit_weights).absolute())} if args.vit_weights
+        else None,
         "seed": config.seed,
         "metrics": {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
                     "train_time_s": elapsed, "compile_time_s": res.compile_time},
@@ -394,7 +396,8 @@ def cmd_unlearn(args) -> int:
     req = unlearn.Request(model=model, dataset=ds, split=split, spec=spec,
                           train_config=TrainConfig.from_dict(meta["train_config"])
                           if "train_config" in meta else None,
-                          seed=args.seed, preprocess=prep, progress=not args.no_progress)
+                          seed=args.seed, preprocess=prep, progress=not args.no_progress,
+                          init_weights=(meta.get("init") or {}).get("vit_weights"))
     options = parse_options(args.set, "method", unlearn.option_types(args.method))
     if args.paper:  # the authors' run for this task and model; --set still overrides
         from jit_jax.unlearn import paper

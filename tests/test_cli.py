@@ -318,6 +318,47 @@ def test_train_from_vit_weights(tmp_path, capsys):
     assert not (tmp_path / "m").exists() and not (tmp_path / "n").exists()
 
 
+def test_rtrn_starts_from_the_weights_the_original_was_fine_tuned_from(tmp_path, capsys):
+    """A ViT fine-tuned from --vit-weights is retrained from those weights (all but the head),
+    as the fine-tuning is redone without D_f; one trained from scratch is retrained from a fresh
+    initialisation; a missing weights file is an error naming it, nothing written."""
+    import numpy as np
+
+    from jit_jax import checkpoint
+    from jit_jax.models import ModelSpec, export_vit_npz
+
+    opts = {"patch_size": 4, "hidden": 8, "depth": 1, "heads": 2, "mlp_dim": 16}
+    donor = ModelSpec("vit", 10, (8, 8, 1), opts).build(seed=7)
+    weights = tmp_path / "vit.npz"
+    saved = export_vit_npz(donor, weights)
+    fresh = export_vit_npz(ModelSpec("vit", 10, (8, 8, 1), opts).build(seed=0))  # RTRN's seed 0
+    model_opts = [a for k, v in opts.items() for a in ("--model-opt", f"{k}={v}")]
+    train = ["train", "--dataset", "digits", "--epochs", "1", "--optimizer", "sgd", "--lr", "1e-30",
+             "--weight-decay", "0", "--no-progress", "--model", "vit", *model_opts]
+    assert main([*train, "--out", str(tmp_path / "ft"), "--vit-weights", str(weights)]) == 0
+    assert main([*train, "--out", str(tmp_path / "scratch")]) == 0
+    unl = ["unlearn", "--method", "rtrn", "--forget", "class:3", "--no-progress"]
+    for orig, start in (("ft", saved), ("scratch", fresh)):
+        out = tmp_path / f"rtrn-{orig}"
+        assert main([*unl, "--checkpoint", str(tmp_path / orig), "--out", str(out)]) == 0
+        got = export_vit_npz(checkpoint.restore(out)[0])
+        for key, value in start.items():
+            if key.startswith("head/"):  # a fresh head either way (seed 0's)
+                np.testing.assert_allclose(got[key], fresh[key], rtol=0, atol=1e-20, err_msg=key)
+            else:
+                # the bound of test_train_from_vit_weights: lr 1e-30 moves no weight by 1e-20
+                np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-20, err_msg=key)
+        assert not np.allclose(got["embedding/kernel"],
+                               (fresh if orig == "ft" else saved)["embedding/kernel"])
+    capsys.readouterr()
+    weights.rename(tmp_path / "moved.npz")
+    out = tmp_path / "rtrn-missing"
+    assert main([*unl, "--checkpoint", str(tmp_path / "ft"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "missing" in err
+    assert not out.exists() and not (tmp_path / "rtrn-missing.partial").exists()
+
+
 def test_unlearn_full_metrics_with_shadows(run_dir, tmp_path, capsys):
     """--metrics full with --rtrn and --shadows: every further column in result.json, the shadows
     cached; bad --metrics/--shadows are errors up front."""

@@ -2,6 +2,8 @@
 noise.py, gkt.py): their parts against hand-written formulas, and each method end to end through
 the registry on a tiny problem."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -793,6 +795,10 @@ def test_bt_incompetent_teacher_constructions(tiny_images, tmp_path):
     chex.assert_trees_all_equal(head, fresh["head"])
     chex.assert_trees_all_equal(body, {k: v for k, v in _params(other).items() if k != "head"})
     chex.assert_trees_all_equal(_params(model), own)  # the model itself is untouched
+    # a model fine-tuned from a pretrained start: the teacher's backbone is that start
+    req_ft = dataclasses.replace(req, init_weights=str(path))
+    head, body = parts(distill.incompetent_teacher(req_ft, "random_head"))
+    chex.assert_trees_all_equal(body, {k: v for k, v in _params(other).items() if k != "head"})
     with pytest.raises(ValueError, match="teacher='tuned'; accepted: \\['fresh', 'random_head'\\]"):
         distill.incompetent_teacher(req, "tuned")
     with pytest.raises(ValueError, match="teacher_weights is for teacher='random_head'"):

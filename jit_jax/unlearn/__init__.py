@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from flax import nnx
@@ -60,6 +61,10 @@ class Request:
     seed: int = 0
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None
     progress: bool = False
+    #: the pretrained weights (a ViT ``.npz``) the original was fine-tuned from, if any: RTRN
+    #: then starts from them (all but the head), since retraining a fine-tuned model means redoing
+    #: the fine-tuning without D_f, and BT's ``random_head`` teacher takes its backbone from them
+    init_weights: str | None = None
 
     def inputs(self, idx: np.ndarray) -> np.ndarray:
         x = self.dataset.x_train[idx]
@@ -84,7 +89,19 @@ def _retrain(req: Request, head_only: bool, mesh=None, state_dir=None, resume: b
         raise ValueError("retraining needs the original training recipe (train_config)")
     cfg = req.train_config.replace(**options, seed=req.seed)
     y = req.dataset.train_targets[req.split.retain_idx]
-    init = reset_head(req.model, req.seed) if head_only else None
+    if head_only:
+        init = reset_head(req.model, req.seed)
+    elif req.init_weights is not None:  # the original's own start: the pretrained backbone
+        from jit_jax.models.vit import load_vit_npz
+
+        if not Path(req.init_weights).is_file():
+            raise FileNotFoundError(
+                f"RTRN starts from the weights the original was fine-tuned from, "
+                f"{req.init_weights!r} (the checkpoint's metadata names it), and that file is "
+                f"missing: put it back at that path")
+        init = load_vit_npz(req.spec.build(seed=req.seed), req.init_weights, load_head=False)
+    else:
+        init = None
     t0 = time.perf_counter()
     model, res = retrain(req.spec, req.inputs(req.split.retain_idx), y, cfg, seed=req.seed,
                          init_model=init, progress=req.progress, mesh=mesh, state_dir=state_dir,

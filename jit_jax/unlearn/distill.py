@@ -75,8 +75,9 @@ def incompetent_teacher(req: Request, teacher: str = "fresh",
     """BT's incompetent teacher: ``"fresh"``, a fresh initialisation of the model's spec (the
     authors' CNNs); ``"random_head"``, a trained backbone with a freshly initialised head (the
     authors' ViT: the ImageNet-pretrained ViT-B/16 with a random head). The backbone is read from
-    ``teacher_weights`` (a ViT ``.npz``, all but its head) when given, else it is the model's own
-    (a twin trained from scratch has no pretrained start). The fresh parts come from seed
+    ``teacher_weights`` (a ViT ``.npz``, all but its head) when given, else from the weights the
+    original was fine-tuned from (``req.init_weights``), else it is the model's own (a model
+    trained from scratch has no pretrained start). The fresh parts come from seed
     ``req.seed + 1``."""
     if teacher not in TEACHERS:
         raise ValueError(f"teacher={teacher!r}; accepted: {list(TEACHERS)}")
@@ -88,6 +89,8 @@ def incompetent_teacher(req: Request, teacher: str = "fresh",
     if not hasattr(fresh, "head"):
         raise ValueError(f"teacher='random_head' needs a model with a `head` layer (every model "
                          f"but VGG); {req.spec.name} has none: use teacher='fresh'")
+    if teacher_weights is None:
+        teacher_weights = req.init_weights  # the backbone the original was fine-tuned from
     if teacher_weights is not None:
         from jit_jax.models.vit import load_vit_npz
 
