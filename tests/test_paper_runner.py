@@ -424,3 +424,34 @@ def test_bt_teacher_backbone_from_the_vit_weights(runner, tmp_path, monkeypatch)
     assert bt_argv[0][-2:] == ["--set", f"teacher_weights={weights.absolute()}"]
     res = json.loads((tmp_path / "out" / "bt-s0" / "result.json").read_text())
     assert res["extra"]["options"]["teacher_weights"] == str(weights.absolute())
+
+
+def test_pretrain_vit_complement(runner, tmp_path, capsys):
+    """pretrain_vit's pretraining set: exactly the images outside the twin's class-balanced
+    subset, per split, labels kept; nothing left or a CNN config are errors."""
+    run, common = runner
+    pre = importlib.import_module("pretrain_vit")
+    rng = np.random.default_rng(0)
+    y_tr, y_te = np.repeat(np.arange(4), 6), np.repeat(np.arange(4), 3)
+    arrays = {"x_train": np.arange(24)[:, None] * np.ones((1, 2)), "y_train": y_tr,
+              "y_train_coarse": y_tr // 2, "x_test": 100 + np.arange(12)[:, None] * np.ones((1, 2)),
+              "y_test": y_te, "class_names": np.array(list("abcd"))}
+    arrays["x_train"] = arrays["x_train"][rng.permutation(24)]  # images name their own index
+    sub = common.balanced_subset(arrays, 2, 1)
+    comp = pre.complement(arrays, 2, 1)
+    for split, n, k in (("train", 24, 2), ("test", 12, 1)):
+        x_sub, x_comp = sub[f"x_{split}"][:, 0], comp[f"x_{split}"][:, 0]
+        assert len(x_sub) == 4 * k and len(x_comp) == n - 4 * k
+        assert sorted(np.concatenate([x_sub, x_comp])) == sorted(arrays[f"x_{split}"][:, 0])
+        lookup = dict(zip(arrays[f"x_{split}"][:, 0], arrays[f"y_{split}"], strict=True))
+        assert all(lookup[v] == y for v, y in zip(x_comp, comp[f"y_{split}"], strict=True))
+    assert np.array_equal(comp["y_train_coarse"], comp["y_train"] // 2)
+    with pytest.raises(ValueError, match="the twin holds every train image"):
+        pre.complement(arrays, 6, 1)
+    with pytest.raises(ValueError, match="the twin holds every test image"):
+        pre.complement(arrays, 2, None)
+    with pytest.raises(SystemExit):
+        pre.main(["table2_vgg", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path)])
+    assert "accepted: a ViT config" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown config 'pretrain_vit'"):
+        run.load_config("pretrain_vit")

@@ -118,21 +118,39 @@ def tiny_dataset(kind: str, seed: int = 0) -> dict[str, np.ndarray]:
     return arrays
 
 
+def subset_indices(arrays: dict, per_class: int | None, test_per_class: int | None,
+                   seed: int = 0) -> dict:
+    """The indices :func:`balanced_subset` keeps, per split (``"train"``, ``"test"``; None where
+    the split is kept whole)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, k in (("train", per_class), ("test", test_per_class)):
+        if k is None:
+            out[split] = None
+            continue
+        y = arrays[f"y_{split}"]
+        out[split] = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:k]
+                                             for c in np.unique(y)]))
+    return out
+
+
+def take(arrays: dict, split: str, idx: np.ndarray) -> dict:
+    """``arrays`` with the images and labels of ``split`` ("train" or "test") at ``idx``."""
+    out = dict(arrays)
+    for key in (f"x_{split}", f"y_{split}", f"y_{split}_coarse"):
+        if key in arrays:
+            out[key] = arrays[key][idx]
+    return out
+
+
 def balanced_subset(arrays: dict, per_class: int | None, test_per_class: int | None,
                     seed: int = 0) -> dict:
     """The first ``per_class`` training (``test_per_class`` test) images of every fine class after
     a seeded shuffle; None keeps the split whole."""
-    rng = np.random.default_rng(seed)
     out = dict(arrays)
-    for split, k in (("train", per_class), ("test", test_per_class)):
-        if k is None:
-            continue
-        y = arrays[f"y_{split}"]
-        idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:k]
-                                      for c in np.unique(y)]))
-        for key in (f"x_{split}", f"y_{split}", f"y_{split}_coarse"):
-            if key in arrays:
-                out[key] = arrays[key][idx]
+    for split, idx in subset_indices(arrays, per_class, test_per_class, seed).items():
+        if idx is not None:
+            out = take(out, split, idx)
     return out
 
 
