@@ -455,3 +455,24 @@ def test_pretrain_vit_complement(runner, tmp_path, capsys):
     assert "accepted: a ViT config" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown config 'pretrain_vit'"):
         run.load_config("pretrain_vit")
+
+
+def test_forget_outputs_describe(runner):
+    """forget_outputs.describe against hand-computed values: a uniform output has entropy log C
+    and top probability 1/C; KL to itself is 0; accuracy and the most predicted classes."""
+    fo = importlib.import_module("forget_outputs")
+    names = ["a", "b", "c", "d"]
+    uni = np.zeros((3, 4))
+    r = fo.describe(uni, np.array([0, 1, 2]), names, teacher=uni)
+    assert r["entropy"] == pytest.approx(np.log(4), rel=1e-12)
+    assert r["p_top"] == pytest.approx(0.25, rel=1e-12) and r["p_label"] == pytest.approx(0.25)
+    assert r["kl_teacher"] == pytest.approx(0.0, abs=1e-15) and r["agree_teacher"] == 100.0
+    sharp = np.array([[9.0, 0, 0, 0], [0, 9.0, 0, 0], [9.0, 0, 0, 0]])
+    r = fo.describe(sharp, np.array([0, 0, 0]), names, teacher=uni)
+    assert r["accuracy"] == pytest.approx(200 / 3) and r["top_classes"] == [("a", 2), ("b", 1)]
+    p = np.exp(9) / (np.exp(9) + 3)  # the top probability of each sharp row
+    assert r["p_top"] == pytest.approx(p, rel=1e-12)
+    # KL(uniform || sharp row) = sum 1/4 log((1/4) / q): q = p once and (1 - p) / 3 three times
+    kl = 0.25 * (np.log(0.25 / p) + 3 * np.log(0.25 / ((1 - p) / 3)))
+    # the uniform teacher's top class is the first (argmax of ties): rows 1 and 3 agree
+    assert r["kl_teacher"] == pytest.approx(kl, rel=1e-12) and r["agree_teacher"] == pytest.approx(200 / 3)

@@ -59,7 +59,7 @@ COLUMNS = (("retain_acc", "D_r"), ("forget_acc", "D_f"), ("mia", "MIA"))
 def load_config(name: str, scale: str = "cpu") -> Config:
     if scale not in SCALES:
         raise ValueError(f"scale {scale!r}; accepted: {list(SCALES)}")
-    helpers = ("common", "run", "figures", "pretrain_vit")  # modules that are no config
+    helpers = ("common", "run", "figures", "pretrain_vit", "forget_outputs")  # not configs
     if not (HERE / f"{name}.py").is_file() or name in helpers:
         known = sorted(p.stem for p in HERE.glob("*.py") if p.stem not in helpers)
         raise ValueError(f"unknown config {name!r}; accepted: {known}")

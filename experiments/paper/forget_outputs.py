@@ -1,0 +1,92 @@
+"""What the models of one runner output on the forget set's training images: the original, a
+method's model, and for BT the incompetent teacher it distilled from (built as BT builds it).
+
+    python experiments/paper/forget_outputs.py runs/paper/table2-vit-pre --method bt --seed 0
+
+Per model: accuracy on the forget images (their label: the class, or the super-class on a
+sub-class task), mean probability of that label, mean top probability, mean entropy (against
+log C for a uniform output), the three most predicted classes, and for BT's student its
+KL(teacher || student) and how often its top class is the teacher's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def describe(logits: np.ndarray, y: np.ndarray, names, teacher: np.ndarray | None = None) -> dict:
+    p = _softmax(logits.astype(np.float64))
+    top = logits.argmax(-1)
+    classes, counts = np.unique(top, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:3]
+    out = {"accuracy": 100 * float(np.mean(top == y)),
+           "p_label": float(np.mean(p[np.arange(len(y)), y])),
+           "p_top": float(np.mean(p.max(-1))),
+           "entropy": float(np.mean(-(p * np.log(np.clip(p, 1e-300, 1))).sum(-1))),
+           "top_classes": [(str(names[classes[i]]), int(counts[i])) for i in order]}
+    if teacher is not None:
+        t = _softmax(teacher.astype(np.float64))
+        out["kl_teacher"] = float(np.mean((t * (np.log(np.clip(t, 1e-300, 1))
+                                                - np.log(np.clip(p, 1e-300, 1)))).sum(-1)))
+        out["agree_teacher"] = 100 * float(np.mean(top == teacher.argmax(-1)))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", help="a runner output folder (holds original/ and METHOD-sSEED/)")
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    from jit_jax import checkpoint, recipes, unlearn
+    from jit_jax.cli import load_run
+    from jit_jax.data import parse_forget
+    from jit_jax.models import ModelSpec
+    from jit_jax.train import predict
+    from jit_jax.unlearn.distill import incompetent_teacher
+
+    runs = Path(args.runs)
+    done = runs / f"{args.method}-s{args.seed}"
+    if not (done / "result.json").is_file():
+        ap.error(f"{done} holds no finished run (result.json)")
+    if not (runs / "results.json").is_file():
+        ap.error(f"{runs}/results.json is missing: the runner writes it with the forget request")
+    forget = json.loads((runs / "results.json").read_text())["config"]["forget"]
+    model, meta, ds = load_run(runs / "original")
+    split = parse_forget(ds, forget, seed=args.seed)
+    req = unlearn.Request(model, ds, split, ModelSpec.from_dict(meta["model"]), None,
+                          seed=args.seed, preprocess=recipes.preprocess_fn(ds),
+                          init_weights=(meta.get("init") or {}).get("vit_weights"))
+    x, y = req.forget_inputs().astype(np.float32), ds.train_targets[split.forget_idx]
+    names = ds.target_names
+    rows = {"original": describe(predict(model, x), y, names)}
+    teacher = None
+    if args.method == "bt":
+        opts = json.loads((done / "result.json").read_text())["extra"]["options"]
+        kind = opts.get("teacher", "fresh")
+        teacher = predict(incompetent_teacher(req, kind, opts.get("teacher_weights")), x)
+        rows[f"teacher ({kind})"] = describe(teacher, y, names)
+    rows[done.name] = describe(predict(checkpoint.restore(done)[0], x), y, names, teacher)
+    print(f"{forget}, seed {args.seed}: {len(y)} forget training images, {ds.num_classes} classes "
+          f"(uniform entropy {np.log(ds.num_classes):.2f})")
+    for name, r in rows.items():
+        extra = (f"  KL(teacher||it) {r['kl_teacher']:.3f}, top class the teacher's "
+                 f"{r['agree_teacher']:.0f}%" if "kl_teacher" in r else "")
+        print(f"{name:24s} accuracy {r['accuracy']:5.1f}%  p(label) {r['p_label']:.3f}  "
+              f"p(top) {r['p_top']:.3f}  entropy {r['entropy']:.2f}  most predicted "
+              f"{r['top_classes']}{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
