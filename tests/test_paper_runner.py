@@ -476,3 +476,20 @@ def test_forget_outputs_describe(runner):
     kl = 0.25 * (np.log(0.25 / p) + 3 * np.log(0.25 / ((1 - p) / 3)))
     # the uniform teacher's top class is the first (argmax of ties): rows 1 and 3 agree
     assert r["kl_teacher"] == pytest.approx(kl, rel=1e-12) and r["agree_teacher"] == pytest.approx(200 / 3)
+
+
+def test_forget_outputs_attack_power(runner):
+    """attack_power: members with sharp outputs against uniform non-members are told apart
+    perfectly (AUC 1) and sharp forget samples count as members; the entropies are exact."""
+    fo = importlib.import_module("forget_outputs")
+    rng = np.random.default_rng(0)
+    sharp = np.zeros((40, 5))
+    sharp[np.arange(40), rng.integers(0, 5, 40)] = 50.0  # entropy ~ 4 * 51 e^-50: 0 in float64
+    uniform = np.zeros((30, 5))
+    a = fo.attack_power(sharp, uniform, sharp[:7])
+    assert a["auc"] == 1.0 and a["mia"] == 100.0
+    assert a["entropy_nonmember"][0] == pytest.approx(np.log(5), rel=1e-12)
+    assert a["entropy_nonmember"][1] == pytest.approx(0.0, abs=1e-12)
+    assert a["entropy_member"][0] == pytest.approx(0.0, abs=1e-15)
+    a = fo.attack_power(sharp, uniform, uniform[:4])
+    assert a["mia"] == 0.0

@@ -42,11 +42,33 @@ def describe(logits: np.ndarray, y: np.ndarray, names, teacher: np.ndarray | Non
     return out
 
 
+def attack_power(member_logits: np.ndarray, nonmember_logits: np.ndarray,
+                 forget_logits: np.ndarray) -> dict:
+    """The paper's membership attack on one model: its MIA on the forget set, how well it tells
+    its own training members (retained training images) from non-members (test images) as a
+    ROC AUC (0.5: no better than chance, so the MIA's value says nothing about forgetting), and
+    the softmax entropy (mean, sd) of each group."""
+    from sklearn.metrics import roc_auc_score
+
+    from jit_jax.metrics import fit_mia_attack, mia_score
+    from jit_jax.privacy import entropy
+
+    clf = fit_mia_attack(member_logits, nonmember_logits)
+    h = {k: entropy(v) for k, v in (("member", member_logits), ("nonmember", nonmember_logits),
+                                      ("forget", forget_logits))}
+    score = clf.predict_proba(np.concatenate([h["member"], h["nonmember"]])[:, None])[:, 1]
+    auc = roc_auc_score(np.r_[np.ones(len(h["member"])), np.zeros(len(h["nonmember"]))], score)
+    return {"mia": mia_score(member_logits, nonmember_logits, forget_logits), "auc": float(auc),
+            **{f"entropy_{k}": (float(v.mean()), float(v.std())) for k, v in h.items()}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", help="a runner output folder (holds original/ and METHOD-sSEED/)")
     ap.add_argument("--method", required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attack", action="store_true",
+                    help="also the membership attack's power on each model (attack_power)")
     args = ap.parse_args(argv)
     from jit_jax import checkpoint, recipes, unlearn
     from jit_jax.cli import load_run
@@ -77,14 +99,29 @@ def main(argv=None) -> int:
         teacher = predict(incompetent_teacher(req, kind, opts.get("teacher_weights")), x)
         rows[f"teacher ({kind})"] = describe(teacher, y, names)
     rows[done.name] = describe(predict(checkpoint.restore(done)[0], x), y, names, teacher)
+
     print(f"{forget}, seed {args.seed}: {len(y)} forget training images, {ds.num_classes} classes "
           f"(uniform entropy {np.log(ds.num_classes):.2f})")
+    models = {"original": model, done.name: checkpoint.restore(done)[0]}
     for name, r in rows.items():
         extra = (f"  KL(teacher||it) {r['kl_teacher']:.3f}, top class the teacher's "
                  f"{r['agree_teacher']:.0f}%" if "kl_teacher" in r else "")
         print(f"{name:24s} accuracy {r['accuracy']:5.1f}%  p(label) {r['p_label']:.3f}  "
               f"p(top) {r['p_top']:.3f}  entropy {r['entropy']:.2f}  most predicted "
               f"{r['top_classes']}{extra}")
+    if args.attack:
+        from jit_jax.data.splits import evaluation_sets
+
+        sets = evaluation_sets(ds, split)
+        for name, m in models.items():
+            lg = {k: predict(m, req.preprocess(sets[k].x)) for k in
+                  ("retain_train", "test", "forget_train")}
+            a = attack_power(lg["retain_train"], lg["test"], lg["forget_train"])
+            print(f"{name:24s} attack: MIA {a['mia']:.1f}, members against non-members AUC "
+                  f"{a['auc']:.3f}; entropy mean (sd): members {a['entropy_member'][0]:.3f} "
+                  f"({a['entropy_member'][1]:.3f}), non-members {a['entropy_nonmember'][0]:.3f} "
+                  f"({a['entropy_nonmember'][1]:.3f}), forget {a['entropy_forget'][0]:.3f} "
+                  f"({a['entropy_forget'][1]:.3f})")
     return 0
 
 
