@@ -9,6 +9,8 @@ downloaded here). Measured (docs/results/paper/table2_vit-cpu.md, 2026-12-03): t
 reaches 22.2% test accuracy (the paper's 88.9); the authors' JiT setting collapses it (D_r 1.0),
 FNTN is closest to retraining (distance 9.7); every method ran over 3 seeds. Re-run alone on
 2026-12-05 with one command: 40.1 min, the same numbers but GKT's (51 rounds at twin scale).
+With a pretrained start (``pretrain_vit.py``, then ``--vit-weights``; 36.3% test) BT's D_f is
+8.0 ± 2.0 (the paper's 4.2).
 """
 
 from common import CPU_VIT_TRAIN, SMALL_VIT, TINY_VIT, make

@@ -5,7 +5,9 @@ at 32x32, 100 / 50 images per fine class. Measured (2026-12-05,
 ``docs/results/paper/table3_vit-cpu.md``; one command alone on 2 cores: 33.7 min): the original
 reaches 34.9% test accuracy (the paper's 95.7); retrain distances against the same seed's RTRN:
 UNSIR 11.4, FNTN 13.5, BSLN 19.1, BDSH 20.1 (untouched), AMN 21.5, SSD 24.2, BT 37.7, JiT 52.8
-(the authors' lr collapses D_r to 5.5).
+(the authors' lr collapses D_r to 5.5). With a pretrained start (``pretrain_vit.py``, then
+``--vit-weights``; 47.7% test) BT's MIA reaches the paper's 0.0 at its step count; BT's D_f
+does not (12-40 by seed).
 """
 
 from common import CPU_VIT_TRAIN, SMALL_VIT, TINY_VIT, make
