@@ -451,7 +451,8 @@ def cmd_unlearn(args) -> int:
         print(f"U-LiRA: {args.shadows} shadow models (cached in {args.shadow_cache}) ...",
               flush=True)
         shadows = train_ulira_shadows(ds, split, spec, req.train_config, n_shadows=args.shadows,
-                                      cache_dir=args.shadow_cache, preprocess=prep)
+                                      cache_dir=args.shadow_cache, preprocess=prep,
+                                      init_weights=req.init_weights)
     result = evaluate_unlearning(res.model, ds, split, method=args.method, runtime=res.runtime,
                                  compile_time=res.compile_time, zero_shot=res.zero_shot,
                                  seed=args.seed, preprocess=prep, extra=extra,

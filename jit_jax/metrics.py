@@ -347,27 +347,41 @@ def reference_logits(model: nnx.Module, ds: Dataset, split: ForgetSplit, *,
 def train_ulira_shadows(ds: Dataset, split: ForgetSplit, spec, train_config, *, n_shadows: int = 16,
                         seed: int = 0, cache_dir: str | Path | None = "runs/shadows",
                         preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
-                        log=print):
+                        init_weights: str | None = None, log=print):
     """U-LiRA's shadow models for ``split``: ``spec`` trained with ``train_config`` (shadow k with
     seed ``train_config.seed + 1000 + k``) on the retained training samples plus a random half of
-    :func:`ulira_candidates`. Cached per (dataset, model, recipe, split, seed) under
-    ``cache_dir`` (see :func:`jit_jax.privacy.train_shadows`)."""
+    :func:`ulira_candidates`; each starts from ``init_weights`` (all but the head) when the
+    original was fine-tuned from pretrained ViT weights, as RTRN does. Cached per (dataset,
+    model, recipe, initial weights, split, seed) under ``cache_dir`` (see
+    :func:`jit_jax.privacy.train_shadows`)."""
     from jit_jax import privacy
     from jit_jax.train import train
 
     prep = preprocess or (lambda x: normalize(x, ds.mean, ds.std))
     sets = evaluation_sets(ds, split)
     x_c, y_c, is_forget = ulira_candidates(ds, split, seed)
+    if init_weights is not None and not Path(init_weights).is_file():
+        raise FileNotFoundError(f"the shadows start from the weights the original was fine-tuned "
+                                f"from, {init_weights!r}, and that file is missing")
 
     def fit(x, y, k):
         cfg = train_config.replace(seed=train_config.seed + 1000 + k)
         m = spec.build(seed=cfg.seed)
+        if init_weights is not None:
+            from jit_jax.models.vit import load_vit_npz
+
+            load_vit_npz(m, init_weights, load_head=False)
         train(m, prep(x), y, cfg, progress=False)
         return lambda xs: predict(m, prep(xs))
 
     key = {"dataset": ds.name, "n_train": len(ds.y_train), "target": ds.target,
            "model": spec.to_dict(), "recipe": train_config.to_dict(),
            "split": split.description}
+    if init_weights is not None:  # by content: a file replaced at the same path is a new start
+        import hashlib
+
+        with open(init_weights, "rb") as f:
+            key["init_weights_sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
     return privacy.train_shadows(sets["retain_train"].x, sets["retain_train"].y, x_c, y_c,
                                  is_forget, fit=fit, n_shadows=n_shadows, seed=seed,
                                  cache_dir=cache_dir, cache_key=key, log=log)

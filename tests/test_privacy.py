@@ -273,3 +273,45 @@ def test_metrics_selection_and_missing_inputs(digits):
     assert np.all(digits.y_test[held] == split.forget_class)
     table = M.markdown_table([r2])
     assert "KL forget" in table and "Relearn steps" in table
+
+
+def test_ulira_shadows_start_from_the_originals_pretrained_weights(tmp_path, monkeypatch):
+    """For an original fine-tuned from pretrained ViT weights, every shadow model starts from them
+    (all but the head), as RTRN does; the cache tells weights apart by content, not path; a
+    missing file is an error naming it."""
+    from jit_jax import metrics
+    from jit_jax.data import forget_class, load_dataset
+    from jit_jax.models import ModelSpec, export_vit_npz
+    from jit_jax.models import vit as vit_mod
+    from jit_jax.train import TrainConfig
+
+    ds = load_dataset("digits")
+    split = forget_class(ds, "3")
+    spec = ModelSpec("vit", 10, ds.image_shape, {"patch_size": 4, "hidden": 8, "depth": 1,
+                                                 "heads": 2, "mlp_dim": 16})
+    cfg = TrainConfig(epochs=1, batch_size=256, optimizer="sgd", lr=1e-3, weight_decay=0.0,
+                      augment="none")
+    weights = tmp_path / "w.npz"
+    export_vit_npz(spec.build(seed=7), weights)
+    calls = []
+    real = vit_mod.load_vit_npz
+
+    def spy(model, path, **kw):
+        calls.append((str(path), kw))
+        return real(model, path, **kw)
+
+    monkeypatch.setattr(vit_mod, "load_vit_npz", spy)
+    kw = dict(n_shadows=2, cache_dir=tmp_path / "cache", log=lambda *a: None)
+    first = metrics.train_ulira_shadows(ds, split, spec, cfg, init_weights=str(weights), **kw)
+    assert calls == [(str(weights), {"load_head": False})] * 2
+    again = metrics.train_ulira_shadows(ds, split, spec, cfg, init_weights=str(weights), **kw)
+    assert len(calls) == 2 and again.train_seconds == 0.0  # cached
+    np.testing.assert_array_equal(again.phi, first.phi)
+    export_vit_npz(spec.build(seed=8), weights)  # other weights at the same path: not cached
+    metrics.train_ulira_shadows(ds, split, spec, cfg, init_weights=str(weights), **kw)
+    assert len(calls) == 4
+    fresh = metrics.train_ulira_shadows(ds, split, spec, cfg, **kw)  # trained from scratch
+    assert len(calls) == 4 and fresh.train_seconds > 0
+    with pytest.raises(FileNotFoundError, match="missing.npz.*missing"):
+        metrics.train_ulira_shadows(ds, split, spec, cfg, init_weights=str(tmp_path / "missing.npz"),
+                                    **kw)
