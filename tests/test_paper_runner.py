@@ -401,8 +401,9 @@ def test_images_per_class_override(runner, tmp_path, capsys):
 
 
 def test_bt_teacher_backbone_from_the_vit_weights(runner, tmp_path, monkeypatch):
-    """With --vit-weights the runner gives BT (on ViT, the authors' random-head teacher) the
-    pretrained backbone the original was fine-tuned from, as the authors' teacher has."""
+    """With --vit-weights BT (on ViT, the authors' random-head teacher) takes the pretrained
+    backbone the original was fine-tuned from, as the authors' teacher has: read from the
+    original's checkpoint, so the runner adds no option for it."""
     from jit_jax.models import ModelSpec
     from jit_jax.models.vit import export_vit_npz
 
@@ -418,12 +419,12 @@ def test_bt_teacher_backbone_from_the_vit_weights(runner, tmp_path, monkeypatch)
     monkeypatch.setattr(run, "_cli", lambda argv: (calls.append(argv), real(argv)))
     summary = run.run(cfg, tmp_path / "out", methods=["bt"], vit_weights=weights,
                       log=lambda *_: None)
-    assert summary["method_sets"] == {"bt": {"teacher_weights": str(weights.absolute())}}
+    assert summary["method_sets"] == {}
     bt_argv = [a for a in calls if a[0] == "unlearn" and a[4] == "bt"]
-    assert len(bt_argv) == 1
-    assert bt_argv[0][-2:] == ["--set", f"teacher_weights={weights.absolute()}"]
-    res = json.loads((tmp_path / "out" / "bt-s0" / "result.json").read_text())
-    assert res["extra"]["options"]["teacher_weights"] == str(weights.absolute())
+    assert len(bt_argv) == 1 and "--set" not in bt_argv[0]
+    meta = json.loads((tmp_path / "out" / "bt-s0" / "metadata.json").read_text())
+    assert meta["method_log"]["config"]["teacher"] == "random_head"
+    assert meta["method_log"]["config"]["teacher_weights"] == str(weights.absolute())
 
 
 def test_pretrain_vit_complement(runner, tmp_path, capsys):

@@ -136,18 +136,17 @@ def prepare_data(cfg: Config, out: Path, data: Path | None) -> Path:
     return path
 
 
-def method_sets(cfg: Config, method: str, n_train: int, vit_weights: Path | None = None) -> dict:
+def method_sets(cfg: Config, method: str, n_train: int) -> dict:
     """The options the runner gives ``method`` over the authors' setting: the config's
-    ``method_sets``; for GKT at a scale smaller than the paper's the rounds of
-    :func:`common.gkt_rounds`; for BT with ``vit_weights`` that pretrained backbone for its
-    incompetent teacher, as the authors' ViT teacher has (each unless the config sets it)."""
+    ``method_sets``, and for GKT at a scale smaller than the paper's the rounds of
+    :func:`common.gkt_rounds` (unless the config sets them). BT's ViT teacher needs no option:
+    it takes the backbone the original was fine-tuned from (``--vit-weights``) from the
+    original's checkpoint, as RTRN does."""
     sets = dict(cfg.method_sets.get(method, {}))
     if method == "gkt" and "pseudo_batches" not in sets:
         rounds = gkt_rounds(cfg, n_train)
         if rounds is not None:
             sets["pseudo_batches"] = rounds
-    if method == "bt" and vit_weights is not None and "teacher_weights" not in sets:
-        sets["teacher_weights"] = str(Path(vit_weights).absolute())
     return sets
 
 
@@ -200,7 +199,7 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
             failed = failed_path(out / f"{m}-s{seed}")
             if (d / "result.json").exists() or failed.exists():
                 continue
-            sets = method_sets(cfg, m, n_train, vit_weights)
+            sets = method_sets(cfg, m, n_train)
             log(f"[{cfg.name}] seed {seed}: {m}"
                 + (f" ({', '.join(f'{k}={v}' for k, v in sets.items())})" if sets else ""))
             argv = ["unlearn", "--checkpoint", str(orig), "--method", m, "--forget", cfg.forget,
@@ -218,8 +217,7 @@ def run(cfg: Config, out: Path, *, data: Path | None = None, seeds=None, methods
                            "test_accuracy": meta.get("metrics", {}).get("test_accuracy"),
                            "train_time_s": meta.get("metrics", {}).get("train_time_s"),
                            "epochs": last.get("epoch")}
-    summary["method_sets"] = {m: sets for m in methods
-                              if (sets := method_sets(cfg, m, n_train, vit_weights))}
+    summary["method_sets"] = {m: sets for m in methods if (sets := method_sets(cfg, m, n_train))}
     summary["differences"] = differences(summary)
     summary["wall_time_s"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")

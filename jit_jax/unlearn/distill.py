@@ -70,6 +70,15 @@ def _bt_step(student, optimizer, x, teacher_logits, temperature: float):
 TEACHERS = ("fresh", "random_head")
 
 
+def teacher_backbone(req: Request, teacher: str, teacher_weights: str | None) -> str | None:
+    """The ViT ``.npz`` whose backbone the incompetent teacher takes: ``teacher_weights``, else
+    for ``"random_head"`` the weights the original was fine-tuned from (``req.init_weights``);
+    None for the model's own backbone or a fresh teacher."""
+    if teacher_weights is None and teacher == "random_head":
+        return req.init_weights
+    return teacher_weights
+
+
 def incompetent_teacher(req: Request, teacher: str = "fresh",
                         teacher_weights: str | None = None) -> nnx.Module:
     """BT's incompetent teacher: ``"fresh"``, a fresh initialisation of the model's spec (the
@@ -89,8 +98,7 @@ def incompetent_teacher(req: Request, teacher: str = "fresh",
     if not hasattr(fresh, "head"):
         raise ValueError(f"teacher='random_head' needs a model with a `head` layer (every model "
                          f"but VGG); {req.spec.name} has none: use teacher='fresh'")
-    if teacher_weights is None:
-        teacher_weights = req.init_weights  # the backbone the original was fine-tuned from
+    teacher_weights = teacher_backbone(req, teacher, teacher_weights)
     if teacher_weights is not None:
         from jit_jax.models.vit import load_vit_npz
 
@@ -150,7 +158,8 @@ def bad_teacher(req: Request, *, epochs: int = 1, lr: float = 1e-4, batch_size: 
                         {"config": {"epochs": epochs, "lr": lr, "batch_size": b,
                                     "retain_fraction": retain_fraction,
                                     "temperature": temperature, "teacher": teacher,
-                                    "teacher_weights": teacher_weights},
+                                    "teacher_weights": teacher_backbone(req, teacher,
+                                                                        teacher_weights)},
                          "losses": losses, "n_retain_used": n_r})
 
 
