@@ -58,16 +58,19 @@ from jit_jax.unlearn import auto
 from jit_jax.unlearn.jit import jit_unlearn
 
 
-def dataset(spec: str, seed: int = 0):
+def dataset(spec: str, seed: int = 0, options=None):
+    """A dataset by spec (``identities``: the generated set); ``options``: KEY=VALUE strings
+    for the loader (e.g. ``target=coarse`` for CIFAR-20 labels of a CIFAR-100 npz)."""
+    opts = dict(o.split("=", 1) for o in options or [])
     if spec == "identities":
         from jit_jax.data.synthetic import identities
 
         path = os.path.join(tempfile.gettempdir(), f"jit-jax-identities-{seed}.npz")
         if not os.path.exists(path):
             np.savez(path, **identities(seed=seed))
-        ds = load_dataset(f"npz:{path}")
+        ds = load_dataset(f"npz:{path}", **opts)
         return dataclasses.replace(ds, name="identities") if dataclasses.is_dataclass(ds) else ds
-    return load_dataset(spec)
+    return load_dataset(spec, **opts)
 
 
 def recipe_options(ds) -> dict:
@@ -171,7 +174,7 @@ def _references(args):
     split, ``tune.references_in_process``) and the model and training options they used."""
     from jit_jax import tune
 
-    ds = dataset(args.dataset)
+    ds = dataset(args.dataset, options=getattr(args, "data_set", None))
     model_options = parse_options(args.model_set, "model", model_option_types(args.model))
     train_options = {**recipe_options(ds), **parse_options(args.train_set, "training",
                                                            TrainConfig)}
@@ -503,11 +506,15 @@ def randchoose(args) -> dict:
 
     With ``--robust`` the start step is not part of the rule: each family's score is its worst
     mean distance over the traced start steps (every family must have every start), its D_r drop
-    the largest over them, so the winner is the stop that does best at its worst start."""
+    the largest over them, so the winner is the stop that does best at its worst start;
+    ``--robust-starts`` names the starts scored (a family's other starts are then ignored).
+    Searched runs (``search`` set) are not traces of rule 5's loop and are left out."""
     traces = [json.load(open(p)) for p in args.traces]
     fams: dict[str, list] = {}
     for t in traces:
-        fams.setdefault(f"{t['dataset']}/{t['model']}", []).extend(t["runs"])
+        # a searched run (``--searches 1``, ``--flip-search``) is not a trace of rule 5's loop
+        fams.setdefault(f"{t['dataset']}/{t['model']}", []).extend(
+            r for r in t["runs"] if not r.get("search"))
 
     def key(r):
         return r["start"], r["grow"], r["min_move"], r.get("hold", False)
@@ -517,7 +524,8 @@ def randchoose(args) -> dict:
                             for r in rs])
 
     keys = sorted({key(r) for runs in fams.values() for r in runs})
-    starts = sorted({k[0] for k in keys})
+    # robust: every traced start step, or the ones named (a family's other starts not scored)
+    starts = sorted(getattr(args, "robust_starts", None) or {k[0] for k in keys})
     robust = getattr(args, "robust", False)
     groups = sorted({k[1:] for k in keys}) if robust else keys
     results = []
@@ -530,7 +538,8 @@ def randchoose(args) -> dict:
                 per_fam[fam] = replay(rs, drop, conf, budget, rise) if rs else None
                 continue
             by_start = [replay(rs, drop, conf, budget, rise) for rs in (
-                [r for r in runs if key(r) == (st, *group)] for st in starts) if rs]
+                [r for r in runs if math.isclose(r["start"], st, rel_tol=1e-9)
+                 and key(r)[1:] == group] for st in starts) if rs]
             per_fam[fam] = (_worst_start(by_start, 1e-9) if len(by_start) == len(starts)
                             else None)
         if any(v is None or not np.isfinite(v["distance"]) for v in per_fam.values()):
@@ -727,7 +736,7 @@ def test(args) -> None:
     from jit_jax.demo import train_original
     from jit_jax.models import ModelSpec
 
-    ds = dataset(args.dataset)
+    ds = dataset(args.dataset, options=getattr(args, "data_set", None))
     spec = ModelSpec(args.model, ds.num_classes, ds.image_shape, {})
     recipe = recipes.train_recipe(ds.name, spec.name, num_train=len(ds.x_train))
     prep = recipes.preprocess_fn(ds)
@@ -814,7 +823,11 @@ def figure(args) -> None:
             same[0]["rules"].update(t["rules"])
         else:
             tests.append(t)
-    fig, axes = plt.subplots(3, 2 * len(tests), figsize=(4.2 * 2 * len(tests), 9), squeeze=False)
+    has_jit = any(k == "jit" for t in tests for row in t["runs"]
+                  for k in _sweeps(row, t["rules"], t["defaults"]))
+    per = 2 if has_jit else 1  # columns per test file: auto's sweep, and JiT's where run
+    fig, axes = plt.subplots(3, per * len(tests), figsize=(4.2 * per * len(tests), 9),
+                             squeeze=False)
     summary = {}
     for c, t in enumerate(tests):
         by_task = {}
@@ -825,7 +838,7 @@ def figure(args) -> None:
                     by_task.setdefault((kind, task), {}).setdefault(x, []).append(r)
         for (kind, task), pts in sorted(by_task.items()):
             xs = sorted(pts)
-            col = 2 * c + (1 if kind == "jit" else 0)
+            col = per * c + (1 if kind == "jit" else 0)
             for i, key in enumerate(["retrain_distance", "retain_acc", "mia"]):
                 ys = [float(np.mean([r[key] for r in pts[x]])) for x in xs]
                 axes[i, col].plot(xs, ys, "o-", label=task if kind == "jit" else f"{task} {kind}")
@@ -835,12 +848,21 @@ def figure(args) -> None:
             summary[f"{t['dataset']} {kind} {task}"] = {
                 "x": xs, "retrain_distance": dist,
                 "worst_over_best_in_8x": worst_in_window(xs, dist, 8.0)}
-            axes[0, col].set_title(f"{t['dataset']} " + ("JiT: lr factor" if kind == "jit" else
-                                                          "auto: (start) step (x ||params||)"))
+            name = os.path.basename(t["dataset"].split(":", 1)[-1]).removesuffix(".npz")
+            axes[0, col].set_title(f"{name}: " + ("JiT, lr factor" if kind == "jit" else
+                                                  "auto, (start) step"), fontsize=9)
             axes[2, col].set_xlabel("lr / default lr" if kind == "jit" else "step")
-        for col in (2 * c, 2 * c + 1):
+        for col in range(per * c, per * c + per):
             if axes[0, col].lines:
                 axes[0, col].legend(fontsize=7)
+                # the scale shows the spread as it is: distance from 0, accuracies over at
+                # least 10 points (flat lines stay flat instead of filling the axis)
+                axes[0, col].set_ylim(bottom=0)
+                for i in (1, 2):
+                    lo, hi = axes[i, col].get_ylim()
+                    if hi - lo < 10:
+                        mid = (hi + lo) / 2
+                        axes[i, col].set_ylim(mid - 5, mid + 5)
             else:  # no sweep of this kind in this test file (e.g. no JiT lr factors)
                 for i in range(3):
                     axes[i, col].set_visible(False)
@@ -921,6 +943,8 @@ def main(argv=None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("trace")
     t.add_argument("--dataset", required=True)
+    t.add_argument("--data-set", nargs="*",
+                   help="dataset loader options, KEY=VALUE (e.g. target=coarse)")
     t.add_argument("--model", default="mlp")
     t.add_argument("--forget", nargs="+", required=True)
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -942,6 +966,8 @@ def main(argv=None) -> None:
     t.add_argument("--out", required=True)
     ct = sub.add_parser("classtrace")
     ct.add_argument("--dataset", required=True)
+    ct.add_argument("--data-set", nargs="*",
+                    help="dataset loader options, KEY=VALUE (e.g. target=coarse)")
     ct.add_argument("--model", default="mlp")
     ct.add_argument("--forget", nargs="+", required=True)
     ct.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -988,6 +1014,9 @@ def main(argv=None) -> None:
     rc.add_argument("--max-dr-drop", type=float, default=5.0)
     rc.add_argument("--robust", action="store_true",
                     help="score each stop by its worst start step (traced starts) per family")
+    rc.add_argument("--robust-starts", type=float, nargs="+",
+                    help="with --robust: score these start steps (default: every one traced); "
+                         "every family must have each")
     rc.add_argument("--top", type=int, default=10)
     rc.add_argument("--out")
     sc = sub.add_parser("searchcompare")
@@ -1015,6 +1044,8 @@ def main(argv=None) -> None:
     c.add_argument("--out")
     s = sub.add_parser("test")
     s.add_argument("--dataset", required=True)
+    s.add_argument("--data-set", nargs="*",
+                   help="dataset loader options, KEY=VALUE (e.g. target=coarse)")
     s.add_argument("--model", default="mlp")
     s.add_argument("--forget", nargs="+", required=True)
     s.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])

@@ -719,6 +719,18 @@ def test_random_rule_robust_choice_scores_each_stop_at_its_worst_start(tmp_path)
     with open(other, "w") as f:
         json.dump({"dataset": "b", "model": "mlp", "runs": [run(1e-4, [20, 2, 12])]}, f)
     assert ar.randchoose(args(traces=[path, other], robust=True))["valid"] == []
+    # naming the starts scored: the family's other start is ignored, the one named is required
+    one = ar.randchoose(args(traces=[path, other], robust=True, robust_starts=[1e-4]))["valid"][0]
+    assert (one["budget"], one["distance"]) == (1, 2.0)
+    assert ar.randchoose(args(robust=True, robust_starts=[2e-4]))["valid"] == []
+    # a searched run is not a trace of rule 5's loop: adding one changes nothing
+    with open(path) as f:
+        t = json.load(f)
+    t["runs"].append({**run(4e-4, [20, 0, 0]), "search": "flip"})
+    with open(path, "w") as f:
+        json.dump(t, f)
+    again = ar.randchoose(args(robust=True))["valid"][0]
+    assert (again["budget"], again["distance"]) == (2, 12.0)
 
 
 def ar_args(paths, targets=(5.0,), conf_targets=(0.0,)):
@@ -840,8 +852,9 @@ def test_auto_random_search_runs_one_pass_that_meets_the_stop(digits_class3_requ
 
     req = dataclasses.replace(digits_class3_request,
                               split=parse_forget(digits_class3_request.dataset, "random:30"))
-    runs = [unlearn.run("auto", req, random_search="stop", random_err_rise=1.5, class_step=s,
-                        class_max_step=0.5) for s in (6.25e-5, 1e-3)]
+    # the error rise as the only stop (the default's accuracy stop off)
+    runs = [unlearn.run("auto", req, random_search="stop", random_err_rise=1.5, random_drop=0.0,
+                        class_step=s, class_max_step=0.5) for s in (6.25e-5, 1e-3)]
     for r in runs:
         c = r.log["chosen"]
         assert c["mode"] == "random" and len(c["steps"]) == 1 and len(c["trials"]) > 1
