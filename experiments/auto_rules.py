@@ -283,7 +283,8 @@ def classtrace(args) -> None:
         for start, grow, move, hold, search, rise in runs:
             cfg = dataclasses.replace(
                 auto.AUTO_DEFAULTS, class_objective=args.objective, class_step=start,
-                class_grow=grow, class_min_move=move, class_max_step=max(start, args.max_step),
+                class_grow=grow, random_grow=grow, class_min_move=move,
+                class_max_step=max(start, args.max_step),
                 class_target=-1.0, class_passes=args.passes, seed=ref.seed,
                 random_drop=0.0, random_conf_drop=0.0, random_err_rise=0.0,
                 random_passes=args.passes, random_hold=bool(hold), class_search=bool(search),
@@ -369,31 +370,53 @@ def classchoose(args) -> dict:
     """Every (start, grow, min move) traced x target x pass budget replayed on the class traces;
     the rule with the lowest mean over model families of their mean retrain distance among those
     whose every family keeps its mean D_r drop within ``--max-dr-drop`` wins (ties: fewer passes,
-    no confidence target, the higher accuracy target)."""
+    no confidence target, the higher accuracy target).
+
+    With ``--robust`` the start step is not part of the rule (as in :func:`randchoose`): each
+    family is scored at its worst start among ``--robust-starts`` (default: every start traced;
+    every family must have each), with the largest D_r drop over them. Searched runs (``search``
+    set) are left out."""
     traces = [json.load(open(p)) for p in args.traces]
     fams: dict[str, list] = {}
     for t in traces:
         fam = f"{t['dataset']}/{t['model']}"
-        fams.setdefault(fam, []).extend(t["runs"])
+        fams.setdefault(fam, []).extend(r for r in t["runs"] if not r.get("search"))
+    robust = getattr(args, "robust", False)
     keys = sorted({(r["start"], r["grow"], r["min_move"]) for runs in fams.values()
                    for r in runs})
+    starts = sorted(getattr(args, "robust_starts", None) or {k[0] for k in keys})
+    groups = sorted({k[1:] for k in keys}) if robust else keys
+
+    def family_score(rs, target, budget, conf) -> dict:
+        picked = [class_stop_pass(r["passes"], target, budget, conf) for r in rs]
+        return {"distance": float(np.mean([p["retrain_distance"] for p in picked])),
+                "dr_drop": float(np.mean([p["dr_drop"] for p in picked])),
+                "forget_acc": float(np.mean([p["forget_acc"] for p in picked])),
+                "passes": float(np.mean([p["pass"] for p in picked])),
+                "tasks": len(picked)}
+
     results = []
-    for (start, grow, move), target, conf, budget in itertools.product(
-            keys, args.targets, args.conf_targets, args.budgets):
+    for group, target, conf, budget in itertools.product(
+            groups, args.targets, args.conf_targets, args.budgets):
         per_fam, ok = {}, True
         for fam, runs in fams.items():
-            rs = [r for r in runs if (r["start"], r["grow"], r["min_move"]) == (start, grow, move)]
+            if robust:
+                by_start = [[r for r in runs if math.isclose(r["start"], st, rel_tol=1e-9)
+                             and (r["grow"], r["min_move"]) == group] for st in starts]
+                if not all(by_start):
+                    ok = False
+                    break
+                per_fam[fam] = _worst_start([family_score(rs, target, budget, conf)
+                                             for rs in by_start], 1e-9)
+                continue
+            rs = [r for r in runs if (r["start"], r["grow"], r["min_move"]) == group]
             if not rs:
                 ok = False
                 break
-            picked = [class_stop_pass(r["passes"], target, budget, conf) for r in rs]
-            per_fam[fam] = {"distance": float(np.mean([p["retrain_distance"] for p in picked])),
-                            "dr_drop": float(np.mean([p["dr_drop"] for p in picked])),
-                            "forget_acc": float(np.mean([p["forget_acc"] for p in picked])),
-                            "passes": float(np.mean([p["pass"] for p in picked])),
-                            "tasks": len(picked)}
+            per_fam[fam] = family_score(rs, target, budget, conf)
         if not ok:
             continue
+        start, grow, move = ("all", *group) if robust else group
         results.append({"start": start, "grow": grow, "min_move": move, "target": target,
                         "conf_target": conf, "budget": budget,
                         "distance": float(np.mean([v["distance"] for v in per_fam.values()])),
@@ -407,9 +430,9 @@ def classchoose(args) -> dict:
                  for fam, runs in fams.items()}
     print("untouched:", {k: round(v, 1) for k, v in untouched.items()})
     for r in valid[:args.top]:
-        print(f"start {r['start']:g} grow {r['grow']:g} move {r['min_move']:g} target "
+        print(f"start {r['start']} grow {r['grow']:g} move {r['min_move']:g} target "
               f"{r['target']:g} conf {r['conf_target']:g} budget {r['budget']}: mean distance "
-              f"{r['distance']:.1f}; " + _families_text(r["families"]))
+              f"{r['distance']:.1f}; " + _families_text(r["families"], spread=robust))
     out = {"untouched": untouched, "valid": valid, "all": results}
     if args.out:
         with open(args.out, "w") as f:
@@ -1003,6 +1026,11 @@ def main(argv=None) -> None:
     cc.add_argument("--conf-targets", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3])
     cc.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 12])
     cc.add_argument("--max-dr-drop", type=float, default=5.0)
+    cc.add_argument("--robust", action="store_true",
+                    help="score each rule by its worst start step per family")
+    cc.add_argument("--robust-starts", type=float, nargs="+",
+                    help="with --robust: score these start steps (default: every one traced); "
+                         "every family must have each")
     cc.add_argument("--top", type=int, default=10)
     cc.add_argument("--out")
     rc = sub.add_parser("randchoose")

@@ -478,8 +478,19 @@ def test_random_stop_fires_on_the_first_criterion_met_relative_to_the_start():
     np.testing.assert_allclose(run()[1], [1e-4, 2e-4, 4e-4, 8e-4])
     # with random_hold, once a sample has flipped (pass 3: 98%) the step stops growing
     np.testing.assert_allclose(run(random_hold=True)[1], [1e-4, 2e-4, 4e-4, 4e-4])
+    # rule 5 grows by its own factor: random_grow, not class_grow (rule 4's)
+    np.testing.assert_allclose(run(random_grow=3.0)[1], [1e-4, 3e-4, 9e-4, 2.7e-3])
+    cfg4 = dict(class_step=1e-4, class_grow=4.0, class_min_move=0.05)
+    it = iter(seq)
+    st = auto.RandomStop(lambda params: next(it), first, auto.AutoConfig(**cfg4))
+    state = auto.adjustable_relative_steps(1e-4).init({"w": jnp.ones(3)})
+    for p in range(3):
+        st(None, p)
+        state = st.adjust(state, p)
+    np.testing.assert_allclose(st.steps, [1e-4, 2e-4, 4e-4])
     for bad in (dict(random_drop=-1.0), dict(random_conf_drop=2.0), dict(random_err_rise=0.5),
-                dict(random_passes=0), dict(random_rule=1), dict(random_hold="yes")):
+                dict(random_passes=0), dict(random_rule=1), dict(random_hold="yes"),
+                dict(random_grow=0.5)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             auto.AutoConfig(**bad)
 
@@ -653,6 +664,47 @@ def test_class_rule_replay_stops_at_the_target_and_chooses_across_families(tmp_p
         (10.0, 0.0, 10.0), (10.0, 0.0, 5.0), (10.0, 0.05, 10.0), (10.0, 0.05, 5.0)]
 
 
+def test_class_rule_robust_choice_scores_each_rule_at_its_worst_start(tmp_path):
+    """classchoose --robust: the start step is no longer part of the rule; a rule best at one
+    start but poor at another loses to one fair at both; a D_r drop at any start counts; a family
+    missing a scored start leaves no candidate; searched runs are left out."""
+    import json
+
+    ar = _rules_module()
+
+    def run(start, grow, dists, drops=None, **kw):
+        drops = drops or [0.0] * len(dists)
+        return {"start": start, "grow": grow, "min_move": 0.1, **kw, "passes": [
+            {"pass": p, "acc": 100.0 - 50 * p, "conf": 0.9, "retrain_distance": d, "dr_drop": dr,
+             "forget_acc": 100.0 - 50 * p}
+            for p, (d, dr) in enumerate(zip(dists, drops, strict=True))]}
+
+    # budget 12, target 0 -> the last pass (2): grow 2 at 3 / 30 (worst 30), grow 4 at 12 / 12
+    t = {"dataset": "a", "model": "mlp", "runs": [
+        run(1e-4, 2.0, [90, 50, 3]), run(4e-4, 2.0, [90, 50, 30]),
+        run(1e-4, 4.0, [90, 50, 12]), run(4e-4, 4.0, [90, 50, 12]),
+        run(4e-4, 4.0, [90, 50, 99], search=True)]}  # a searched run: not replayed
+    path = str(tmp_path / "t.json")
+    with open(path, "w") as f:
+        json.dump(t, f)
+    kw = dict(targets=[0.0], conf_targets=[0.0], budgets=[12])
+    plain = ar.classchoose(ar_args([path], **kw))["valid"][0]
+    assert (plain["start"], plain["grow"], plain["distance"]) == (1e-4, 2.0, 3.0)
+    robust = ar.classchoose(ar_args([path], robust=True, **kw))["valid"][0]
+    assert (robust["start"], robust["grow"], robust["distance"]) == ("all", 4.0, 12.0)
+    assert robust["families"]["a/mlp"]["spread"] == 1.0
+    # a D_r drop over the bound at one start only rules grow 4 out
+    t["runs"][3] = run(4e-4, 4.0, [90, 50, 12], [0, 0, 6.0])
+    with open(path, "w") as f:
+        json.dump(t, f)
+    again = ar.classchoose(ar_args([path], robust=True, **kw))["valid"]
+    assert [v["grow"] for v in again] == [2.0]
+    # only the start named is scored; a start no family traced leaves nothing
+    one = ar.classchoose(ar_args([path], robust=True, robust_starts=[1e-4], **kw))["valid"][0]
+    assert (one["grow"], one["distance"]) == (2.0, 3.0)
+    assert ar.classchoose(ar_args([path], robust=True, robust_starts=[2e-4], **kw))["valid"] == []
+
+
 def test_random_rule_replay_and_choice(tmp_path):
     """auto_rules' replay of rule 5 stops at the first criterion met from the start (the budget's
     last pass otherwise; budget 0 is the untouched model), and the choice keeps every family's
@@ -733,12 +785,12 @@ def test_random_rule_robust_choice_scores_each_stop_at_its_worst_start(tmp_path)
     assert (again["budget"], again["distance"]) == (2, 12.0)
 
 
-def ar_args(paths, targets=(5.0,), conf_targets=(0.0,)):
+def ar_args(paths, targets=(5.0,), conf_targets=(0.0,), budgets=(8,), **extra):
     import argparse
 
     return argparse.Namespace(traces=paths, targets=list(targets),
-                              conf_targets=list(conf_targets), budgets=[8], max_dr_drop=5.0,
-                              top=0, out=None)
+                              conf_targets=list(conf_targets), budgets=list(budgets),
+                              max_dr_drop=5.0, top=0, out=None, **extra)
 
 
 def _simulate_search(stop_cls, cfg, fit_at):
