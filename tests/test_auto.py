@@ -568,8 +568,16 @@ def test_auto_class_mode_forgets_a_digits_class(digits_class3_request):
     out = unlearn.run("auto", req, class_target=20.0, class_passes=8)
     c = out.log["chosen"]
     assert c["mode"] == "class" and c["label_share"] == 1.0 and c["objective"] == "dpo"
-    assert len(c["steps"]) == c["passes_run"] == len(out.log["pass_info"])
+    # the defaults search the first step: every trial but the kept one is an undone pass
+    undone = [p for p in out.log["pass_info"] if p.get("trial")]
+    assert len(undone) == len(c["trials"]) - 1 >= 1
+    assert c["passes_run"] == len(out.log["pass_info"]) == len(c["steps"]) + len(undone)
     assert all(b >= a for a, b in zip(c["steps"], c["steps"][1:], strict=False))
+    # without the search every pass is kept
+    plain = unlearn.run("auto", req, class_target=20.0, class_passes=8, class_search=False)
+    cp = plain.log["chosen"]
+    assert len(cp["steps"]) == cp["passes_run"] == len(plain.log["pass_info"])
+    assert cp["steps"][0] == auto.AUTO_DEFAULTS.class_step
     x = req.forget_inputs()
     y = req.dataset.train_targets[req.split.forget_idx]
     acc = accuracy(predict(out.model, x), y)
