@@ -60,8 +60,9 @@ from jit_jax.unlearn.jit import jit_unlearn
 
 def dataset(spec: str, seed: int = 0, options=None):
     """A dataset by spec (``identities``: the generated set); ``options``: KEY=VALUE strings
-    for the loader (e.g. ``target=coarse`` for CIFAR-20 labels of a CIFAR-100 npz)."""
-    opts = dict(o.split("=", 1) for o in options or [])
+    for the loader, parsed as ``jit-jax --data-opt`` parses them (e.g. ``target=coarse`` for
+    CIFAR-20 labels of a CIFAR-100 npz)."""
+    opts = parse_options(options, "dataset")
     if spec == "identities":
         from jit_jax.data.synthetic import identities
 

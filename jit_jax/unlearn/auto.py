@@ -41,8 +41,9 @@ Rules replace the task's hand-tuned settings. Each reads only the model and the 
    start at ``class_step`` and grow by ``class_grow`` (2) after any pass that lowered the forget
    samples' mean confidence by less than ``class_min_move`` (up to ``class_max_step``), until the
    forget set's accuracy on its labels is at most ``class_target`` percent or ``class_passes``
-   (12) passes have run (:class:`ClassStop`). Why: a model retrained without a class cannot
-   predict it, so its accuracy on that class's training samples is near 0, and a preference for the
+   (12) passes have run (:class:`ClassStop`); the first pass's step is found by undone trial
+   passes (``class_search``, below). Why: a model retrained without a class cannot predict it,
+   so its accuracy on that class's training samples is near 0, and a preference for the
    runner-up moves those samples to where the rest of the data puts them; JiT's smoothing, on
    conv models, lowered the retain accuracy about as fast as the forget accuracy (the ResNet18
    and VGG traces). The growing step replaces a parameter scale that differed 64x between an
@@ -52,9 +53,10 @@ Rules replace the task's hand-tuned settings. Each reads only the model and the 
    stops growing once a forget sample has flipped (``random_hold``), and the run stops at the
    first pass where the forget set's mean error ``1 - p(y | x)`` has grown to
    ``random_err_rise`` times the untouched model's (or its accuracy on its labels has fallen
-   ``random_drop`` = 5 points), or after ``random_passes`` passes (:class:`RandomStop`). Why: a model retrained without a few random
-   samples still predicts most of them as it predicts unseen data, so rule 4's target (accuracy
-   near 0) would overshoot; what training on them added is confidence, and the first measurable
+   ``random_drop`` = 5 points), or after ``random_passes`` passes (:class:`RandomStop`). Why:
+   a model retrained without a few random samples still predicts most of them as it predicts
+   unseen data, so rule 4's target (accuracy near 0) would overshoot; what training on them
+   added is confidence, and the first measurable
    loss of it (the error doubled) is where the traces' retrain distance was lowest before the
    retain accuracy fell. Once samples flip, a doubling step can take many more in one pass
    (without the hold, one test model's forget accuracy fell 3.6 points in one pass and 18 in the
@@ -280,7 +282,8 @@ class AutoConfig:
 #: 19.8 with every family's mean D_r drop within 5 (the untouched models': 57-176). class_share
 #: 0.9 was set by hand, not chosen: every validation class request had a share of 1, and a
 #: random request's is near 1 / the number of classes.
-#: Rule 5's first constants (random_hold on, random_err_rise 2, random_drop off, random_passes 10; rule
+#: Rule 5's first constants (random_hold on, random_err_rise 2, random_drop off, random_passes
+#: 10; rule
 #: 4's start and growth) were chosen by ``auto_rules.py randchoose`` over traces of rule 4's loop
 #: on random requests of the same five families (2026-12-05; random:100, random:20 on the
 #: identities set; hold-out splits, seeds 0-1 on the MLPs, seed 0 on the conv models), with and
