@@ -367,6 +367,18 @@ def _worst_start(scores: list[dict], floor: float) -> dict:
             "spread": worst["distance"] / max(best, floor)}
 
 
+def _families(paths, searched: bool = False) -> dict[str, list]:
+    """The runs of trace files by model family (``DATASET/MODEL``); runs made with a step search
+    (``search`` set) only with ``searched``: they are not traces of the rules' own loop."""
+    fams: dict[str, list] = {}
+    for p in paths:
+        with open(p) as f:
+            t = json.load(f)
+        fams.setdefault(f"{t['dataset']}/{t['model']}", []).extend(
+            r for r in t["runs"] if searched or not r.get("search"))
+    return fams
+
+
 def classchoose(args) -> dict:
     """Every (start, grow, min move) traced x target x pass budget replayed on the class traces;
     the rule with the lowest mean over model families of their mean retrain distance among those
@@ -377,11 +389,7 @@ def classchoose(args) -> dict:
     family is scored at its worst start among ``--robust-starts`` (default: every start traced;
     every family must have each), with the largest D_r drop over them. Searched runs (``search``
     set) are left out."""
-    traces = [json.load(open(p)) for p in args.traces]
-    fams: dict[str, list] = {}
-    for t in traces:
-        fam = f"{t['dataset']}/{t['model']}"
-        fams.setdefault(fam, []).extend(r for r in t["runs"] if not r.get("search"))
+    fams = _families(args.traces)
     robust = getattr(args, "robust", False)
     keys = sorted({(r["start"], r["grow"], r["min_move"]) for runs in fams.values()
                    for r in runs})
@@ -451,10 +459,7 @@ def searchcompare(args) -> dict:
     seeds), with its D_r drop and its worst/best spread over the starts; a variant qualifies when
     every family's worst-start D_r drop is within ``--max-dr-drop``. (The spread divides by the
     best distance floored at 1 point: a distance can be 0.)"""
-    traces = [json.load(open(p)) for p in args.traces]
-    fams: dict[str, list] = {}
-    for t in traces:
-        fams.setdefault(f"{t['dataset']}/{t['model']}", []).extend(t["runs"])
+    fams = _families(args.traces, searched=True)
 
     def variant(r):
         if r["mode"] == "class":
@@ -533,12 +538,7 @@ def randchoose(args) -> dict:
     the largest over them, so the winner is the stop that does best at its worst start;
     ``--robust-starts`` names the starts scored (a family's other starts are then ignored).
     Searched runs (``search`` set) are not traces of rule 5's loop and are left out."""
-    traces = [json.load(open(p)) for p in args.traces]
-    fams: dict[str, list] = {}
-    for t in traces:
-        # a searched run (``--searches 1``, ``--flip-search``) is not a trace of rule 5's loop
-        fams.setdefault(f"{t['dataset']}/{t['model']}", []).extend(
-            r for r in t["runs"] if not r.get("search"))
+    fams = _families(args.traces)
 
     def key(r):
         return r["start"], r["grow"], r["min_move"], r.get("hold", False)

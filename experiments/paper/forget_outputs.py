@@ -18,26 +18,23 @@ from pathlib import Path
 import numpy as np
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
-
-
 def describe(logits: np.ndarray, y: np.ndarray, names, teacher: np.ndarray | None = None) -> dict:
-    p = _softmax(logits.astype(np.float64))
+    from scipy.special import log_softmax
+
+    from jit_jax.privacy import confidence, entropy
+
+    lp = log_softmax(np.asarray(logits, np.float64), axis=-1)
     top = logits.argmax(-1)
     classes, counts = np.unique(top, return_counts=True)
     order = np.argsort(-counts, kind="stable")[:3]
     out = {"accuracy": 100 * float(np.mean(top == y)),
-           "p_label": float(np.mean(p[np.arange(len(y)), y])),
-           "p_top": float(np.mean(p.max(-1))),
-           "entropy": float(np.mean(-(p * np.log(np.clip(p, 1e-300, 1))).sum(-1))),
+           "p_label": float(np.mean(confidence(logits, y))),
+           "p_top": float(np.mean(np.exp(lp.max(-1)))),
+           "entropy": float(np.mean(entropy(logits))),
            "top_classes": [(str(names[classes[i]]), int(counts[i])) for i in order]}
     if teacher is not None:
-        t = _softmax(teacher.astype(np.float64))
-        out["kl_teacher"] = float(np.mean((t * (np.log(np.clip(t, 1e-300, 1))
-                                                - np.log(np.clip(p, 1e-300, 1)))).sum(-1)))
+        lt = log_softmax(np.asarray(teacher, np.float64), axis=-1)
+        out["kl_teacher"] = float(np.mean((np.exp(lt) * (lt - lp)).sum(-1)))
         out["agree_teacher"] = 100 * float(np.mean(top == teacher.argmax(-1)))
     return out
 
@@ -98,11 +95,11 @@ def main(argv=None) -> int:
         kind = opts.get("teacher", "fresh")
         teacher = predict(incompetent_teacher(req, kind, opts.get("teacher_weights")), x)
         rows[f"teacher ({kind})"] = describe(teacher, y, names)
-    rows[done.name] = describe(predict(checkpoint.restore(done)[0], x), y, names, teacher)
+    models = {"original": model, done.name: checkpoint.restore(done)[0]}
+    rows[done.name] = describe(predict(models[done.name], x), y, names, teacher)
 
     print(f"{forget}, seed {args.seed}: {len(y)} forget training images, {ds.num_classes} classes "
           f"(uniform entropy {np.log(ds.num_classes):.2f})")
-    models = {"original": model, done.name: checkpoint.restore(done)[0]}
     for name, r in rows.items():
         extra = (f"  KL(teacher||it) {r['kl_teacher']:.3f}, top class the teacher's "
                  f"{r['agree_teacher']:.0f}%" if "kl_teacher" in r else "")

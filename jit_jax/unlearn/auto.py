@@ -206,7 +206,8 @@ class AutoConfig:
     # the step search (rules 4 and 5, :class:`ClassStop`): the first pass's step is found by
     # trial passes from the untouched model, each undone, so that it no longer depends on
     # ``class_step``: the smallest step on which one pass responds, bracketed by factors of
-    # ``class_grow`` and narrowed by ``class_search_refine`` geometric bisections, in at most
+    # the mode's growth (``class_grow``; rule 5: ``random_grow``) and narrowed by
+    # ``class_search_refine`` geometric bisections, in at most
     # ``class_search_trials`` trials
     class_search: bool = False  # rule 4
     # rule 5: "" (off), "stop" (a trial responds when it meets rule 5's stop: that one pass is the
@@ -525,10 +526,11 @@ class ClassStop:
     the untouched model's parameters), the first pass is preceded by a search: trial passes
     from the untouched model, each undone (the loop continues from the parameters returned as
     ``keep``), find the smallest step on which one pass *responds* (:meth:`responds`):
-    doubling (``class_grow``) from ``class_step`` until a pass responds, or halving until one
-    does not, then ``class_search_refine`` geometric bisections of the bracket. The pass at
-    that step is kept as the first. The outcome then no longer depends on ``class_step`` beyond
-    the bracket's final width (a factor of ``class_grow ** 2 ** -class_search_refine``), where
+    growing by :attr:`grow_factor` (``class_grow``; ``random_grow`` in rule 5) from
+    ``class_step`` until a pass responds, or shrinking until one does not, then
+    ``class_search_refine`` geometric bisections of the bracket. The pass at that step is kept
+    as the first. The outcome then no longer depends on ``class_step`` beyond the bracket's
+    final width (a factor of ``grow_factor ** 2 ** -class_search_refine``), where
     without the search the start fixed the whole sequence of steps. ``trials`` records every
     trial pass."""
 

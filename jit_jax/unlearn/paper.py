@@ -20,8 +20,8 @@ authors' run (empty when our defaults already do); :func:`jit_config` the JiT co
 
 BT's incompetent teacher on ViT is the authors' (a pretrained backbone with a random head,
 ``teacher="random_head"``; its backbone is the one the original was fine-tuned from, read from
-the checkpoint, and a twin trained from scratch uses its own). UNSIR's sub-class variant (250 noise steps,
-labelled with the super-class) is what ``unsir`` runs on a sub-class request.
+the checkpoint, and a twin trained from scratch uses its own). UNSIR's sub-class variant (250
+noise steps, labelled with the super-class) is what ``unsir`` runs on a sub-class request.
 """
 
 from __future__ import annotations
