@@ -274,14 +274,17 @@ def classtrace(args) -> None:
         mode = args.mode
         if mode == "auto":  # as --method auto decides: class mode for a class-like request
             mode = "class" if auto.class_mode(labels, auto.AUTO_DEFAULTS) else "random"
-        runs = [(*r, None) for r in itertools.product(
+        runs = [(*r, None, None) for r in itertools.product(
             args.starts, args.grows, args.min_moves, args.holds if mode == "random" else [0],
             args.searches) if not (r[4] and mode == "random" and not args.flip_search)]
         if 1 in args.searches and mode == "random" and not args.flip_search:
             # random_search "stop": one run per searched criterion
-            runs += list(itertools.product(args.starts, args.grows, args.min_moves, [0], [1],
-                                           args.search_err_rises))
-        for start, grow, move, hold, search, rise in runs:
+            runs += [(*r, None) for r in itertools.product(
+                args.starts, args.grows, args.min_moves, [0], [1], args.search_err_rises)]
+        # a searched run once per bisection count (the search's resolution)
+        runs = [(*r[:6], refine) for r in runs
+                for refine in (args.refines if r[4] else [None])]
+        for start, grow, move, hold, search, rise, refine in runs:
             cfg = dataclasses.replace(
                 auto.AUTO_DEFAULTS, class_objective=args.objective, class_step=start,
                 class_grow=grow, random_grow=grow, class_min_move=move,
@@ -290,6 +293,8 @@ def classtrace(args) -> None:
                 random_drop=0.0, random_conf_drop=0.0, random_err_rise=0.0,
                 random_passes=args.passes, random_hold=bool(hold), class_search=bool(search),
                 random_search=("stop" if rise is not None else "flip") if search else "")
+            if refine is not None:
+                cfg = dataclasses.replace(cfg, class_search_refine=refine)
             if rise is not None:  # random mode: the search looks for the stop, then stops
                 cfg = dataclasses.replace(cfg, random_err_rise=rise)
             rows = [dict(row0)]
@@ -312,7 +317,8 @@ def classtrace(args) -> None:
             best = min(rows, key=lambda r: r["retrain_distance"])
             print(f"seed {ref.seed} {ref.split.description} start {start:g} grow {grow:g} "
                   f"move {move:g} hold {hold} search {search}"
-                  + (f" err rise {rise:g}" if rise is not None else "") + ": " + " | ".join(
+                  + (f" err rise {rise:g}" if rise is not None else "")
+                  + (f" refine {refine}" if refine is not None else "") + ": " + " | ".join(
                       f"{r['pass']}:{r['forget_acc']:.0f}/{r['dr_drop']:.1f}/"
                       f"{r['retrain_distance']:.0f}@{r['step']:.2g}" for r in rows)
                   + f"; best pass {best['pass']}; {time.time() - t0:.0f} s"
@@ -321,7 +327,7 @@ def classtrace(args) -> None:
                                 "start": start, "grow": grow, "min_move": move,
                                 "hold": bool(hold), "search": cfg.random_search
                                 if mode == "random" else bool(search), "err_rise": rise,
-                                "trials": trials, "mode": mode,
+                                "refine": refine, "trials": trials, "mode": mode,
                                 "objective": args.objective, "failed": failed, "passes": rows})
             _write_json(args.out, out)  # after every run: a long trace cut short keeps its runs
     print("wrote", args.out)
@@ -347,7 +353,9 @@ def _families_text(families: dict, mia: bool = True, spread: bool = False) -> st
                      f"{v['forget_acc']:.1f}"
                      + (f", MIA {v['mia']:.1f}" if mia and "mia" in v else "")
                      + f", passes {v['passes']:.1f}"
-                     + (f", spread {v['spread']:.2f}" if spread else "") + ")"
+                     + (f", spread {v['spread']:.2f}" if spread else "")
+                     + (f", in the window {v['window_spread']:.2f}" if "window_spread" in v
+                        else "") + ")"
                      for k, v in families.items())
 
 
@@ -461,9 +469,15 @@ def searchcompare(args) -> dict:
     best distance floored at 1 point: a distance can be 0.)"""
     fams = _families(args.traces, searched=True)
 
+    default_refine = auto.AUTO_DEFAULTS.class_search_refine
+
+    def refine(r):  # traces before --refines searched with the default's 2 bisections
+        ref = r.get("refine")
+        return "" if ref in (None, default_refine) else f" (refine {ref})"
+
     def variant(r):
         if r["mode"] == "class":
-            return ("class", "search" if r.get("search") else "frozen")
+            return ("class", "search" + refine(r) if r.get("search") else "frozen")
         if r.get("search") == "flip":
             return ("random", "search to the first flip" + ("" if r.get("hold") else " (no hold)"))
         if r.get("search"):
@@ -494,6 +508,12 @@ def searchcompare(args) -> dict:
                 scores = [_pass_means(ps) for ps in by_start.values()]
                 per_fam[fam] = {**_worst_start(scores, 1.0), "starts": sorted(by_start),
                                 "tasks": len(rs) // len(scores)}
+                if args.window:  # the acceptance's number: worst / best in the best window
+                    starts = sorted(by_start)
+                    dist = [max(_pass_means(by_start[s])["distance"], 1.0) for s in starts]
+                    per_fam[fam]["window_spread"] = worst_in_window(starts, dist, args.window)
+                if args.per_request:  # the acceptance's unit: one request, mean over seeds
+                    per_fam[fam]["requests"] = _request_spreads(rs, picked, args.window or 8.0)
             if not per_fam:
                 continue
             res = {"distance": float(np.mean([v["distance"] for v in per_fam.values()])),
@@ -501,13 +521,60 @@ def searchcompare(args) -> dict:
                    "max_spread": max(v["spread"] for v in per_fam.values()),
                    "families": per_fam}
             res["qualifies"] = res["worst_dr_drop"] <= args.max_dr_drop
+            if args.window:
+                res["max_window_spread"] = max(
+                    (v["window_spread"] for v in per_fam.values()
+                     if not math.isnan(v["window_spread"])), default=float("nan"))
+            if args.per_request:
+                reqs = [q for v in per_fam.values() for q in v["requests"].values()]
+                res["requests_over"] = sum(q["window_spread"] > args.max_spread for q in reqs)
+                res["requests"] = len(reqs)
+                res["worst_request_dr_drop"] = max(q["dr_drop"] for q in reqs)
+                at = [q["at_default"] for q in reqs if q["at_default"] is not None]
+                res["mean_at_default"] = float(np.mean(at)) if at else float("nan")
             out[f"{mode}: {name}"] = res
             print(f"{mode}: {name}: worst-start mean {res['distance']:.1f}, worst D_r drop "
                   f"{res['worst_dr_drop']:.1f}, largest spread {res['max_spread']:.2f}"
-                  f"{'' if res['qualifies'] else ' (D_r drop over the limit)'}; "
+                  + (f", largest spread in the best {args.window:g}x window "
+                     f"{res['max_window_spread']:.2f}" if args.window else "")
+                  + f"{'' if res['qualifies'] else ' (D_r drop over the limit)'}; "
                   + _families_text(per_fam, mia=False, spread=True))
+            if args.per_request:
+                print(f"  per request: {res['requests_over']} of {res['requests']} over "
+                      f"{args.max_spread:g}x in the best {args.window or 8.0:g}x window; mean "
+                      f"distance at the default start {res['mean_at_default']:.1f}; worst D_r "
+                      f"drop {res['worst_request_dr_drop']:.1f}")
+                for fam, v in per_fam.items():
+                    for req, q in v["requests"].items():
+                        print(f"    {fam} {req}: spread {q['window_spread']:.2f}, distances "
+                              + " ".join(f"{d:.1f}" for d in q["distances"])
+                              + f", worst D_r drop {q['dr_drop']:.1f}")
     if args.out:
         _write_json(args.out, out)
+    return out
+
+
+def _request_spreads(runs: list[dict], picked, window: float) -> dict[str, dict]:
+    """Per forget request (the acceptance's unit): at each traced start the mean over seeds of
+    the replayed pass's distance (``picked``), the worst / best over the best ``window``-wide
+    window of starts (distances floored at 1 point), the largest D_r drop over the starts, and
+    the distance at :data:`AUTO_DEFAULTS`' start (None when not traced)."""
+    out = {}
+    for req in sorted({r["forget"] for r in runs}):
+        by_start: dict[float, list] = {}
+        for r in runs:
+            if r["forget"] == req:
+                by_start.setdefault(r["start"], []).append(picked(r))
+        starts = sorted(by_start)
+        means = [_pass_means(by_start[s]) for s in starts]
+        dist = [m["distance"] for m in means]
+        default = auto.AUTO_DEFAULTS.class_step
+        out[req] = {"starts": starts, "distances": dist,
+                    "window_spread": worst_in_window(starts, [max(d, 1.0) for d in dist],
+                                                     window),
+                    "dr_drop": max(m["dr_drop"] for m in means),
+                    "at_default": next((d for s, d in zip(starts, dist, strict=True)
+                                        if math.isclose(s, default)), None)}
     return out
 
 
@@ -1016,6 +1083,10 @@ def main(argv=None) -> None:
     ct.add_argument("--search-err-rises", type=float, nargs="+", default=[2.0],
                     help="with --mode random and a search: the error rises a trial must reach, "
                          "one run each (rule 5 with a search stops at the pass it finds)")
+    ct.add_argument("--refines", type=int, nargs="+",
+                    default=[auto.AUTO_DEFAULTS.class_search_refine],
+                    help="the step search's bisection counts (class_search_refine), one searched "
+                         "run each")
     ct.add_argument("--flip-search", action="store_true",
                     help="with --mode random and a search: random_search 'flip' (the search "
                          "looks for the first flip, the trace runs on from there) instead of "
@@ -1055,6 +1126,13 @@ def main(argv=None) -> None:
     sc.add_argument("--err-rise", type=float, default=auto.AUTO_DEFAULTS.random_err_rise)
     sc.add_argument("--random-budget", type=int, default=auto.AUTO_DEFAULTS.random_passes)
     sc.add_argument("--max-dr-drop", type=float, default=5.0)
+    sc.add_argument("--window", type=float, default=0.0,
+                    help="also each family's worst / best over the best window of this width "
+                         "(the acceptance's 8x), distances floored at 1 point")
+    sc.add_argument("--per-request", action="store_true",
+                    help="also per forget request (mean over seeds): the spread in the window "
+                         "(--window, else 8x) and how many requests exceed --max-spread")
+    sc.add_argument("--max-spread", type=float, default=1.5)
     sc.add_argument("--out")
     c = sub.add_parser("choose")
     c.add_argument("traces", nargs="+")

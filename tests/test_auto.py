@@ -935,3 +935,49 @@ def test_random_flip_search_finds_the_first_flip_and_runs_on_from_there():
     assert 1e-3 <= st.steps[0] <= 1e-3 * 2 ** 0.25 * (1 + 1e-9)
     assert len(st.steps) == 3 and st.steps == [st.steps[0]] * 3  # held, budget of 3 passes
     assert not any(r["responds"] for r in st.trials if r["step"] < 1e-3)
+
+
+def test_searchcompare_scores_each_request_over_its_best_window(tmp_path):
+    """searchcompare --per-request: searched runs are told apart by their bisection count
+    (traces without one searched with the default's); each request's distance per start is its
+    mean over seeds, its spread the worst / best in the best 8x window of starts (floored at 1
+    point), and the requests over --max-spread are counted."""
+    import argparse
+    import json
+
+    ar = _rules_module()
+    default = auto.AUTO_DEFAULTS.class_step
+
+    def run(req, seed, start, dist, refine=None, drop=0.0):
+        return {"forget": req, "seed": seed, "start": start, "mode": "class", "search": True,
+                **({"refine": refine} if refine is not None else {}), "passes": [
+                    {"pass": 0, "acc": 100.0, "conf": 0.9, "retrain_distance": 99.0,
+                     "dr_drop": 0.0, "forget_acc": 100.0, "mia": 50.0},
+                    {"pass": 1, "acc": 0.0, "conf": 0.1, "retrain_distance": dist,
+                     "dr_drop": drop, "forget_acc": 0.0, "mia": 50.0}]}
+
+    starts = [default / 4, default / 2, default, default * 1.6, default * 4]
+    # request a: default refine (no key) 10 at every start but 1.6x, where seed 1 reads 30
+    # (mean 20): worst / best 2.0 in every 8x window; refine 4: 10 everywhere
+    runs = [run("a", s, x, 30.0 if (s == 1 and x == default * 1.6) else 10.0)
+            for s in (0, 1) for x in starts]
+    runs += [run("a", s, x, 10.0, refine=4) for s in (0, 1) for x in starts]
+    # request b: distances below the 1-point floor (0.2 against 0.9): spread 1.0, not 4.5
+    runs += [run("b", s, x, 0.9 if x == default / 4 else 0.2, refine=r, drop=6.0 * (r == 4))
+             for s in (0, 1) for x in starts for r in (2, 4)]
+    path = str(tmp_path / "t.json")
+    with open(path, "w") as f:
+        json.dump({"dataset": "d", "model": "mlp", "runs": runs}, f)
+    got = ar.searchcompare(argparse.Namespace(
+        traces=[path], target=5.0, class_budget=12, err_rise=2.0, random_budget=10,
+        max_dr_drop=5.0, window=8.0, per_request=True, max_spread=1.5, out=None))
+    two, four = got["class: search"], got["class: search (refine 4)"]
+    a2 = two["families"]["d/mlp"]["requests"]["a"]
+    assert a2["distances"] == [10.0, 10.0, 10.0, 20.0, 10.0]
+    assert a2["window_spread"] == 2.0 and a2["at_default"] == 10.0
+    assert two["families"]["d/mlp"]["requests"]["b"]["window_spread"] == 1.0
+    assert (two["requests_over"], two["requests"]) == (1, 2)
+    assert (four["requests_over"], four["requests"]) == (0, 2)
+    # a request's D_r drop is its own; the family's (what qualifies) is the mean over requests
+    assert four["worst_request_dr_drop"] == 6.0 and four["worst_dr_drop"] == 3.0
+    assert two["mean_at_default"] == pytest.approx((10.0 + 0.2) / 2, rel=1e-12)

@@ -489,6 +489,9 @@ def test_forget_outputs_attack_power(runner):
     uniform = np.zeros((30, 5))
     a = fo.attack_power(sharp, uniform, sharp[:7])
     assert a["auc"] == 1.0 and a["mia"] == 100.0
+    # its operating point: every member called "member", no non-member; the decision point
+    # between the members' entropy (0) and the non-members' (log 5)
+    assert (a["tpr"], a["fpr"]) == (100.0, 0.0) and 0.0 < a["threshold"] < np.log(5)
     assert a["entropy_nonmember"][0] == pytest.approx(np.log(5), rel=1e-12)
     assert a["entropy_nonmember"][1] == pytest.approx(0.0, abs=1e-12)
     assert a["entropy_member"][0] == pytest.approx(0.0, abs=1e-15)

@@ -44,7 +44,10 @@ def attack_power(member_logits: np.ndarray, nonmember_logits: np.ndarray,
     """The paper's membership attack on one model: its MIA on the forget set, how well it tells
     its own training members (retained training images) from non-members (test images) as a
     ROC AUC (0.5: no better than chance, so the MIA's value says nothing about forgetting), and
-    the softmax entropy (mean, sd) of each group."""
+    the softmax entropy (mean, sd) of each group, and its operating point: the % of the
+    non-members it calls "member" (``fpr``, what the MIA reads on forget images that the model
+    treats exactly as unseen ones) and of the members (``tpr``), and its decision point in nats
+    (``threshold``: lower entropy reads "member" when members are the more certain)."""
     from sklearn.metrics import roc_auc_score
 
     from jit_jax.metrics import fit_mia_attack, mia_score
@@ -55,7 +58,10 @@ def attack_power(member_logits: np.ndarray, nonmember_logits: np.ndarray,
                                       ("forget", forget_logits))}
     score = clf.predict_proba(np.concatenate([h["member"], h["nonmember"]])[:, None])[:, 1]
     auc = roc_auc_score(np.r_[np.ones(len(h["member"])), np.zeros(len(h["nonmember"]))], score)
+    called = {k: 100.0 * float(clf.predict(h[k][:, None]).mean()) for k in ("member", "nonmember")}
     return {"mia": mia_score(member_logits, nonmember_logits, forget_logits), "auc": float(auc),
+            "tpr": called["member"], "fpr": called["nonmember"],
+            "threshold": float(-clf.intercept_[0] / clf.coef_[0, 0]),
             **{f"entropy_{k}": (float(v.mean()), float(v.std())) for k, v in h.items()}}
 
 
@@ -96,6 +102,9 @@ def main(argv=None) -> int:
         teacher = predict(incompetent_teacher(req, kind, opts.get("teacher_weights")), x)
         rows[f"teacher ({kind})"] = describe(teacher, y, names)
     models = {"original": model, done.name: checkpoint.restore(done)[0]}
+    rtrn = runs / f"rtrn-s{args.seed}"
+    if args.attack and rtrn.is_dir() and done != rtrn:  # the retrained model, for the attack
+        models[rtrn.name] = checkpoint.restore(rtrn)[0]
     rows[done.name] = describe(predict(models[done.name], x), y, names, teacher)
 
     print(f"{forget}, seed {args.seed}: {len(y)} forget training images, {ds.num_classes} classes "
@@ -115,7 +124,9 @@ def main(argv=None) -> int:
                   ("retain_train", "test", "forget_train")}
             a = attack_power(lg["retain_train"], lg["test"], lg["forget_train"])
             print(f"{name:24s} attack: MIA {a['mia']:.1f}, members against non-members AUC "
-                  f"{a['auc']:.3f}; entropy mean (sd): members {a['entropy_member'][0]:.3f} "
+                  f"{a['auc']:.3f}, calls {a['tpr']:.1f}% of members and {a['fpr']:.1f}% of "
+                  f"non-members 'member' (decision point {a['threshold']:.2f} nats); "
+                  f"entropy mean (sd): members {a['entropy_member'][0]:.3f} "
                   f"({a['entropy_member'][1]:.3f}), non-members {a['entropy_nonmember'][0]:.3f} "
                   f"({a['entropy_nonmember'][1]:.3f}), forget {a['entropy_forget'][0]:.3f} "
                   f"({a['entropy_forget'][1]:.3f})")
