@@ -497,3 +497,35 @@ def test_forget_outputs_attack_power(runner):
     assert a["entropy_member"][0] == pytest.approx(0.0, abs=1e-15)
     a = fo.attack_power(sharp, uniform, uniform[:4])
     assert a["mia"] == 0.0
+
+
+def test_forget_outputs_on_a_tiny_run(runner, tmp_path, capsys):
+    """forget_outputs on a runner folder: BSLN (the original's copy) reads exactly as the original
+    in every printed number; --attack and --test-share add the same seed's RTRN; a folder with no
+    results.json needs --forget and says so."""
+    import shutil
+
+    run, _ = runner
+    fo = importlib.import_module("forget_outputs")
+    run.run(run.load_config("table2_vgg", "tiny"), tmp_path / "r", methods=["bsln"],
+            log=lambda *_: None)
+    capsys.readouterr()
+    assert fo.main([str(tmp_path / "r"), "--method", "bsln", "--attack", "--test-share"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    def line(model, what):
+        got = [ln.split(None, 1)[1] for ln in lines if ln.startswith(model + " ") and what in ln]
+        assert len(got) == 1, (model, what, lines)
+        return got[0]
+
+    for what in ("accuracy", "test images predicted", "attack:"):
+        assert line("bsln-s0", what) == line("original", what)
+        if what != "accuracy":  # the RTRN is scored by the attack and the test share only
+            assert line("rtrn-s0", what)
+    forget = json.loads((tmp_path / "r" / "results.json").read_text())["config"]["forget"]
+    shutil.copytree(tmp_path / "r", tmp_path / "bare", ignore=shutil.ignore_patterns("results.*"))
+    with pytest.raises(SystemExit):
+        fo.main([str(tmp_path / "bare"), "--method", "bsln"])
+    assert "name the request with --forget" in capsys.readouterr().err
+    assert fo.main([str(tmp_path / "bare"), "--method", "bsln", "--forget", forget]) == 0
+    assert forget in capsys.readouterr().out

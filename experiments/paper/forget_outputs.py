@@ -70,8 +70,14 @@ def main(argv=None) -> int:
     ap.add_argument("runs", help="a runner output folder (holds original/ and METHOD-sSEED/)")
     ap.add_argument("--method", required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--forget", help="the forget request (default: the runner's results.json); "
+                    "for folders of `jit-jax unlearn --out runs/X/METHOD-sSEED` runs")
     ap.add_argument("--attack", action="store_true",
                     help="also the membership attack's power on each model (attack_power)")
+    ap.add_argument("--test-share", action="store_true",
+                    help="also, per model, the share of every test image (and of the retained "
+                         "classes' test images) predicted as the forget label, and the test "
+                         "set's most predicted classes")
     args = ap.parse_args(argv)
     from jit_jax import checkpoint, recipes, unlearn
     from jit_jax.cli import load_run
@@ -84,9 +90,13 @@ def main(argv=None) -> int:
     done = runs / f"{args.method}-s{args.seed}"
     if not (done / "result.json").is_file():
         ap.error(f"{done} holds no finished run (result.json)")
-    if not (runs / "results.json").is_file():
-        ap.error(f"{runs}/results.json is missing: the runner writes it with the forget request")
-    forget = json.loads((runs / "results.json").read_text())["config"]["forget"]
+    if args.forget is not None:
+        forget = args.forget
+    elif (runs / "results.json").is_file():
+        forget = json.loads((runs / "results.json").read_text())["config"]["forget"]
+    else:
+        ap.error(f"{runs}/results.json is missing (the runner writes it with the forget "
+                 "request): name the request with --forget")
     model, meta, ds = load_run(runs / "original")
     split = parse_forget(ds, forget, seed=args.seed)
     req = unlearn.Request(model, ds, split, ModelSpec.from_dict(meta["model"]), None,
@@ -103,7 +113,7 @@ def main(argv=None) -> int:
         rows[f"teacher ({kind})"] = describe(teacher, y, names)
     models = {"original": model, done.name: checkpoint.restore(done)[0]}
     rtrn = runs / f"rtrn-s{args.seed}"
-    if args.attack and rtrn.is_dir() and done != rtrn:  # the retrained model, for the attack
+    if (args.attack or args.test_share) and rtrn.is_dir() and done != rtrn:  # the retrained model, for the attack
         models[rtrn.name] = checkpoint.restore(rtrn)[0]
     rows[done.name] = describe(predict(models[done.name], x), y, names, teacher)
 
@@ -115,6 +125,18 @@ def main(argv=None) -> int:
         print(f"{name:24s} accuracy {r['accuracy']:5.1f}%  p(label) {r['p_label']:.3f}  "
               f"p(top) {r['p_top']:.3f}  entropy {r['entropy']:.2f}  most predicted "
               f"{r['top_classes']}{extra}")
+    if args.test_share:
+        label = int(np.bincount(y).argmax())  # the forget set's label (class or super-class)
+        xt = req.preprocess(ds.x_test).astype(np.float32)
+        keep = ds.test_targets != label
+        for name, m in models.items():
+            top = predict(m, xt).argmax(-1)
+            classes, counts = np.unique(top, return_counts=True)
+            order = np.argsort(-counts, kind="stable")[:3]
+            print(f"{name:24s} test images predicted {names[label]!r}: "
+                  f"{100 * np.mean(top == label):.1f}% of all, "
+                  f"{100 * np.mean(top[keep] == label):.1f}% of the other labels'; most predicted "
+                  f"{[(str(names[classes[i]]), int(counts[i])) for i in order]} of {len(top)}")
     if args.attack:
         from jit_jax.data.splits import evaluation_sets
 
