@@ -47,6 +47,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import jit_jax.malloc  # noqa: E402
 from jit_jax import models  # noqa: E402
 from jit_jax.functional import functionalize  # noqa: E402
 from jit_jax.models import layers, onednn  # noqa: E402
@@ -356,13 +357,15 @@ def main(argv=None):
     result = dict(jax=jax.__version__, backend=jax.default_backend(),
                   devices=[str(d) for d in jax.devices()], chunk_rows=layers.DW_CHUNK_ROWS,
                   layout=args.layout, repeats=args.repeats, ours=OURS,
-                  ours_resolved=layers.resolve_conv_impl(OURS), onednn=onednn.status())
+                  ours_resolved=layers.resolve_conv_impl(OURS), onednn=onednn.status(),
+                  malloc_retained=jit_jax.malloc.applied)
     cal = matmul_gflops()
     result["matmul_gflops_before"] = cal
     print(f"calibration: 2048^2 float32 matmul {cal:.1f} GFLOP/s "
           f"(jax {jax.__version__}, {jax.default_backend()}, DW_CHUNK_ROWS={layers.DW_CHUNK_ROWS},"
           f" layout {args.layout}; ours = {OURS} -> {layers.resolve_conv_impl(OURS)}; oneDNN: "
-          f"{onednn.status()})", flush=True)
+          f"{onednn.status()}; freed memory {'kept' if jit_jax.malloc.applied else 'returned'}"
+          " (jit_jax.malloc))", flush=True)
 
     if not args.no_shapes:
         shapes: dict = {}

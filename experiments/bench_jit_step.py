@@ -29,6 +29,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import jit_jax.malloc  # noqa: E402
 from jit_jax.functional import functionalize  # noqa: E402
 from jit_jax.models import ModelSpec  # noqa: E402
 from jit_jax.unlearn import jit as J  # noqa: E402
@@ -107,7 +108,8 @@ def main(argv=None):
     fn = functionalize(spec.build(0))
     print(f"{spec.name} {spec.kwargs} at {size}x{size} ({spec.num_params():,} params), "
           f"N={args.num_samples}, on {jax.devices()[0].device_kind}; matmul "
-          f"{matmul_gflops():.0f} GFLOP/s", flush=True)
+          f"{matmul_gflops():.0f} GFLOP/s; freed memory "
+          f"{'kept' if jit_jax.malloc.applied else 'returned'} (jit_jax.malloc)", flush=True)
     for b in args.batch:
         x = jnp.asarray(np.random.default_rng(0).normal(size=(b, size, size, 3)).clip(-1.9, 2.0),
                         jnp.float32)
