@@ -554,6 +554,48 @@ def searchcompare(args) -> dict:
     return out
 
 
+def searchchoose(args) -> dict:
+    """Rule 4's stop (accuracy target, pass budget) chosen for the rule *with* the step search:
+    every searched class run of the traces (at the default bisection count) replayed with each
+    (target, budget); each family scored at its worst traced start (mean over its runs there),
+    with its largest D_r drop over the starts. Candidates whose every family stays within
+    ``--max-dr-drop`` qualify; they are listed by their mean over families. (A trace records the
+    kept passes of a search run with no target, so a real run whose trial already meets a large
+    target can stop one trial earlier than the replay: the replay is exact for the passes kept.)"""
+    default_refine = auto.AUTO_DEFAULTS.class_search_refine
+    fams = {}
+    for fam, runs in _families(args.traces, searched=True).items():
+        rs = [r for r in runs if r["mode"] == "class" and r.get("search")
+              and r.get("refine") in (None, default_refine)]
+        if rs:
+            fams[fam] = rs
+    out = []
+    for target, budget in itertools.product(args.targets, args.budgets):
+        per_fam = {}
+        for fam, rs in fams.items():
+            by_start: dict[float, list] = {}
+            for r in rs:
+                by_start.setdefault(r["start"], []).append(
+                    class_stop_pass(r["passes"], target, budget))
+            per_fam[fam] = _worst_start([_pass_means(v) for v in by_start.values()], 1.0)
+        out.append({"target": target, "budget": budget,
+                    "distance": float(np.mean([v["distance"] for v in per_fam.values()])),
+                    "worst_dr_drop": max(v["dr_drop"] for v in per_fam.values()),
+                    "families": per_fam})
+    valid = sorted((c for c in out if c["worst_dr_drop"] <= args.max_dr_drop),
+                   key=lambda c: c["distance"])
+    for c in valid[:args.top or len(valid)]:
+        print(f"target {c['target']:g}, budget {c['budget']}: worst-start mean {c['distance']:.1f}, "
+              f"worst D_r drop {c['worst_dr_drop']:.1f}; " + _families_text(c["families"],
+                                                                           mia=False))
+    over = [c for c in out if c["worst_dr_drop"] > args.max_dr_drop]
+    print(f"{len(over)} of {len(out)} candidates over the D_r bound")
+    res = {"valid": valid, "all": out}
+    if args.out:
+        _write_json(args.out, res)
+    return res
+
+
 def _request_spreads(runs: list[dict], picked, window: float) -> dict[str, dict]:
     """Per forget request (the acceptance's unit): at each traced start the mean over seeds of
     the replayed pass's distance (``picked``), the worst / best over the best ``window``-wide
@@ -1134,6 +1176,13 @@ def main(argv=None) -> None:
                          "(--window, else 8x) and how many requests exceed --max-spread")
     sc.add_argument("--max-spread", type=float, default=1.5)
     sc.add_argument("--out")
+    sh = sub.add_parser("searchchoose")
+    sh.add_argument("traces", nargs="+")
+    sh.add_argument("--targets", type=float, nargs="+", default=[0.0, 2.0, 5.0, 10.0, 20.0])
+    sh.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 12])
+    sh.add_argument("--max-dr-drop", type=float, default=5.0)
+    sh.add_argument("--top", type=int, default=10)
+    sh.add_argument("--out")
     c = sub.add_parser("choose")
     c.add_argument("traces", nargs="+")
     c.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
@@ -1171,7 +1220,8 @@ def main(argv=None) -> None:
     r.add_argument("--out")
     args = ap.parse_args(argv)
     {"trace": trace, "classtrace": classtrace, "classchoose": classchoose,
-     "randchoose": randchoose, "searchcompare": searchcompare, "choose": choose, "test": test,
+     "randchoose": randchoose, "searchcompare": searchcompare, "searchchoose": searchchoose,
+     "choose": choose, "test": test,
      "figure": figure,
      "report": report}[args.cmd](args)
 

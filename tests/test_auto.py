@@ -981,3 +981,38 @@ def test_searchcompare_scores_each_request_over_its_best_window(tmp_path):
     # a request's D_r drop is its own; the family's (what qualifies) is the mean over requests
     assert four["worst_request_dr_drop"] == 6.0 and four["worst_dr_drop"] == 3.0
     assert two["mean_at_default"] == pytest.approx((10.0 + 0.2) / 2, rel=1e-12)
+
+
+def test_searchchoose_replays_rule_4s_stop_on_searched_runs(tmp_path):
+    """searchchoose: only searched class runs at the default bisection count are replayed; each
+    (target, budget) stops at the first pass at the target (else the budget's last), scored at
+    the family's worst start; a candidate over the D_r bound on any start is left out."""
+    import argparse
+    import json
+
+    ar = _rules_module()
+
+    def run(start, accs, dists, drops, **kw):
+        return {"forget": "a", "seed": 0, "start": start, "mode": "class", **kw, "passes": [
+            {"pass": p, "acc": a, "conf": 0.5, "retrain_distance": d, "dr_drop": dr,
+             "forget_acc": a, "mia": 50.0}
+            for p, (a, d, dr) in enumerate(zip(accs, dists, drops, strict=True))]}
+
+    accs = [100.0, 30.0, 8.0, 3.0]
+    runs = [run(1e-4, accs, [90, 40, 10, 20], [0, 1, 2, 6], search=True),
+            run(2e-4, accs, [90, 40, 12, 30], [0, 1, 3, 4], search=True, refine=2),
+            run(2e-4, accs, [90, 1, 1, 1], [0, 0, 0, 0], search=True, refine=4),  # not default
+            run(2e-4, accs, [90, 1, 1, 1], [0, 0, 0, 0], search=False)]  # not searched
+    path = str(tmp_path / "t.json")
+    with open(path, "w") as f:
+        json.dump({"dataset": "d", "model": "mlp", "runs": runs}, f)
+    got = ar.searchchoose(argparse.Namespace(traces=[path], targets=[5.0, 10.0], budgets=[1, 3],
+                                             max_dr_drop=5.0, top=0, out=None))
+    by = {(c["target"], c["budget"]): c for c in got["all"]}
+    # target 10 stops at pass 2 on both starts: worst start 12, D_r drop 3
+    assert (by[10.0, 3]["distance"], by[10.0, 3]["worst_dr_drop"]) == (12.0, 3.0)
+    # target 5 stops at pass 3: worst start 30, and the 6-point drop at 1e-4 rules it out
+    assert (by[5.0, 3]["distance"], by[5.0, 3]["worst_dr_drop"]) == (30.0, 6.0)
+    # a budget of 1 pass: pass 1 whatever the target
+    assert by[5.0, 1]["distance"] == by[10.0, 1]["distance"] == 40.0
+    assert [(c["target"], c["budget"]) for c in got["valid"]] == [(10.0, 3), (5.0, 1), (10.0, 1)]
