@@ -42,11 +42,11 @@ def retain_freed_memory() -> bool:
     ``JIT_JAX_MALLOC`` set to one of :data:`OFF`."""
     global applied
     value = os.environ.get("JIT_JAX_MALLOC", "").strip().lower()
-    if value in OFF or not sys.platform.startswith("linux"):
-        return False
-    if value not in ("", "retain"):
+    if value not in ("", "retain", *OFF):
         raise ValueError(f"JIT_JAX_MALLOC={value!r}; accepted: 'retain' (the default) or "
                          f"{' / '.join(repr(v) for v in OFF)} (leave the C library's settings)")
+    if value in OFF or not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
