@@ -144,7 +144,12 @@ def make_fns(x_shape, k_shape, strides, padding, path):
     return fns
 
 
-def bench_shapes(shapes: dict, repeats: int, passes=PASSES, log=print) -> list[dict]:
+def bench_shapes(shapes: dict, repeats: int, passes=PASSES, log=print, burst: int = 1
+                 ) -> list[dict]:
+    """Each (shape, implementation, pass) timed ``repeats`` times round-robin (the order of the
+    implementations reversed every other repeat). A sample is the mean of ``burst`` consecutive
+    calls: 1 times one call after the other shapes' work (oneDNN's threads may have gone to sleep
+    and the caches hold other data, as in a model's step); more times the kernel warm."""
     rng = np.random.default_rng(0)
     entries = []
     for key, info in shapes.items():
@@ -167,8 +172,9 @@ def bench_shapes(shapes: dict, repeats: int, passes=PASSES, log=print) -> list[d
             for impl in order:
                 for p in passes:
                     t = time.perf_counter()
-                    jax.block_until_ready(e["fns"][impl][p](*e["args"]))
-                    e["times"][(impl, p)].append(time.perf_counter() - t)
+                    for _ in range(burst):
+                        jax.block_until_ready(e["fns"][impl][p](*e["args"]))
+                    e["times"][(impl, p)].append((time.perf_counter() - t) / burst)
         log(f"  repeat {r + 1}/{repeats} done")
     rows = []
     for e in entries:
@@ -325,6 +331,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None,
                    help="batch for every model (default: 128, the cnn 32)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--burst", type=int, default=1,
+                   help="calls per timed sample of a shape (1: one call after the other shapes' "
+                        "work, the default; more: the mean of that many consecutive calls)")
     p.add_argument("--passes", nargs="+", default=list(PASSES), choices=list(PASSES))
     p.add_argument("--no-shapes", action="store_true", help="skip the per-shape table")
     p.add_argument("--train-step", action="store_true", help="also time a training step")
@@ -358,7 +367,7 @@ def main(argv=None):
                   devices=[str(d) for d in jax.devices()], chunk_rows=layers.DW_CHUNK_ROWS,
                   layout=args.layout, repeats=args.repeats, ours=OURS,
                   ours_resolved=layers.resolve_conv_impl(OURS), onednn=onednn.status(),
-                  malloc_retained=jit_jax.malloc.applied)
+                  malloc_retained=jit_jax.malloc.applied, burst=args.burst)
     cal = matmul_gflops()
     result["matmul_gflops_before"] = cal
     print(f"calibration: 2048^2 float32 matmul {cal:.1f} GFLOP/s "
@@ -378,7 +387,7 @@ def main(argv=None):
                     info["models"].append(m)
                 info["layers"] += 1
         print(f"{len(shapes)} distinct convolution shapes", flush=True)
-        rows = bench_shapes(shapes, args.repeats, tuple(args.passes),
+        rows = bench_shapes(shapes, args.repeats, tuple(args.passes), burst=args.burst,
                             log=lambda s: print(s, flush=True))
         result["shapes"] = rows
         print()
