@@ -387,6 +387,21 @@ def _families(paths, searched: bool = False) -> dict[str, list]:
     return fams
 
 
+def _start_means(runs: list[dict], picked) -> dict[float, dict]:
+    """Each traced start step (in trace order) with the means of ``picked(run)`` over its runs
+    (:func:`_pass_means`)."""
+    by_start: dict[float, list] = {}
+    for r in runs:
+        by_start.setdefault(r["start"], []).append(picked(r))
+    return {s: _pass_means(v) for s, v in by_start.items()}
+
+
+def _default_refine(r: dict) -> bool:
+    """A searched run made at :data:`AUTO_DEFAULTS`' bisection count (traces from before
+    ``--refines`` record none: they searched with the default's)."""
+    return r.get("refine") in (None, auto.AUTO_DEFAULTS.class_search_refine)
+
+
 def classchoose(args) -> dict:
     """Every (start, grow, min move) traced x target x pass budget replayed on the class traces;
     the rule with the lowest mean over model families of their mean retrain distance among those
@@ -469,15 +484,11 @@ def searchcompare(args) -> dict:
     best distance floored at 1 point: a distance can be 0.)"""
     fams = _families(args.traces, searched=True)
 
-    default_refine = auto.AUTO_DEFAULTS.class_search_refine
-
-    def refine(r):  # traces before --refines searched with the default's 2 bisections
-        ref = r.get("refine")
-        return "" if ref in (None, default_refine) else f" (refine {ref})"
-
     def variant(r):
         if r["mode"] == "class":
-            return ("class", "search" + refine(r) if r.get("search") else "frozen")
+            if not r.get("search"):
+                return ("class", "frozen")
+            return ("class", "search" + ("" if _default_refine(r) else f" (refine {r['refine']})"))
         if r.get("search") == "flip":
             return ("random", "search to the first flip" + ("" if r.get("hold") else " (no hold)"))
         if r.get("search"):
@@ -502,15 +513,12 @@ def searchcompare(args) -> dict:
                 rs = [r for r in runs if variant(r) == (mode, name)]
                 if not rs:
                     continue
-                by_start = {}
-                for r in rs:
-                    by_start.setdefault(r["start"], []).append(picked(r))
-                scores = [_pass_means(ps) for ps in by_start.values()]
-                per_fam[fam] = {**_worst_start(scores, 1.0), "starts": sorted(by_start),
-                                "tasks": len(rs) // len(scores)}
+                means = _start_means(rs, picked)
+                starts = sorted(means)
+                per_fam[fam] = {**_worst_start(list(means.values()), 1.0), "starts": starts,
+                                "tasks": len(rs) // len(means)}
                 if args.window:  # the acceptance's number: worst / best in the best window
-                    starts = sorted(by_start)
-                    dist = [max(_pass_means(by_start[s])["distance"], 1.0) for s in starts]
+                    dist = [max(means[s]["distance"], 1.0) for s in starts]
                     per_fam[fam]["window_spread"] = worst_in_window(starts, dist, args.window)
                 if args.per_request:  # the acceptance's unit: one request, mean over seeds
                     per_fam[fam]["requests"] = _request_spreads(rs, picked, args.window or 8.0)
@@ -562,22 +570,18 @@ def searchchoose(args) -> dict:
     ``--max-dr-drop`` qualify; they are listed by their mean over families. (A trace records the
     kept passes of a search run with no target, so a real run whose trial already meets a large
     target can stop one trial earlier than the replay: the replay is exact for the passes kept.)"""
-    default_refine = auto.AUTO_DEFAULTS.class_search_refine
     fams = {}
     for fam, runs in _families(args.traces, searched=True).items():
-        rs = [r for r in runs if r["mode"] == "class" and r.get("search")
-              and r.get("refine") in (None, default_refine)]
+        rs = [r for r in runs if r["mode"] == "class" and r.get("search") and _default_refine(r)]
         if rs:
             fams[fam] = rs
     out = []
     for target, budget in itertools.product(args.targets, args.budgets):
-        per_fam = {}
-        for fam, rs in fams.items():
-            by_start: dict[float, list] = {}
-            for r in rs:
-                by_start.setdefault(r["start"], []).append(
-                    class_stop_pass(r["passes"], target, budget))
-            per_fam[fam] = _worst_start([_pass_means(v) for v in by_start.values()], 1.0)
+        def picked(r, target=target, budget=budget):
+            return class_stop_pass(r["passes"], target, budget)
+
+        per_fam = {fam: _worst_start(list(_start_means(rs, picked).values()), 1.0)
+                   for fam, rs in fams.items()}
         out.append({"target": target, "budget": budget,
                     "distance": float(np.mean([v["distance"] for v in per_fam.values()])),
                     "worst_dr_drop": max(v["dr_drop"] for v in per_fam.values()),
@@ -602,15 +606,12 @@ def _request_spreads(runs: list[dict], picked, window: float) -> dict[str, dict]
     window of starts (distances floored at 1 point), the largest D_r drop over the starts, and
     the distance at :data:`AUTO_DEFAULTS`' start (None when not traced)."""
     out = {}
+    default = auto.AUTO_DEFAULTS.class_step
     for req in sorted({r["forget"] for r in runs}):
-        by_start: dict[float, list] = {}
-        for r in runs:
-            if r["forget"] == req:
-                by_start.setdefault(r["start"], []).append(picked(r))
+        by_start = _start_means([r for r in runs if r["forget"] == req], picked)
         starts = sorted(by_start)
-        means = [_pass_means(by_start[s]) for s in starts]
+        means = [by_start[s] for s in starts]
         dist = [m["distance"] for m in means]
-        default = auto.AUTO_DEFAULTS.class_step
         out[req] = {"starts": starts, "distances": dist,
                     "window_spread": worst_in_window(starts, [max(d, 1.0) for d in dist],
                                                      window),

@@ -36,6 +36,18 @@ OFF = ("system", "off", "0")
 applied = False
 
 
+def glibc() -> ctypes.CDLL | None:
+    """This process's C library when it is glibc on Linux (the settings are glibc's; musl's
+    ``mallopt`` accepts and ignores them), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
+
+
 def retain_freed_memory() -> bool:
     """Apply :data:`SETTINGS` through glibc's ``mallopt``; True when every setting was accepted.
     A no-op returning False off Linux, on a C library other than glibc, or with
@@ -45,15 +57,10 @@ def retain_freed_memory() -> bool:
     if value not in ("", "retain", *OFF):
         raise ValueError(f"JIT_JAX_MALLOC={value!r}; accepted: 'retain' (the default) or "
                          f"{' / '.join(repr(v) for v in OFF)} (leave the C library's settings)")
-    if value in OFF or not sys.platform.startswith("linux"):
+    libc = glibc() if value not in OFF else None
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):  # musl's mallopt accepts and ignores these
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     applied = all(mallopt(param, v) == 1 for param, v in SETTINGS)
     return applied

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from jit_jax.malloc import glibc
+
 PROBE = r"""
 import json, resource
 import jit_jax, jit_jax.malloc as m
@@ -37,17 +39,7 @@ def _probe(value=None):
     return out
 
 
-def _glibc() -> bool:
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return False
-    return sys.platform.startswith("linux") and hasattr(libc, "gnu_get_libc_version")
-
-
-@pytest.mark.skipif(not _glibc(), reason="the setting is glibc's (Linux)")
+@pytest.mark.skipif(glibc() is None, reason="the setting is glibc's (Linux)")
 def test_import_keeps_freed_memory_and_the_temporaries_stop_faulting():
     out = _probe()
     assert out.returncode == 0, out.stderr

@@ -18,6 +18,14 @@ from pathlib import Path
 import numpy as np
 
 
+def top_classes(top: np.ndarray, names, k: int = 3) -> list[tuple[str, int]]:
+    """The ``k`` most predicted classes among the argmax predictions ``top``, with counts (ties
+    in class order)."""
+    classes, counts = np.unique(top, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:k]
+    return [(str(names[classes[i]]), int(counts[i])) for i in order]
+
+
 def describe(logits: np.ndarray, y: np.ndarray, names, teacher: np.ndarray | None = None) -> dict:
     from scipy.special import log_softmax
 
@@ -25,13 +33,11 @@ def describe(logits: np.ndarray, y: np.ndarray, names, teacher: np.ndarray | Non
 
     lp = log_softmax(np.asarray(logits, np.float64), axis=-1)
     top = logits.argmax(-1)
-    classes, counts = np.unique(top, return_counts=True)
-    order = np.argsort(-counts, kind="stable")[:3]
     out = {"accuracy": 100 * float(np.mean(top == y)),
            "p_label": float(np.mean(confidence(logits, y))),
            "p_top": float(np.mean(np.exp(lp.max(-1)))),
            "entropy": float(np.mean(entropy(logits))),
-           "top_classes": [(str(names[classes[i]]), int(counts[i])) for i in order]}
+           "top_classes": top_classes(top, names)}
     if teacher is not None:
         lt = log_softmax(np.asarray(teacher, np.float64), axis=-1)
         out["kl_teacher"] = float(np.mean((np.exp(lt) * (lt - lp)).sum(-1)))
@@ -113,8 +119,8 @@ def main(argv=None) -> int:
         rows[f"teacher ({kind})"] = describe(teacher, y, names)
     models = {"original": model, done.name: checkpoint.restore(done)[0]}
     rtrn = runs / f"rtrn-s{args.seed}"
-    if (args.attack or args.test_share) and rtrn.is_dir() and done != rtrn:  # the retrained model, for the attack
-        models[rtrn.name] = checkpoint.restore(rtrn)[0]
+    if (args.attack or args.test_share) and rtrn.is_dir() and done != rtrn:
+        models[rtrn.name] = checkpoint.restore(rtrn)[0]  # the retrained model, scored beside
     rows[done.name] = describe(predict(models[done.name], x), y, names, teacher)
 
     print(f"{forget}, seed {args.seed}: {len(y)} forget training images, {ds.num_classes} classes "
@@ -131,12 +137,10 @@ def main(argv=None) -> int:
         keep = ds.test_targets != label
         for name, m in models.items():
             top = predict(m, xt).argmax(-1)
-            classes, counts = np.unique(top, return_counts=True)
-            order = np.argsort(-counts, kind="stable")[:3]
             print(f"{name:24s} test images predicted {names[label]!r}: "
                   f"{100 * np.mean(top == label):.1f}% of all, "
                   f"{100 * np.mean(top[keep] == label):.1f}% of the other labels'; most predicted "
-                  f"{[(str(names[classes[i]]), int(counts[i])) for i in order]} of {len(top)}")
+                  f"{top_classes(top, names)} of {len(top)}")
     if args.attack:
         from jit_jax.data.splits import evaluation_sets
 

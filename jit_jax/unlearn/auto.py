@@ -284,8 +284,7 @@ class AutoConfig:
 #: 0.9 was set by hand, not chosen: every validation class request had a share of 1, and a
 #: random request's is near 1 / the number of classes.
 #: Rule 5's first constants (random_hold on, random_err_rise 2, random_drop off, random_passes
-#: 10; rule
-#: 4's start and growth) were chosen by ``auto_rules.py randchoose`` over traces of rule 4's loop
+#: 10; rule 4's start and growth) were chosen by ``auto_rules.py randchoose`` over traces of rule 4's loop
 #: on random requests of the same five families (2026-12-05; random:100, random:20 on the
 #: identities set; hold-out splits, seeds 0-1 on the MLPs, seed 0 on the conv models), with and
 #: without the hold: mean distance 15.4 against the untouched models' 21.5 (without the hold the
