@@ -282,9 +282,10 @@ def classtrace(args) -> None:
             runs += [(*r, None) for r in itertools.product(
                 args.starts, args.grows, args.min_moves, [0], [1], args.search_err_rises)]
         # a searched run once per bisection count (the search's resolution)
-        runs = [(*r[:6], refine) for r in runs
-                for refine in (args.refines if r[4] else [None])]
-        for start, grow, move, hold, search, rise, refine in runs:
+        runs = [(*r[:6], refine, anchor) for r in runs
+                for refine in (args.refines if r[4] else [None])
+                for anchor in (args.anchors if r[4] else [None])]
+        for start, grow, move, hold, search, rise, refine, anchor in runs:
             cfg = dataclasses.replace(
                 auto.AUTO_DEFAULTS, class_objective=args.objective, class_step=start,
                 class_grow=grow, random_grow=grow, class_min_move=move,
@@ -295,6 +296,8 @@ def classtrace(args) -> None:
                 random_search=("stop" if rise is not None else "flip") if search else "")
             if refine is not None:
                 cfg = dataclasses.replace(cfg, class_search_refine=refine)
+            if anchor is not None:
+                cfg = dataclasses.replace(cfg, class_search_anchor=anchor)
             if rise is not None:  # random mode: the search looks for the stop, then stops
                 cfg = dataclasses.replace(cfg, random_err_rise=rise)
             rows = [dict(row0)]
@@ -318,7 +321,8 @@ def classtrace(args) -> None:
             print(f"seed {ref.seed} {ref.split.description} start {start:g} grow {grow:g} "
                   f"move {move:g} hold {hold} search {search}"
                   + (f" err rise {rise:g}" if rise is not None else "")
-                  + (f" refine {refine}" if refine is not None else "") + ": " + " | ".join(
+                  + (f" refine {refine}" if refine is not None else "")
+                  + (f" anchor {anchor:g}" if anchor else "") + ": " + " | ".join(
                       f"{r['pass']}:{r['forget_acc']:.0f}/{r['dr_drop']:.1f}/"
                       f"{r['retrain_distance']:.0f}@{r['step']:.2g}" for r in rows)
                   + f"; best pass {best['pass']}; {time.time() - t0:.0f} s"
@@ -327,7 +331,8 @@ def classtrace(args) -> None:
                                 "start": start, "grow": grow, "min_move": move,
                                 "hold": bool(hold), "search": cfg.random_search
                                 if mode == "random" else bool(search), "err_rise": rise,
-                                "refine": refine, "trials": trials, "mode": mode,
+                                "refine": refine, "anchor": anchor, "trials": trials,
+                                "mode": mode,
                                 "objective": args.objective, "failed": failed, "passes": rows})
             _write_json(args.out, out)  # after every run: a long trace cut short keeps its runs
     print("wrote", args.out)
@@ -396,10 +401,17 @@ def _start_means(runs: list[dict], picked) -> dict[float, dict]:
     return {s: _pass_means(v) for s, v in by_start.items()}
 
 
+def _anchor(r: dict) -> float:
+    """The step search's lattice anchor of a searched run (traces from before ``--anchors``
+    record none: their lattice ran through the start, anchor 0)."""
+    return r.get("anchor") or 0.0
+
+
 def _default_refine(r: dict) -> bool:
-    """A searched run made at :data:`AUTO_DEFAULTS`' bisection count (traces from before
-    ``--refines`` record none: they searched with the default's)."""
-    return r.get("refine") in (None, auto.AUTO_DEFAULTS.class_search_refine)
+    """A searched run made with :data:`AUTO_DEFAULTS`' step search: its bisection count (traces
+    from before ``--refines`` record none: they searched with the default's) and its anchor."""
+    return (r.get("refine") in (None, auto.AUTO_DEFAULTS.class_search_refine)
+            and _anchor(r) == auto.AUTO_DEFAULTS.class_search_anchor)
 
 
 def classchoose(args) -> dict:
@@ -488,7 +500,10 @@ def searchcompare(args) -> dict:
         if r["mode"] == "class":
             if not r.get("search"):
                 return ("class", "frozen")
-            return ("class", "search" + ("" if _default_refine(r) else f" (refine {r['refine']})"))
+            d = auto.AUTO_DEFAULTS
+            return ("class", "search" + ("" if r.get("refine") in (None, d.class_search_refine)
+                                         else f" (refine {r['refine']})")
+                    + ("" if _anchor(r) == d.class_search_anchor else f" (anchor {_anchor(r):g})"))
         if r.get("search") == "flip":
             return ("random", "search to the first flip" + ("" if r.get("hold") else " (no hold)"))
         if r.get("search"):
@@ -1130,6 +1145,10 @@ def main(argv=None) -> None:
                     default=[auto.AUTO_DEFAULTS.class_search_refine],
                     help="the step search's bisection counts (class_search_refine), one searched "
                          "run each")
+    ct.add_argument("--anchors", type=float, nargs="+",
+                    default=[auto.AUTO_DEFAULTS.class_search_anchor],
+                    help="the step search's lattice anchors (class_search_anchor; 0: the lattice "
+                         "through the start), one searched run each")
     ct.add_argument("--flip-search", action="store_true",
                     help="with --mode random and a search: random_search 'flip' (the search "
                          "looks for the first flip, the trace runs on from there) instead of "

@@ -869,6 +869,41 @@ def test_the_step_search_finds_the_smallest_responding_step_from_any_start():
     assert st.steps[0] == pytest.approx(4e-6) and not any(r["responds"] for r in st.trials)
 
 
+def test_the_anchored_search_keeps_the_same_step_from_every_start():
+    """class_search_anchor: every trial step is the point anchor * 2 ** (k / 2 ** refine)
+    nearest it, the first the one nearest the start, so starts that are not a power of
+    2 ** (1/4) apart keep the same step, the same float; without it they keep different ones."""
+    t, anchor = 3.3e-3, 6.25e-5
+    steps = []
+    for start in (3e-5, 6.25e-5, 1e-4, 1.7e-3, 1.5e-2):
+        st, params, _ = _scripted_search(start, t, class_passes=1, class_search_anchor=anchor)
+        k = round(np.log2(start / anchor) * 4)
+        assert st.trials[0]["step"] == anchor * 2.0 ** (k / 4)  # the nearest lattice point
+        assert abs(np.log2(start / st.trials[0]["step"])) <= 1 / 8 + 1e-12
+        assert t <= st.steps[0] <= t * 2 ** 0.25 * (1 + 1e-9)
+        assert float(params["w"][0]) == pytest.approx(st.steps[0])  # the kept pass at that step
+        steps.append(st.steps[0])
+    assert len(set(steps)) == 1, steps  # the same float: every trial step is snapped
+    # the lattice through the start (no anchor): 6.25e-5 and 1e-4 keep different steps
+    a = _scripted_search(6.25e-5, t, class_passes=1)[0].steps[0]
+    b = _scripted_search(1e-4, t, class_passes=1)[0].steps[0]
+    assert a == pytest.approx(steps[0], rel=1e-12) and abs(np.log2(b / a)) > 0.1
+    # a start on the anchor's lattice tries the steps it tries without the anchor (up to the
+    # rounding of the bisection: a square root there, a power here)
+    for start in (anchor, anchor * 4):
+        plain = [r["step"] for r in _scripted_search(start, t, class_passes=1)[0].trials]
+        lat = [r["step"] for r in _scripted_search(start, t, class_passes=1,
+                                                   class_search_anchor=anchor)[0].trials]
+        assert lat == pytest.approx(plain, rel=1e-12)
+    # the snapped start never exceeds class_max_step
+    st, _, _ = _scripted_search(1e-4, t, class_passes=1, class_search_anchor=anchor,
+                                class_max_step=1e-4)
+    assert st.trials[0]["step"] <= 1e-4
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="class_search_anchor"):
+            auto.AutoConfig(class_search_anchor=bad)
+
+
 def test_random_mode_search_keeps_the_single_pass_that_meets_the_stop():
     """In random mode a trial responds when it meets rule 5's stop (here the error doubled), so
     the run is the one pass at the smallest such step, and it ends there."""
@@ -901,6 +936,23 @@ def test_auto_with_the_search_undoes_its_trials_and_ignores_the_start(digits_cla
                         class_passes=4)
     assert plain.log["chosen"]["steps"] == ca["steps"]
     jax.tree.map(np.testing.assert_array_equal, a, functionalize(plain.model).params)
+
+
+def test_auto_anchored_search_gives_one_model_from_starts_off_each_others_lattice(
+        digits_class3_request):
+    """On a real model: with class_search_anchor 6.25e-5, the starts 6.25e-5 and 1e-4 (off each
+    other's lattice) try steps of one lattice and keep the same steps."""
+    from jit_jax import unlearn
+    from jit_jax.functional import functionalize
+
+    runs = [unlearn.run("auto", digits_class3_request, class_search=True,
+                        class_search_anchor=6.25e-5, class_step=s, class_passes=3)
+            for s in (6.25e-5, 1e-4)]
+    first = [r.log["chosen"]["trials"][0]["step"] for r in runs]
+    assert first == [6.25e-5, 6.25e-5 * 2 ** 0.75]
+    assert runs[0].log["chosen"]["steps"] == runs[1].log["chosen"]["steps"]
+    a, b = (functionalize(r.model).params for r in runs)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def test_auto_random_search_runs_one_pass_that_meets_the_stop(digits_class3_request):
@@ -939,7 +991,8 @@ def test_random_flip_search_finds_the_first_flip_and_runs_on_from_there():
 
 def test_searchcompare_scores_each_request_over_its_best_window(tmp_path):
     """searchcompare --per-request: searched runs are told apart by their bisection count
-    (traces without one searched with the default's); each request's distance per start is its
+    (traces without one searched with the default's) and their lattice anchor (traces without
+    one searched on the lattice through the start, anchor 0); each request's distance per start is its
     mean over seeds, its spread the worst / best in the best 8x window of starts (floored at 1
     point), and the requests over --max-spread are counted."""
     import argparse
@@ -947,10 +1000,12 @@ def test_searchcompare_scores_each_request_over_its_best_window(tmp_path):
 
     ar = _rules_module()
     default = auto.AUTO_DEFAULTS.class_step
+    anchor = auto.AUTO_DEFAULTS.class_search_anchor
 
-    def run(req, seed, start, dist, refine=None, drop=0.0):
+    def run(req, seed, start, dist, refine=None, drop=0.0, anchor=anchor):
         return {"forget": req, "seed": seed, "start": start, "mode": "class", "search": True,
-                **({"refine": refine} if refine is not None else {}), "passes": [
+                **({"refine": refine} if refine is not None else {}),
+                **({"anchor": anchor} if anchor is not None else {}), "passes": [
                     {"pass": 0, "acc": 100.0, "conf": 0.9, "retrain_distance": 99.0,
                      "dr_drop": 0.0, "forget_acc": 100.0, "mia": 50.0},
                     {"pass": 1, "acc": 0.0, "conf": 0.1, "retrain_distance": dist,
@@ -965,6 +1020,8 @@ def test_searchcompare_scores_each_request_over_its_best_window(tmp_path):
     # request b: distances below the 1-point floor (0.2 against 0.9): spread 1.0, not 4.5
     runs += [run("b", s, x, 0.9 if x == default / 4 else 0.2, refine=r, drop=6.0 * (r == 4))
              for s in (0, 1) for x in starts for r in (2, 4)]
+    # a trace from before the anchor (no key): its own variant
+    runs += [run("a", s, x, 50.0, anchor=None) for s in (0, 1) for x in starts]
     path = str(tmp_path / "t.json")
     with open(path, "w") as f:
         json.dump({"dataset": "d", "model": "mlp", "runs": runs}, f)
@@ -972,6 +1029,8 @@ def test_searchcompare_scores_each_request_over_its_best_window(tmp_path):
         traces=[path], target=5.0, class_budget=12, err_rise=2.0, random_budget=10,
         max_dr_drop=5.0, window=8.0, per_request=True, max_spread=1.5, out=None))
     two, four = got["class: search"], got["class: search (refine 4)"]
+    assert got["class: search (anchor 0)"]["families"]["d/mlp"]["requests"]["a"]["distances"] \
+        == [50.0] * 5
     a2 = two["families"]["d/mlp"]["requests"]["a"]
     assert a2["distances"] == [10.0, 10.0, 10.0, 20.0, 10.0]
     assert a2["window_spread"] == 2.0 and a2["at_default"] == 10.0
@@ -984,7 +1043,8 @@ def test_searchcompare_scores_each_request_over_its_best_window(tmp_path):
 
 
 def test_searchchoose_replays_rule_4s_stop_on_searched_runs(tmp_path):
-    """searchchoose: only searched class runs at the default bisection count are replayed; each
+    """searchchoose: only searched class runs at the default bisection count and lattice anchor
+    are replayed; each
     (target, budget) stops at the first pass at the target (else the budget's last), scored at
     the family's worst start; a candidate over the D_r bound on any start is left out."""
     import argparse
@@ -999,9 +1059,12 @@ def test_searchchoose_replays_rule_4s_stop_on_searched_runs(tmp_path):
             for p, (a, d, dr) in enumerate(zip(accs, dists, drops, strict=True))]}
 
     accs = [100.0, 30.0, 8.0, 3.0]
-    runs = [run(1e-4, accs, [90, 40, 10, 20], [0, 1, 2, 6], search=True),
-            run(2e-4, accs, [90, 40, 12, 30], [0, 1, 3, 4], search=True, refine=2),
-            run(2e-4, accs, [90, 1, 1, 1], [0, 0, 0, 0], search=True, refine=4),  # not default
+    anchor = auto.AUTO_DEFAULTS.class_search_anchor
+    runs = [run(1e-4, accs, [90, 40, 10, 20], [0, 1, 2, 6], search=True, anchor=anchor),
+            run(2e-4, accs, [90, 40, 12, 30], [0, 1, 3, 4], search=True, refine=2, anchor=anchor),
+            run(2e-4, accs, [90, 1, 1, 1], [0, 0, 0, 0], search=True, refine=4,
+                anchor=anchor),  # not default
+            run(2e-4, accs, [90, 1, 1, 1], [0, 0, 0, 0], search=True),  # anchor 0: not default
             run(2e-4, accs, [90, 1, 1, 1], [0, 0, 0, 0], search=False)]  # not searched
     path = str(tmp_path / "t.json")
     with open(path, "w") as f:
