@@ -407,11 +407,14 @@ def _anchor(r: dict) -> float:
     return r.get("anchor") or 0.0
 
 
-def _default_refine(r: dict) -> bool:
+def _default_refine(r: dict, anchor: float | None = None) -> bool:
     """A searched run made with :data:`AUTO_DEFAULTS`' step search: its bisection count (traces
-    from before ``--refines`` record none: they searched with the default's) and its anchor."""
+    from before ``--refines`` record none: they searched with the default's) and its anchor
+    (``anchor``, else the default's)."""
+    if anchor is None:
+        anchor = auto.AUTO_DEFAULTS.class_search_anchor
     return (r.get("refine") in (None, auto.AUTO_DEFAULTS.class_search_refine)
-            and _anchor(r) == auto.AUTO_DEFAULTS.class_search_anchor)
+            and _anchor(r) == anchor)
 
 
 def classchoose(args) -> dict:
@@ -587,7 +590,8 @@ def searchchoose(args) -> dict:
     target can stop one trial earlier than the replay: the replay is exact for the passes kept.)"""
     fams = {}
     for fam, runs in _families(args.traces, searched=True).items():
-        rs = [r for r in runs if r["mode"] == "class" and r.get("search") and _default_refine(r)]
+        rs = [r for r in runs if r["mode"] == "class" and r.get("search")
+              and _default_refine(r, getattr(args, "anchor", None))]
         if rs:
             fams[fam] = rs
     out = []
@@ -1202,6 +1206,9 @@ def main(argv=None) -> None:
     sh.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 12])
     sh.add_argument("--max-dr-drop", type=float, default=5.0)
     sh.add_argument("--top", type=int, default=10)
+    sh.add_argument("--anchor", type=float, default=None,
+                    help="replay the searched runs of this lattice anchor (default: "
+                         "AUTO_DEFAULTS'; 0 for traces from before class_search_anchor)")
     sh.add_argument("--out")
     c = sub.add_parser("choose")
     c.add_argument("traces", nargs="+")

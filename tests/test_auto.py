@@ -1079,3 +1079,7 @@ def test_searchchoose_replays_rule_4s_stop_on_searched_runs(tmp_path):
     # a budget of 1 pass: pass 1 whatever the target
     assert by[5.0, 1]["distance"] == by[10.0, 1]["distance"] == 40.0
     assert [(c["target"], c["budget"]) for c in got["valid"]] == [(10.0, 3), (5.0, 1), (10.0, 1)]
+    # --anchor 0: only the run searched on the lattice through its start (distance 1 throughout)
+    got = ar.searchchoose(argparse.Namespace(traces=[path], targets=[5.0], budgets=[3],
+                                             max_dr_drop=5.0, top=0, out=None, anchor=0.0))
+    assert got["all"][0]["distance"] == 1.0
