@@ -18,7 +18,10 @@ no-grad forwards of noisy copies (a Python loop), 1 backward, 1 SGD step. The ji
 differentiated function) plus an optax SGD update, jitted, on our port of the same ResNet18 (CIFAR
 stem, same parameter count). Same inputs (random normal, clipped to [-1.9, 2.0]), sigma, lr, N.
 
-Variants, timed round-robin so that machine drift hits them alike (medians, with ratios):
+Variants, timed round-robin so that machine drift hits them alike (medians, with ratios). A sample
+is one step (``--burst 1``, the default: each step follows the other variants' work, with the
+caches cold and the other library's threads just released) or the mean of ``--burst K``
+consecutive steps of one variant, as a run over a forget set of several batches runs them:
 - ``authors_train_t2``: their step as their scripts run it (model in train mode), torch with 2
   threads;
 - ``authors_eval_t2`` / ``authors_eval_t1``: the model in eval mode (BatchNorm running statistics,
@@ -242,12 +245,14 @@ class _JaxSteps:
             self.names.append(name)
         self.calls = 0
 
-    def run(self, name) -> float:
+    def run(self, name, burst: int = 1) -> float:
+        """Seconds per step: the mean over ``burst`` consecutive steps."""
         jstep, state, xj = self.steps[name]
-        self.calls += 1
         t = time.perf_counter()
-        jax.block_until_ready(jstep(*state, xj, jax.random.key(self.calls), {}))
-        return time.perf_counter() - t
+        for _ in range(burst):
+            self.calls += 1
+            jax.block_until_ready(jstep(*state, xj, jax.random.key(self.calls), {}))
+        return (time.perf_counter() - t) / burst
 
 
 def _jax_worker(conn):
@@ -259,7 +264,7 @@ def _jax_worker(conn):
             steps = _JaxSteps(*args)
             conn.send((steps.names, steps.compile_s, onednn.status()))
         elif cmd == "run":
-            conn.send(steps.run(args))
+            conn.send(steps.run(*args))
         else:
             conn.close()
             return
@@ -274,6 +279,10 @@ def main(argv=None):
     p.add_argument("--sigma", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--burst", type=int, default=1,
+                   help="steps per timed sample, back to back (the sample is their mean): 1 "
+                        "times one step after the other variants' work; more, as a run over a "
+                        "forget set of several batches runs them")
     p.add_argument("--model", default="resnet18", choices=["resnet18", "vgg11"],
                    help="vgg11: the authors' torchvision vgg11 + 1000->100 layer against our "
                         "vgg11_torchvision")
@@ -328,13 +337,14 @@ def main(argv=None):
             conn.send(("setup", setup))
             names, compile_s, status = conn.recv()
             for name in names:
-                variants[name] = (lambda name=name: conn.send(("run", name)) or conn.recv(),
-                                  None)
+                variants[name] = (lambda name=name: conn.send(("run", (name, args.burst)))
+                                  or conn.recv(), None)
         else:
             local = _JaxSteps(*setup)
             names, compile_s, status = local.names, local.compile_s, onednn.status()
             for name in names:
-                variants[name] = (lambda name=name, local=local: local.run(name), None)
+                variants[name] = (lambda name=name, local=local: local.run(name, args.burst),
+                                  None)
         print(f"B={b}: authors' {args.model} {n_params:,} params; jit-jax compile "
               f"{', '.join(f'{c:.1f}' for c in compile_s)}s (apart)", flush=True)
         print(f"  jit-jax's process: {'its own' if worker else 'this one'}; oneDNN there: "
@@ -348,19 +358,24 @@ def main(argv=None):
             for k, (fn_, threads) in variants.items():
                 if threads:
                     torch.set_num_threads(threads)
+                if k.startswith("jitjax"):  # timed in their own process, per step
+                    times[k].append(fn_())
+                    continue
                 t = time.perf_counter()
-                took = fn_()
-                # jit-jax's steps report the time measured in their own process
-                times[k].append(took if k.startswith("jitjax") else time.perf_counter() - t)
+                for _ in range(args.burst):
+                    fn_()
+                times[k].append((time.perf_counter() - t) / args.burst)
         cal1 = matmul_gflops()
         med = {k: float(np.median(v)) for k, v in times.items()}
         best_torch = min(v for k, v in med.items() if k.startswith("authors"))
-        print(f"B={b}: matmul calibration {cal0:.0f} -> {cal1:.0f} GFLOP/s")
+        print(f"B={b}: matmul calibration {cal0:.0f} -> {cal1:.0f} GFLOP/s; a sample is the "
+              f"mean of {args.burst} consecutive step(s)")
         for k, v in med.items():
             print(f"  {k:18s} median {v:7.3f}s  {as_run}/this x{med[as_run] / v:5.2f}"
                   f"  best torch/this x{best_torch / v:5.2f}  all {np.round(times[k], 3).tolist()}",
                   flush=True)
-        rows.append({"batch": b, "median_s": med, "times": times, "matmul_gflops": [cal0, cal1]})
+        rows.append({"batch": b, "median_s": med, "times": times, "matmul_gflops": [cal0, cal1],
+                     "burst": args.burst})
     if worker is not None:
         conn.send(("stop", None))
         worker.join(timeout=30)
