@@ -473,3 +473,41 @@ def test_model_zoo_gradients(name, shape, opts, monkeypatch):
         assert not meta  # the patch embedding is a matmul (see the test above)
     else:
         assert meta
+
+
+def test_the_winograd_probe_computes_the_kernel_gradient():
+    """experiments/probe_winograd_dw.py's F(3x3, 2x2) kernel gradient equals the direct one
+    (float64, numpy) for SAME and VALID padding and odd output sizes. Error bound: the transforms
+    add at most 2 entries of the input patch per axis (B), average the gradient tile (G) and add
+    up to 3 products per axis (A), so each output's intermediate terms sum in absolute value to at
+    most 4 * 9 * S, S = sum over tiles of |patch|_1 * |tile|_1; float32 rounds each of the
+    (tiles + 20) sequential additions by at most eps."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "probe_winograd_dw.py"
+    spec = importlib.util.spec_from_file_location("probe_winograd_dw", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rng = np.random.default_rng(0)
+    for n, h, w, ci, co, pad in [(2, 5, 6, 3, 4, ((1, 1), (1, 1))), (1, 7, 7, 2, 3, ((0, 0), (0, 0))),
+                                 (3, 4, 4, 5, 2, ((1, 1), (1, 1)))]:
+        x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
+        xp = np.pad(x, ((0, 0), *pad, (0, 0))).astype(np.float64)
+        ho, wo = xp.shape[1] - 2, xp.shape[2] - 2
+        dy = rng.standard_normal((n, ho, wo, co)).astype(np.float32)
+        ref = np.zeros((3, 3, ci, co))
+        for i in range(3):
+            for j in range(3):
+                ref[i, j] = np.einsum("npqc,npqd->cd", xp[:, i:i + ho, j:j + wo], dy)
+        got = np.asarray(probe.winograd_dw(jnp.asarray(x), jnp.asarray(dy), pad), np.float64)
+        th, tw = -(-ho // 2), -(-wo // 2)
+        dyp = np.pad(np.abs(dy), ((0, 0), (0, 2 * th - ho), (0, 2 * tw - wo), (0, 0)))
+        xpp = np.pad(np.abs(xp), ((0, 0), (0, 2 * th + 2 - xp.shape[1]),
+                                  (0, 2 * tw + 2 - xp.shape[2]), (0, 0)))
+        s = sum(xpp[:, 2 * p:2 * p + 4, 2 * q:2 * q + 4].sum(axis=(1, 2))[:, :, None]
+                * dyp[:, 2 * p:2 * p + 2, 2 * q:2 * q + 2].sum(axis=(1, 2))[:, None, :]
+                for p in range(th) for q in range(tw)).sum(axis=0)  # (ci, co)
+        bound = (n * th * tw + 20) * np.finfo(np.float32).eps * 36 * s
+        assert np.all(np.abs(got - ref) <= bound[None, None]), np.max(np.abs(got - ref))
+        assert np.max(np.abs(ref)) > 100 * np.max(bound)  # the bound leaves the test meaningful
