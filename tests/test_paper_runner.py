@@ -529,3 +529,31 @@ def test_forget_outputs_on_a_tiny_run(runner, tmp_path, capsys):
     assert "name the request with --forget" in capsys.readouterr().err
     assert fo.main([str(tmp_path / "bare"), "--method", "bsln", "--forget", forget]) == 0
     assert forget in capsys.readouterr().out
+
+
+def test_the_standin_faces_folder_loads_as_the_table1_twin_reads_it(runner, tmp_path):
+    """standin_faces.py writes one sub-folder of PNGs per identity in class order; the folder
+    loader with Table 1's options reads back the same labels and pixels, and an existing folder is
+    refused untouched."""
+    sys.path.insert(0, str(PAPER))
+    try:
+        standin = importlib.import_module("standin_faces")
+    finally:
+        sys.path.remove(str(PAPER))
+    from jit_jax.data import load_dataset
+    from jit_jax.data.synthetic import identities
+
+    out = tmp_path / "faces"
+    assert standin.write(out, classes=12, per_class=3, size=8, seed=1) == 36
+    assert sorted(p.name for p in out.iterdir())[:3] == ["pins_id000", "pins_id001", "pins_id002"]
+    ds = load_dataset(f"folder:{out}", image_size=(8, 8), test_fraction=0.0)
+    ref = identities(num_classes=12, train_per_class=3, test_per_class=1, size=8, seed=1)
+    assert ds.class_names[1] == "pins_id001" and len(ds.y_train) == 36
+    np.testing.assert_array_equal(np.bincount(ds.y_train), [3] * 12)
+    # the loader sorts files by name: the written order, class by class
+    np.testing.assert_array_equal(ds.y_train, ref["y_train"])
+    np.testing.assert_array_equal(ds.x_train, ref["x_train"])  # PNG is lossless
+    before = sorted(p.name for p in (out / "pins_id000").iterdir())
+    with pytest.raises(FileExistsError, match="not empty"):
+        standin.write(out, classes=2, per_class=1, size=8, seed=0)
+    assert sorted(p.name for p in (out / "pins_id000").iterdir()) == before
