@@ -407,14 +407,18 @@ def _anchor(r: dict) -> float:
     return r.get("anchor") or 0.0
 
 
+def _default_bisections(r: dict) -> bool:
+    """A searched run made at :data:`AUTO_DEFAULTS`' bisection count (traces from before
+    ``--refines`` record none: they searched with the default's)."""
+    return r.get("refine") in (None, auto.AUTO_DEFAULTS.class_search_refine)
+
+
 def _default_refine(r: dict, anchor: float | None = None) -> bool:
-    """A searched run made with :data:`AUTO_DEFAULTS`' step search: its bisection count (traces
-    from before ``--refines`` record none: they searched with the default's) and its anchor
-    (``anchor``, else the default's)."""
+    """A searched run made with :data:`AUTO_DEFAULTS`' step search: its bisection count and its
+    anchor (``anchor``, else the default's)."""
     if anchor is None:
         anchor = auto.AUTO_DEFAULTS.class_search_anchor
-    return (r.get("refine") in (None, auto.AUTO_DEFAULTS.class_search_refine)
-            and _anchor(r) == anchor)
+    return _default_bisections(r) and _anchor(r) == anchor
 
 
 def classchoose(args) -> dict:
@@ -503,10 +507,9 @@ def searchcompare(args) -> dict:
         if r["mode"] == "class":
             if not r.get("search"):
                 return ("class", "frozen")
-            d = auto.AUTO_DEFAULTS
-            return ("class", "search" + ("" if r.get("refine") in (None, d.class_search_refine)
-                                         else f" (refine {r['refine']})")
-                    + ("" if _anchor(r) == d.class_search_anchor else f" (anchor {_anchor(r):g})"))
+            return ("class", "search" + ("" if _default_bisections(r) else f" (refine {r['refine']})")
+                    + ("" if _anchor(r) == auto.AUTO_DEFAULTS.class_search_anchor
+                       else f" (anchor {_anchor(r):g})"))
         if r.get("search") == "flip":
             return ("random", "search to the first flip" + ("" if r.get("hold") else " (no hold)"))
         if r.get("search"):

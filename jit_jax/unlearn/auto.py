@@ -218,12 +218,12 @@ class AutoConfig:
     random_search: str = ""
     class_search_trials: int = 16
     class_search_refine: int = 2
-    # the search's lattice: its trial steps are ``class_step`` times powers of ``grow`` and
-    # their geometric bisections, so starts that are not a power of ``grow ** 2 ** -refine`` apart
-    # bracket different steps. With ``class_search_anchor`` > 0 the first trial is instead the
-    # point of the lattice through the anchor nearest ``class_step`` (in log scale): every start
-    # then tries steps of one lattice and brackets the same step (0: the lattice through
-    # ``class_step``)
+    # the search's lattice: with ``class_search_anchor`` 0 its trial steps are ``class_step``
+    # times powers of ``grow`` and their geometric bisections, so starts that are not a power of
+    # ``grow ** 2 ** -refine`` apart bracket different steps. With an anchor > 0 every trial step
+    # is the point ``anchor * grow ** (k / 2 ** refine)`` nearest it (in log scale), the first
+    # the one nearest ``class_step``: every start tries steps of one lattice and keeps the same
+    # step
     class_search_anchor: float = 0.0
 
     def __post_init__(self):
