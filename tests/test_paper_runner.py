@@ -557,3 +557,31 @@ def test_the_standin_faces_folder_loads_as_the_table1_twin_reads_it(runner, tmp_
     with pytest.raises(FileExistsError, match="not empty"):
         standin.write(out, classes=2, per_class=1, size=8, seed=0)
     assert sorted(p.name for p in (out / "pins_id000").iterdir()) == before
+
+
+def test_the_separability_probe_reads_the_vit_representation_before_its_head():
+    """probe_subclass_separability.representation is what the ViT's head reads: the head applied
+    to it gives the model's logits. The probe runs jitted, the model here eagerly: the same
+    float32 ops, which XLA may fuse and reassociate (reductions of at most 16 terms, two blocks),
+    so the two agree to a few hundred float32 ulps of the logits' scale, not bit for bit; a wrong
+    representation is off by the logits' own size."""
+    import jax.numpy as jnp
+
+    from jit_jax import models
+
+    sys.path.insert(0, str(PAPER))
+    try:
+        probe = importlib.import_module("probe_subclass_separability")
+    finally:
+        sys.path.remove(str(PAPER))
+    model = models.create("vit", 5, (8, 8, 3), patch_size=4, hidden=8, depth=2, heads=2,
+                          mlp_dim=16)
+    x = np.random.default_rng(0).standard_normal((3, 8, 8, 3)).astype(np.float32)
+    feats = probe.representation(model, x, batch=2)
+    assert feats.shape == (3, 8)
+    logits = np.asarray(model(x))
+    scale = max(1.0, float(np.abs(logits).max()))
+    np.testing.assert_allclose(np.asarray(model.head(jnp.asarray(feats))), logits, rtol=0,
+                               atol=1e-4 * scale)
+    with pytest.raises(ValueError, match="ViT only"):
+        probe.representation(models.create("mlp", 5, (8, 8, 3)), x)
