@@ -10,7 +10,9 @@ RTRN scores D_r 100.
     python experiments/paper/run.py table1_faces --scale cpu --data PATH/105_classes_pins_dataset \
         --out runs/paper/table1
 
-Measured result: not run (no data).
+Measured result: not run on faces (no data). On a generated stand-in folder
+(``standin_faces.py``: 105 synthetic identities x 100 greyscale images; not the paper's data) the
+CPU twin took 2719 s: docs/results/paper/table1_faces-standin-cpu.md.
 """
 
 from common import CPU_VGG_TRAIN, make
