@@ -300,6 +300,8 @@ def main(argv=None):
                    help="run jit-jax in this process too (by default it runs in a process of its "
                         "own: with oneDNN loaded beside torch, torch's step ran 2-3x slower here)")
     args = p.parse_args(argv)
+    if args.burst < 1:
+        p.error(f"--burst {args.burst}: accepted: an integer >= 1")
     import torch
 
     worker = conn = None
