@@ -70,6 +70,8 @@ def main(argv=None):
                    choices=list(bench_conv.MODELS))
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: accepted: an integer >= 1")
     shapes: dict = {}
     for m in args.models:
         for xs, ks, st, pad, _ in bench_conv.conv_shapes(m, bench_conv.MODELS[m][3]):
