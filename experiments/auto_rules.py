@@ -413,7 +413,7 @@ def _default_bisections(r: dict) -> bool:
     return r.get("refine") in (None, auto.AUTO_DEFAULTS.class_search_refine)
 
 
-def _default_refine(r: dict, anchor: float | None = None) -> bool:
+def _default_search(r: dict, anchor: float | None = None) -> bool:
     """A searched run made with :data:`AUTO_DEFAULTS`' step search: its bisection count and its
     anchor (``anchor``, else the default's)."""
     if anchor is None:
@@ -585,7 +585,8 @@ def searchcompare(args) -> dict:
 
 def searchchoose(args) -> dict:
     """Rule 4's stop (accuracy target, pass budget) chosen for the rule *with* the step search:
-    every searched class run of the traces (at the default bisection count) replayed with each
+    every searched class run of the traces (at the default bisection count and lattice anchor, or
+    ``--anchor``) replayed with each
     (target, budget); each family scored at its worst traced start (mean over its runs there),
     with its largest D_r drop over the starts. Candidates whose every family stays within
     ``--max-dr-drop`` qualify; they are listed by their mean over families. (A trace records the
@@ -594,7 +595,7 @@ def searchchoose(args) -> dict:
     fams = {}
     for fam, runs in _families(args.traces, searched=True).items():
         rs = [r for r in runs if r["mode"] == "class" and r.get("search")
-              and _default_refine(r, getattr(args, "anchor", None))]
+              and _default_search(r, getattr(args, "anchor", None))]
         if rs:
             fams[fam] = rs
     out = []

@@ -373,8 +373,7 @@ def main(argv=None):
     print(f"calibration: 2048^2 float32 matmul {cal:.1f} GFLOP/s "
           f"(jax {jax.__version__}, {jax.default_backend()}, DW_CHUNK_ROWS={layers.DW_CHUNK_ROWS},"
           f" layout {args.layout}; ours = {OURS} -> {layers.resolve_conv_impl(OURS)}; oneDNN: "
-          f"{onednn.status()}; freed memory {'kept' if jit_jax.malloc.applied else 'returned'}"
-          " (jit_jax.malloc))", flush=True)
+          f"{onednn.status()}; {jit_jax.malloc.status()})", flush=True)
 
     if not args.no_shapes:
         shapes: dict = {}

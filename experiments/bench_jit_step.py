@@ -108,8 +108,7 @@ def main(argv=None):
     fn = functionalize(spec.build(0))
     print(f"{spec.name} {spec.kwargs} at {size}x{size} ({spec.num_params():,} params), "
           f"N={args.num_samples}, on {jax.devices()[0].device_kind}; matmul "
-          f"{matmul_gflops():.0f} GFLOP/s; freed memory "
-          f"{'kept' if jit_jax.malloc.applied else 'returned'} (jit_jax.malloc)", flush=True)
+          f"{matmul_gflops():.0f} GFLOP/s; {jit_jax.malloc.status()}", flush=True)
     for b in args.batch:
         x = jnp.asarray(np.random.default_rng(0).normal(size=(b, size, size, 3)).clip(-1.9, 2.0),
                         jnp.float32)

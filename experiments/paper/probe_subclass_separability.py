@@ -29,23 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def representation(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """The model's representation before its classification head, in eval mode."""
+    """The model's representation before its classification head (``ViT.features``), in eval
+    mode."""
     from jit_jax.models.vit import ViT
 
-    model.eval()
-    if isinstance(model, ViT):
-        def f(m, x):
-            h = m.embedding(x)
-            b, gh, gw, d = h.shape
-            h = h.reshape(b, gh * gw, d)
-            cls = jnp.broadcast_to(m.cls[...], (b, 1, d)).astype(h.dtype)
-            h = jnp.concatenate([cls, h], axis=1) + m.pos_embedding[...]
-            for block in m.blocks:
-                h = block(h)
-            return m.encoder_norm(h)[:, 0]
-    else:
+    if not isinstance(model, ViT):
         raise ValueError(f"representation: {type(model).__name__} is not supported (ViT only)")
-    step = nnx.jit(f)
+    model.eval()
+    step = nnx.jit(lambda m, x: m.features(x))
     return np.concatenate([np.asarray(step(model, jnp.asarray(x[i:i + batch])))
                            for i in range(0, len(x), batch)])
 

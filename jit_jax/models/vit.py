@@ -193,6 +193,11 @@ class ViT(nnx.Module):
         self.head = dense(hidden, num_classes, rngs=rngs)
 
     def __call__(self, x):
+        return self.head(self.features(x))
+
+    def features(self, x):
+        """The representation the head reads: the class token after the encoder's last
+        LayerNorm, ``(batch, hidden)``."""
         x = self.embedding(x)
         b, gh, gw, d = x.shape
         if (gh, gw) != self.grid:
@@ -206,8 +211,7 @@ class ViT(nnx.Module):
         x = self.embed_dropout(x)
         for block in self.blocks:
             x = block(x)
-        x = self.encoder_norm(x)
-        return self.head(x[:, 0])
+        return self.encoder_norm(x)[:, 0]
 
 
 # --------------------------------------------------------------------------- checkpoints
