@@ -192,6 +192,7 @@ def test_batchnorm_train_updates_stats_eval_does_not():
 @pytest.mark.parametrize(
     "name,shape,opts",
     [("vgg11_torchvision", (32, 32, 3), {"width": 4}),
+     ("vgg11", (32, 32, 3), {"width": 4, "dropout": 0.5}),
      pytest.param("vit", (16, 16, 3), {**TINY_VIT, "dropout": 0.2},
                   marks=pytest.mark.slow)],  # ~6 s; the VGG case keeps the behaviour
 )
@@ -208,6 +209,22 @@ def test_models_without_dropout_are_deterministic_in_train_mode():
     model = create("vit", 10, (16, 16, 3), **TINY_VIT)  # dropout 0.0
     x = _x((16, 16, 3))
     np.testing.assert_array_equal(_fwd(model, x), _fwd(model, x))
+
+
+def test_the_cifar_vgg_head_dropout_adds_no_parameters_and_is_off_by_default():
+    """``dropout`` on the CIFAR VGG head only inserts a dropout layer: the same parameters, the
+    same eval-mode outputs; the default (0) builds no layer, so checkpoints written before the
+    option existed restore unchanged, and train mode is then deterministic."""
+    plain = create("vgg11", 10, (32, 32, 3), width=4)
+    drop = create("vgg11", 10, (32, 32, 3), width=4, dropout=0.5)
+    assert plain.drop is None and drop.drop is not None
+    assert ModelSpec("vgg11", 10, (32, 32, 3), {"width": 4}).kwargs["dropout"] == 0.0
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(plain, nnx.Param),
+                 nnx.state(drop, nnx.Param))
+    x = _x((32, 32, 3))
+    np.testing.assert_array_equal(_fwd(plain, x), _fwd(plain, x))
+    drop.eval()
+    np.testing.assert_array_equal(_fwd(plain, x), _fwd(drop, x))
 
 
 def test_seeds():

@@ -14,7 +14,8 @@ Registry (``available()``); options and their defaults:
                        flatten, FC hidden, FC classes)
 ``mlp``                ``hidden=256, depth=2``: flatten, ``depth`` ReLU layers, dense head
 ``resnet18``           ``width=64``, ``stem="cifar"|"imagenet"``: 11,173,962 params (10 classes)
-``vgg11``, ``vgg16``   ``width=64``: CIFAR VGG (configs A/D), no BN, global-avg-pool + dense head
+``vgg11``, ``vgg16``   ``width=64, dropout=0.0``: CIFAR VGG (configs A/D), no BN, global-avg-pool
+                       (+ dropout if > 0) + dense head
 ``vgg11_bn``,          ``width=64``: the same with BatchNorm after every convolution
 ``vgg16_bn``
 ``vgg11_torchvision``  ``width=64``, ``dropout=0.5``: the JiT authors' model (torchvision vgg11,
@@ -142,9 +143,8 @@ def _vit_preset(hidden: int, depth: int, heads: int, mlp_dim: int):
 
 
 def _vgg(config: str, bn: bool, head: str) -> _Entry:
-    opts = {"width": (64, _positive_int)}
-    if head == "torchvision":
-        opts["dropout"] = (0.5, _rate)
+    opts = {"width": (64, _positive_int),
+            "dropout": (0.5 if head == "torchvision" else 0.0, _rate)}
     fixed = dict(config=config, batch_norm=bn, head=head)
     return _Entry(VGG, opts, fixed, _min_size(32, "VGG (five 2x2 max-pools)"))
 

@@ -8,6 +8,9 @@ Heads:
   left after the five pools, then dense(num_classes). At 32x32 input the map is 1x1, so this is the
   usual CIFAR VGG "flatten 512 -> dense"; for larger inputs (any size >= 32) it averages the
   remaining map instead of flattening it, so the parameter count does not depend on the input size.
+  ``dropout`` (default 0: none) puts a dropout layer between the pool and the dense layer, active
+  in train mode as the torchvision head's are (the authors run their unlearning methods in train
+  mode).
 - ``torchvision`` (``vgg11_torchvision``, the model the JiT code calls "VGG16"): torch's
   AdaptiveAvgPool2d((7, 7)) (at 32x32 the 1x1 map is replicated to 7x7), flatten, Linear(49*C,
   4096) - ReLU - Dropout(0.5) - Linear(4096, 4096) - ReLU - Dropout(0.5) - Linear(4096, 1000), then
@@ -59,7 +62,7 @@ class VGG(nnx.Module):
         batch_norm: bool = False,
         head: str = "cifar",
         width: int = 64,
-        dropout: float = 0.5,
+        dropout: float | None = None,
         rngs: nnx.Rngs,
     ):
         if config not in CONFIGS:
@@ -79,8 +82,11 @@ class VGG(nnx.Module):
         # Strings are static; the conv blocks are data. Keep the plan apart from the modules.
         self.plan = tuple(v == "M" for v in layers)
         self.features = nnx.List([m for m in layers if m != "M"])
+        if dropout is None:  # the heads' defaults: none before the CIFAR head's one dense layer
+            dropout = 0.0 if head == "cifar" else 0.5
         if head == "cifar":
             self.classifier = dense(in_ch, num_classes, rngs=rngs)
+            self.drop = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else nnx.data(None)
         else:
             hidden = 64 * width
             lin = dict(kernel_init=init.normal(0.01), rngs=rngs)
@@ -99,7 +105,8 @@ class VGG(nnx.Module):
         for is_pool in self.plan:
             x = max_pool(x, 2, 2) if is_pool else next(convs)(x)
         if self.head_type == "cifar":
-            return self.classifier(global_avg_pool(x))
+            x = global_avg_pool(x)
+            return self.classifier(x if self.drop is None else self.drop(x))
         x = adaptive_avg_pool(x, (7, 7))
         x = x.reshape(x.shape[0], -1)
         x = self.drop1(jax.nn.relu(self.fc1(x)))
