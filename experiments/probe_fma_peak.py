@@ -40,7 +40,9 @@ ACC = 16  # independent accumulators per thread (FMA latency 4 cycles x 2-4 pipe
 
 SOURCE = r"""
 #include <omp.h>
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 
 #if defined(__AVX512F__)
 typedef __m512 vec;
