@@ -26,17 +26,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def _leaves(state) -> dict:
-    import jax
-
-    return {jax.tree_util.keystr(path): leaf
-            for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
-
-
 def derive(src: str | Path, dst: str | Path, changes: dict) -> Path:
-    """Writes the copy of ``src`` with model options ``changes`` at ``dst``; returns ``dst``."""
-    import numpy as np
-    from flax import nnx
+    """Writes the copy of ``src`` with model options ``changes`` at ``dst``; returns ``dst``.
+    The source's arrays are saved under the new spec, and :func:`jit_jax.checkpoint.restore`,
+    which checks that saved arrays fit the spec they are restored with, then reads the copy
+    back; a copy that does not fit is removed."""
+    import shutil
 
     from jit_jax import checkpoint
     from jit_jax.models import ModelSpec
@@ -50,22 +45,17 @@ def derive(src: str | Path, dst: str | Path, changes: dict) -> Path:
     model, meta = checkpoint.restore(src)
     spec = ModelSpec.from_dict(meta["model"])
     new_spec = ModelSpec(spec.name, spec.num_classes, spec.input_shape, {**spec.kwargs, **changes})
-    new = new_spec.build(seed=int(meta.get("seed", 0) or 0))
-    for kind in (nnx.Param, nnx.BatchStat):
-        old, fresh = _leaves(nnx.state(model, kind)), _leaves(nnx.state(new, kind))
-        bad = sorted(set(old) ^ set(fresh))
-        bad += [k for k in sorted(set(old) & set(fresh))
-                if (np.shape(old[k]), np.asarray(old[k]).dtype)
-                != (np.shape(fresh[k]), np.asarray(fresh[k]).dtype)]
-        if bad:
-            raise ValueError(f"{changes} changes the model's {kind.__name__} arrays ({', '.join(bad[:5])}"
-                             f"{' ...' if len(bad) > 5 else ''}); accepted: options that add or "
-                             f"remove no parameters (e.g. dropout)")
-        nnx.update(new, nnx.state(model, kind))
-    new.eval()
     extra = {k: v for k, v in meta.items() if k not in ("model", "jit_jax_version")}
     extra["derived_from"] = {"checkpoint": str(Path(src).absolute()), "model_options": changes}
-    return checkpoint.save(dst, new, new_spec, extra)
+    out = checkpoint.save(dst, model, new_spec, extra)
+    try:
+        checkpoint.restore(out)
+    except checkpoint.CheckpointError as e:
+        shutil.rmtree(out)
+        raise ValueError(f"{changes} changes the model's Param arrays or its BatchNorm "
+                         f"statistics; accepted: options that add or remove no parameters (e.g. "
+                         f"dropout). {e}") from e
+    return out
 
 
 def main(argv=None) -> int:
