@@ -285,7 +285,10 @@ def classtrace(args) -> None:
         runs = [(*r[:6], refine, anchor) for r in runs
                 for refine in (args.refines if r[4] else [None])
                 for anchor in (args.anchors if r[4] else [None])]
-        for start, grow, move, hold, search, rise, refine, anchor in runs:
+        # rule 4's growth variants (class mode only; rule 5 ignores class_growth)
+        runs = [(*r, growth) for r in runs
+                for growth in (args.growths if mode == "class" else [None])]
+        for start, grow, move, hold, search, rise, refine, anchor, growth in runs:
             cfg = dataclasses.replace(
                 auto.AUTO_DEFAULTS, class_objective=args.objective, class_step=start,
                 class_grow=grow, random_grow=grow, class_min_move=move,
@@ -298,6 +301,8 @@ def classtrace(args) -> None:
                 cfg = dataclasses.replace(cfg, class_search_refine=refine)
             if anchor is not None:
                 cfg = dataclasses.replace(cfg, class_search_anchor=anchor)
+            if growth is not None:
+                cfg = dataclasses.replace(cfg, class_growth=growth)
             if rise is not None:  # random mode: the search looks for the stop, then stops
                 cfg = dataclasses.replace(cfg, random_err_rise=rise)
             rows = [dict(row0)]
@@ -322,7 +327,8 @@ def classtrace(args) -> None:
                   f"move {move:g} hold {hold} search {search}"
                   + (f" err rise {rise:g}" if rise is not None else "")
                   + (f" refine {refine}" if refine is not None else "")
-                  + (f" anchor {anchor:g}" if anchor else "") + ": " + " | ".join(
+                  + (f" anchor {anchor:g}" if anchor else "")
+                  + (f" growth {growth}" if growth is not None else "") + ": " + " | ".join(
                       f"{r['pass']}:{r['forget_acc']:.0f}/{r['dr_drop']:.1f}/"
                       f"{r['retrain_distance']:.0f}@{r['step']:.2g}" for r in rows)
                   + f"; best pass {best['pass']}; {time.time() - t0:.0f} s"
@@ -331,7 +337,8 @@ def classtrace(args) -> None:
                                 "start": start, "grow": grow, "min_move": move,
                                 "hold": bool(hold), "search": cfg.random_search
                                 if mode == "random" else bool(search), "err_rise": rise,
-                                "refine": refine, "anchor": anchor, "trials": trials,
+                                "refine": refine, "anchor": anchor, "growth": growth,
+                                "trials": trials,
                                 "mode": mode,
                                 "objective": args.objective, "failed": failed, "passes": rows})
             _write_json(args.out, out)  # after every run: a long trace cut short keeps its runs
@@ -621,6 +628,75 @@ def searchchoose(args) -> dict:
     if args.out:
         _write_json(args.out, res)
     return res
+
+
+def growthcompare(args) -> dict:
+    """Rule 4's step-growth variants (``class_growth``) compared at the default start under the
+    default search and stop (target, budget), per forget request (the acceptance's unit: means
+    over its seeds). A request *meets* the out-of-the-box target when its D_r drop is at most
+    ``--max-dr-drop`` and its D_f within ``--max-df-gap`` of its RTRNs' (the trace's
+    references). Decision rule (fixed before the traces were read): a variant replaces
+    ``--baseline`` only if it meets the target on more requests, its mean over families of the
+    family-mean retrain distance is at most ``--margin`` above the baseline's, and no family's
+    mean D_r drop exceeds ``--max-dr-drop``; among those, the most requests met, then the lower
+    mean. Only requests traced with every variant count."""
+    rtrn, by = {}, {}
+    for p in args.traces:
+        with open(p) as f:
+            t = json.load(f)
+        fam = f"{t['dataset']}/{t['model']}"
+        for ref in t["references"]:
+            rtrn[(fam, ref["forget"], ref["seed"])] = ref["rtrn"]["forget_acc"]
+        for r in t["runs"]:
+            if (r["mode"] == "class" and r.get("search") and _default_search(r)
+                    and math.isclose(r["start"], auto.AUTO_DEFAULTS.class_step)):
+                by.setdefault(r.get("growth") or "fall", {}).setdefault(
+                    (fam, r["forget"]), {})[r["seed"]] = r
+    if args.baseline not in by:
+        raise SystemExit(f"growthcompare: no run of the baseline {args.baseline!r} at the default "
+                         f"start; traced: {sorted(by)}")
+    common = sorted(set.intersection(*(set(v) for v in by.values())))
+    out = {"requests": [f"{f} {q}" for f, q in common], "variants": {}}
+    for g, reqs in by.items():
+        rows, fams = [], {}
+        for fam, q in common:
+            seeds = sorted(set.intersection(*(set(by[h][(fam, q)]) for h in by)))
+            picked = [class_stop_pass(reqs[(fam, q)][sd]["passes"], args.target, args.budget)
+                      for sd in seeds]
+            m = _pass_means(picked)
+            ref = float(np.mean([rtrn[(fam, q, sd)] for sd in seeds]))
+            m.update(request=f"{fam} {q}", rtrn_forget_acc=ref, seeds=seeds,
+                     meets=m["dr_drop"] <= args.max_dr_drop
+                     and abs(m["forget_acc"] - ref) <= args.max_df_gap)
+            rows.append(m)
+            fams.setdefault(fam, []).append(m)
+        fam_means = {f: {"distance": float(np.mean([m["distance"] for m in ms])),
+                         "dr_drop": float(np.mean([m["dr_drop"] for m in ms]))}
+                     for f, ms in fams.items()}
+        out["variants"][g] = {
+            "met": sum(m["meets"] for m in rows), "requests": rows, "families": fam_means,
+            "mean": float(np.mean([v["distance"] for v in fam_means.values()])),
+            "worst_family_dr_drop": max(v["dr_drop"] for v in fam_means.values())}
+    base = out["variants"][args.baseline]
+    ok = [g for g, v in out["variants"].items() if g != args.baseline
+          and v["met"] > base["met"] and v["mean"] <= base["mean"] + args.margin
+          and v["worst_family_dr_drop"] <= args.max_dr_drop]
+    out["chosen"] = min(ok, key=lambda g: (-out["variants"][g]["met"],
+                                           out["variants"][g]["mean"])) if ok else args.baseline
+    n = len(common)
+    for g, v in out["variants"].items():
+        print(f"{g}: meets the target on {v['met']} of {n} requests; mean over families "
+              f"{v['mean']:.1f}; worst family D_r drop {v['worst_family_dr_drop']:.1f}; misses: "
+              + (", ".join(f"{m['request']} (drop {m['dr_drop']:.1f}, D_f {m['forget_acc']:.0f} "
+                           f"vs {m['rtrn_forget_acc']:.0f})" for m in v["requests"]
+                           if not m["meets"]) or "none"))
+        print("   families: " + "; ".join(f"{f}: {x['distance']:.1f} (drop {x['dr_drop']:.1f})"
+                                          for f, x in v["families"].items()))
+    print(f"chosen: {out['chosen']}" + (" (the baseline)" if out["chosen"] == args.baseline
+                                        else ""))
+    if args.out:
+        _write_json(args.out, out)
+    return out
 
 
 def _request_spreads(runs: list[dict], picked, window: float) -> dict[str, dict]:
@@ -1157,6 +1233,9 @@ def main(argv=None) -> None:
                     default=[auto.AUTO_DEFAULTS.class_search_anchor],
                     help="the step search's lattice anchors (class_search_anchor; 0: the lattice "
                          "through the start), one searched run each")
+    ct.add_argument("--growths", nargs="+", default=[auto.AUTO_DEFAULTS.class_growth],
+                    choices=auto.CLASS_GROWTHS,
+                    help="rule 4's class_growth variants, one run each (class mode only)")
     ct.add_argument("--flip-search", action="store_true",
                     help="with --mode random and a search: random_search 'flip' (the search "
                          "looks for the first flip, the trace runs on from there) instead of "
@@ -1214,6 +1293,16 @@ def main(argv=None) -> None:
                     help="replay the searched runs of this lattice anchor (default: "
                          "AUTO_DEFAULTS'; 0 for traces from before class_search_anchor)")
     sh.add_argument("--out")
+    gc = sub.add_parser("growthcompare")
+    gc.add_argument("traces", nargs="+")
+    gc.add_argument("--baseline", default=auto.AUTO_DEFAULTS.class_growth,
+                    choices=auto.CLASS_GROWTHS)
+    gc.add_argument("--target", type=float, default=auto.AUTO_DEFAULTS.class_target)
+    gc.add_argument("--budget", type=int, default=auto.AUTO_DEFAULTS.class_passes)
+    gc.add_argument("--max-dr-drop", type=float, default=5.0)
+    gc.add_argument("--max-df-gap", type=float, default=10.0)
+    gc.add_argument("--margin", type=float, default=1.0)
+    gc.add_argument("--out")
     c = sub.add_parser("choose")
     c.add_argument("traces", nargs="+")
     c.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
@@ -1252,6 +1341,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     {"trace": trace, "classtrace": classtrace, "classchoose": classchoose,
      "randchoose": randchoose, "searchcompare": searchcompare, "searchchoose": searchchoose,
+     "growthcompare": growthcompare,
      "choose": choose, "test": test,
      "figure": figure,
      "report": report}[args.cmd](args)

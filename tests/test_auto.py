@@ -519,6 +519,46 @@ def test_class_stop_grows_the_step_until_the_confidence_moves_and_stops_at_the_t
     assert float(state.hyperparams["step"]) == pytest.approx(1e-3)
 
 
+def test_class_growth_variants_grow_on_an_absolute_or_relative_fall_or_hold():
+    """class_growth on one scripted sequence of mean confidences (untouched 0.8): "fall" grows
+    after each pass that lowered the confidence by less than class_min_move (0.05), which every
+    pass does once the confidence is low; "relative" scales that bound by the confidence before
+    the pass over the untouched model's, so a pass that halves a low confidence does not grow
+    it; "hold" grows until a pass has fallen by 0.05, then never. Rule 5 (RandomStop) keeps
+    "fall" whatever class_growth says."""
+    confs = [0.78, 0.70, 0.40, 0.20, 0.10, 0.08, 0.07]
+
+    def steps(growth, stop_cls=auto.ClassStop, **kw):
+        seq = iter([{"acc": 90.0, "conf": c} for c in confs])
+        cfg = auto.AutoConfig(class_step=1e-4, class_grow=2.0, class_min_move=0.05,
+                              class_max_step=1.0, class_target=5.0, class_growth=growth,
+                              random_grow=2.0, **kw)
+        st = stop_cls(lambda params: next(seq), {"acc": 100.0, "conf": 0.8}, cfg)
+        state = auto.adjustable_relative_steps(1e-4).init({"w": jnp.ones(3)})
+        for p in range(len(confs)):
+            st(None, p)
+            state = st.adjust(state, p)
+        return [round(s / 1e-4) for s in st.steps]
+
+    # falls 0.02 0.08 0.30 0.20 0.10 0.02 0.01
+    assert steps("fall") == [1, 2, 2, 2, 2, 2, 4]
+    # bounds 0.05 x (0.8, 0.78, 0.70, 0.40, 0.20, 0.10) / 0.8 for passes 1-6: 0.05, 0.049,
+    # 0.044, 0.025, 0.0125, 0.00625: only pass 1 grows (0.02 < 0.05); pass 6's fall of 0.02 is
+    # above its 0.00625 (the last pass's growth is never applied)
+    assert steps("relative") == [1, 2, 2, 2, 2, 2, 2]
+    assert steps("hold") == [1, 2, 2, 2, 2, 2, 2]
+    # a sequence whose falls stay below 0.05 for three passes: hold grows until the first
+    # pass that moves it, relative goes on growing after a slow pass at a low confidence
+    confs[:] = [0.79, 0.77, 0.75, 0.60, 0.59, 0.30, 0.299]
+    assert steps("fall") == [1, 2, 4, 8, 8, 16, 16]
+    assert steps("hold") == [1, 2, 4, 8, 8, 8, 8]
+    assert steps("relative") == [1, 2, 4, 8, 8, 16, 16]
+    # rule 5 ignores class_growth
+    assert steps("hold", auto.RandomStop) == steps("fall", auto.RandomStop)
+    with pytest.raises(ValueError, match="class_growth"):
+        auto.AutoConfig(class_growth="sometimes")
+
+
 def test_the_loop_applies_a_step_changed_between_passes():
     """jit_unlearn's ``adjust``: the step held in the optimiser state is changed after a pass and
     the next pass uses it with the same compiled step. A zero first step leaves the parameters
@@ -1083,3 +1123,64 @@ def test_searchchoose_replays_rule_4s_stop_on_searched_runs(tmp_path):
     got = ar.searchchoose(argparse.Namespace(traces=[path], targets=[5.0], budgets=[3],
                                              max_dr_drop=5.0, top=0, out=None, anchor=0.0))
     assert got["all"][0]["distance"] == 1.0
+
+
+def test_growthcompare_counts_requests_meeting_the_target_and_applies_its_rule(tmp_path):
+    """growthcompare: each growth variant's searched default-start runs replayed with the stop;
+    a request (mean over seeds) meets the target when its D_r drop is within 5 and its D_f
+    within 10 of its RTRNs'; a variant replaces the baseline only with more requests met, a mean
+    over families at most the margin above, and every family's mean D_r drop within 5."""
+    import argparse
+    import json
+
+    ar = _rules_module()
+    anchor = auto.AUTO_DEFAULTS.class_search_anchor
+    start = auto.AUTO_DEFAULTS.class_step
+
+    def run(forget, seed, growth, rows, **kw):
+        return {"forget": forget, "seed": seed, "start": start, "mode": "class", "search": True,
+                "anchor": anchor, "growth": growth, **kw, "passes": [
+                    {"pass": p, "acc": a, "conf": 0.5, "retrain_distance": d, "dr_drop": dr,
+                     "forget_acc": df, "mia": 50.0}
+                    for p, (a, d, dr, df) in enumerate(rows)]}
+
+    # (train-forget acc the stop reads, distance, D_r drop, D_f); the stop: acc <= 5
+    slow = [(90, 90, 0, 90), (40, 30, 1, 40), (3, 12, 7, 0)]   # stops at pass 2: drop 7
+    gentle = [(90, 90, 0, 90), (40, 30, 1, 40), (4, 8, 3, 4)]  # stops at pass 2: drop 3
+    short = [(90, 90, 0, 90), (40, 30, 1, 40), (20, 22, 2, 25)]  # budget out: D_f 25
+    refs = [{"seed": s, "forget": q, "rtrn": {"forget_acc": 0.0}} for q in "ab" for s in (0, 1)]
+    t1 = {"dataset": "d", "model": "mlp", "references": refs, "runs": [
+        run("a", 0, "fall", slow), run("a", 1, "fall", slow),
+        run("b", 0, "fall", gentle), run("b", 1, "fall", gentle),
+        run("a", 0, "hold", gentle), run("a", 1, "hold", gentle),
+        run("b", 0, "hold", gentle), run("b", 1, "hold", gentle),
+        run("a", 0, "relative", short), run("a", 1, "relative", short),
+        run("b", 0, "relative", gentle), run("b", 1, "relative", gentle),
+        # not the default start, or not searched: left out
+        {**run("a", 0, "fall", gentle), "start": 2 * start},
+        {**run("a", 0, "fall", gentle), "search": False},
+        # a request traced without every variant: left out
+        run("c", 0, "fall", gentle)]}
+    path = str(tmp_path / "t.json")
+    with open(path, "w") as f:
+        json.dump(t1, f)
+
+    def compare(**kw):
+        opts = dict(traces=[path], baseline="fall", target=5.0, budget=2, max_dr_drop=5.0,
+                    max_df_gap=10.0, margin=1.0, out=None)
+        return ar.growthcompare(argparse.Namespace(**{**opts, **kw}))
+
+    got = compare()
+    v = got["variants"]
+    assert got["requests"] == ["d/mlp a", "d/mlp b"]
+    assert (v["fall"]["met"], v["hold"]["met"], v["relative"]["met"]) == (1, 2, 1)
+    assert v["fall"]["mean"] == pytest.approx(10.0) and v["hold"]["mean"] == pytest.approx(8.0)
+    assert v["relative"]["requests"][0]["forget_acc"] == 25.0  # D_f 25 against 0: a miss
+    assert got["chosen"] == "hold"
+    # a margin of -3 asks for a mean 3 points under the baseline's (10): hold's 8 is refused
+    assert compare(margin=-3.0)["chosen"] == "fall"
+    # a D_r bound of 2: hold's family drop (3) is over it, and no request meets the target
+    assert compare(max_dr_drop=2.0)["chosen"] == "fall"
+    # a baseline that was not traced is an error that names what was
+    with pytest.raises(SystemExit, match="traced"):
+        compare(baseline="nothing")

@@ -97,6 +97,12 @@ from jit_jax.unlearn.objectives import at_least_float32
 
 #: rule 4's objectives: zero-shot, reading the forget labels and the original model's logits
 CLASS_OBJECTIVES = ("dpo", "idkpo", "npo")
+#: When rule 4's step grows after a kept pass (``class_growth``): "fall", the pass lowered the
+#: mean confidence by less than ``class_min_move``; "relative", by less than ``class_min_move``
+#: times the confidence before the pass over the untouched model's (the same test on the first
+#: pass, scaled down as the confidence is used up); "hold", as "fall" until a pass has lowered it
+#: by ``class_min_move``, then never (after a step search: never)
+CLASS_GROWTHS = ("fall", "relative", "hold")
 
 #: rule 5's step searches (``AutoConfig.random_search``): off, until the stop, until a flip
 RANDOM_SEARCHES = ("", "stop", "flip")
@@ -194,6 +200,7 @@ class AutoConfig:
     class_max_step: float = 1.6e-2
     class_target: float = 5.0  # stop once the forget set's accuracy (%) is at most this
     class_passes: int = 12
+    class_growth: str = "fall"  # when the step grows (CLASS_GROWTHS); rule 5 always "fall"
     # random mode (rule 5): any other request is forgotten with rule 4's objective and growing
     # step when ``random_rule`` is on, stopped by the first of: the forget accuracy down by
     # ``random_drop`` points, the mean confidence down by ``random_conf_drop``, the mean error
@@ -253,6 +260,8 @@ class AutoConfig:
             (-1 <= self.class_target <= 100, "class_target",
              "a percentage in [0, 100] (-1: never stop early, for traces)"),
             (self.class_passes >= 1, "class_passes", "an integer >= 1"),
+            (self.class_growth in CLASS_GROWTHS, "class_growth",
+             " or ".join(repr(n) for n in CLASS_GROWTHS)),
             (self.random_grow >= 1 and math.isfinite(self.random_grow), "random_grow",
              "a finite number >= 1"),
             (isinstance(self.random_rule, bool), "random_rule", "True or False"),
@@ -557,6 +566,7 @@ class ClassStop:
         self.fit, self.config = fit, config
         self.first = self.previous = first
         self.grow = False
+        self.held = False  # class_growth "hold": a kept pass has moved the confidence enough
         self.steps = []  # the step of each pass kept
         self.trials = []  # the search's trial passes
         self.kept = None  # the parameters of the pass just kept (valid until the next pass)
@@ -606,13 +616,27 @@ class ClassStop:
         return self.first["conf"] - now["conf"] >= self.config.class_min_move or self.done(now)
 
     def _keep(self, params, now: dict):
-        c = self.config
         self.kept, self.last_kept = params, True
         self.steps.append(self.step)
         done = self.done(now) or len(self.steps) >= self.budget
-        self.grow = (not done) and self.previous["conf"] - now["conf"] < c.class_min_move
+        self.grow = (not done) and self._slow(self.previous["conf"] - now["conf"])
         self.previous = now
         return done, {"acc": now["acc"], "conf": now["conf"], "step": self.step}
+
+    @property
+    def growth(self) -> str:
+        return self.config.class_growth
+
+    def _slow(self, fall: float) -> bool:
+        """Whether a kept pass that lowered the mean confidence by ``fall`` grows the next
+        pass's step (``class_growth``, :data:`CLASS_GROWTHS`)."""
+        move = self.config.class_min_move
+        if self.growth == "relative":
+            return fall < move * self.previous["conf"] / max(self.first["conf"], 1e-12)
+        if self.growth == "hold":
+            self.held = self.held or fall >= move
+            return not self.held
+        return fall < move
 
     def _search(self, params, now: dict):
         c = self.config
@@ -702,6 +726,10 @@ class RandomStop(ClassStop):
     @property
     def grow_factor(self) -> float:
         return self.config.random_grow
+
+    @property
+    def growth(self) -> str:
+        return "fall"  # rule 5 holds by ``random_hold`` instead
 
     def _keep(self, params, now: dict):
         done, info = super()._keep(params, now)
