@@ -639,7 +639,7 @@ def growthcompare(args) -> dict:
     ``--baseline`` only if it meets the target on more requests, its mean over families of the
     family-mean retrain distance is at most ``--margin`` above the baseline's, and no family's
     mean D_r drop exceeds ``--max-dr-drop``; among those, the most requests met, then the lower
-    mean. Only requests traced with every variant count."""
+    mean, then the order of ``CLASS_GROWTHS``. Only requests traced with every variant count."""
     rtrn, by = {}, {}
     for p in args.traces:
         with open(p) as f:
@@ -681,8 +681,8 @@ def growthcompare(args) -> dict:
     ok = [g for g, v in out["variants"].items() if g != args.baseline
           and v["met"] > base["met"] and v["mean"] <= base["mean"] + args.margin
           and v["worst_family_dr_drop"] <= args.max_dr_drop]
-    out["chosen"] = min(ok, key=lambda g: (-out["variants"][g]["met"],
-                                           out["variants"][g]["mean"])) if ok else args.baseline
+    out["chosen"] = min(ok, key=lambda g: (-out["variants"][g]["met"], out["variants"][g]["mean"],
+                                           auto.CLASS_GROWTHS.index(g))) if ok else args.baseline
     n = len(common)
     for g, v in out["variants"].items():
         print(f"{g}: meets the target on {v['met']} of {n} requests; mean over families "
