@@ -656,11 +656,13 @@ def growthcompare(args) -> dict:
         raise SystemExit(f"growthcompare: no run of the baseline {args.baseline!r} at the default "
                          f"start; traced: {sorted(by)}")
     common = sorted(set.intersection(*(set(v) for v in by.values())))
+    # the seeds every variant traced, per request
+    seeds_of = {k: sorted(set.intersection(*(set(v[k]) for v in by.values()))) for k in common}
     out = {"requests": [f"{f} {q}" for f, q in common], "variants": {}}
     for g, reqs in by.items():
         rows, fams = [], {}
         for fam, q in common:
-            seeds = sorted(set.intersection(*(set(by[h][(fam, q)]) for h in by)))
+            seeds = seeds_of[(fam, q)]
             picked = [class_stop_pass(reqs[(fam, q)][sd]["passes"], args.target, args.budget)
                       for sd in seeds]
             m = _pass_means(picked)

@@ -91,19 +91,22 @@ double fma_loop(long iters, int threads, float bval, float cval, float *checksum
 
 
 def build(cc: str = "cc") -> ctypes.CDLL:
-    """Compiles the kernel into a temporary folder; a missing compiler or a failed build is an
-    error naming the command."""
-    tmp = Path(tempfile.mkdtemp(prefix="jitjax-fma-"))
-    src, lib = tmp / "fma.c", tmp / "libfma.so"
-    src.write_text(f"#define ACC {ACC}\n" + SOURCE)
-    cmd = [cc, "-O2", "-march=native", "-fopenmp", "-shared", "-fPIC", str(src), "-o", str(lib)]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-    except FileNotFoundError as e:
-        raise RuntimeError(f"no C compiler {cc!r} ({' '.join(cmd)}); accepted: a cc on PATH") from e
-    except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"building the FMA kernel failed ({' '.join(cmd)}):\n{e.stderr}") from e
-    so = ctypes.CDLL(str(lib))
+    """Compiles the kernel into a temporary folder, removed once the library is loaded; a missing
+    compiler or a failed build is an error naming the command."""
+    with tempfile.TemporaryDirectory(prefix="jitjax-fma-") as d:
+        src, lib = Path(d) / "fma.c", Path(d) / "libfma.so"
+        src.write_text(f"#define ACC {ACC}\n" + SOURCE)
+        cmd = [cc, "-O2", "-march=native", "-fopenmp", "-shared", "-fPIC", str(src), "-o",
+               str(lib)]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+        except FileNotFoundError as e:
+            raise RuntimeError(f"no C compiler {cc!r} ({' '.join(cmd)}); accepted: a cc on "
+                               f"PATH") from e
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"building the FMA kernel failed ({' '.join(cmd)}):\n"
+                               f"{e.stderr}") from e
+        so = ctypes.CDLL(str(lib))  # mapped: the file can go with the folder
     so.fma_loop.restype = ctypes.c_double
     so.fma_loop.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_float, ctypes.c_float,
                             ctypes.POINTER(ctypes.c_float)]

@@ -578,7 +578,7 @@ class ClassStop:
         self.fit, self.config = fit, config
         self.first = self.previous = first
         self.grow = False
-        self.held = False  # class_growth "hold": a kept pass has moved the confidence enough
+        self.held = False  # a kept pass has lowered the confidence by class_min_move (for "hold")
         self.steps = []  # the step of each pass kept
         self.trials = []  # the search's trial passes
         self.kept = None  # the parameters of the pass just kept (valid until the next pass)
@@ -631,7 +631,9 @@ class ClassStop:
         self.kept, self.last_kept = params, True
         self.steps.append(self.step)
         done = self.done(now) or len(self.steps) >= self.budget
-        self.grow = (not done) and self._slow(self.previous["conf"] - now["conf"])
+        fall = self.previous["conf"] - now["conf"]
+        self.held = self.held or fall >= self.config.class_min_move
+        self.grow = (not done) and self._slow(fall)
         self.previous = now
         return done, {"acc": now["acc"], "conf": now["conf"], "step": self.step}
 
@@ -646,7 +648,6 @@ class ClassStop:
         if self.growth == "relative":
             return fall < move * self.previous["conf"] / max(self.first["conf"], 1e-12)
         if self.growth == "hold":
-            self.held = self.held or fall >= move
             return not self.held
         return fall < move
 
